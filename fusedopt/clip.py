@@ -1,0 +1,64 @@
+"""fusedopt.clip_grad_norm_: torch's clip_grad_norm_, with one multi-tensor norm reduction and,
+when the parameters are exactly a fusedopt optimizer's, the scaling folded into its next step."""
+
+import torch
+
+from fusedopt import backends
+
+
+def check_clip_args(max_norm, norm_type):
+    """Validate before anything is read; returns norm_type as a float."""
+    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or max_norm != max_norm:
+        raise TypeError(f"Invalid max_norm: {max_norm!r}; expected a number")
+    if max_norm < 0:
+        raise ValueError(f"Invalid max_norm: {max_norm!r}; expected a value >= 0")
+    try:
+        p = float(norm_type)
+    except (TypeError, ValueError):
+        raise ValueError(f"Invalid norm_type: {norm_type!r}; expected a positive number or 'inf'")
+    if not p > 0:
+        raise ValueError(f"Invalid norm_type: {norm_type!r}; expected a positive number or 'inf'")
+    return p
+
+
+def clip_coefficient(total_norm, max_norm, norm_type, error_if_nonfinite):
+    """min(1, max_norm / (norm + 1e-6)) as a 0-d float32 tensor, computed on the norm's device."""
+    if error_if_nonfinite and not bool(torch.isfinite(total_norm)):   # torch syncs here too
+        raise RuntimeError(f"The total norm of order {norm_type} for gradients from `parameters` "
+                           "is non-finite, so it cannot be clipped. To disable this error and "
+                           "scale the gradients by the non-finite norm anyway, set "
+                           "`error_if_nonfinite=False`")
+    return torch.clamp(max_norm / (total_norm.float() + 1e-6), max=1.0)
+
+
+def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None):
+    """Like torch.nn.utils.clip_grad_norm_; returns the total norm as a 0-d float32 tensor with
+    no host sync (unless error_if_nonfinite=True, which must look at it, as torch does).
+
+    Note [clip inside the step]: if ``parameters`` are exactly the parameters of one fusedopt
+    optimizer, the grads are not rescaled here: that optimizer's next step() applies the
+    coefficient as it reads each grad. Otherwise the grads are scaled in place, as torch does.
+    ``foreach`` is accepted for compatibility.
+    """
+    from fusedopt.optimizer import OWNERS
+    norm_type = check_clip_args(max_norm, norm_type)
+    params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    total = backends.tensors_norm(grads, norm_type)
+    coef = clip_coefficient(total, max_norm, norm_type, error_if_nonfinite)
+    owner = OWNERS.get(params[0])
+    if (owner is not None and owner._buckets is not None and len(params) == owner._num_params
+            and all(OWNERS.get(p) is owner for p in params)):
+        owner._defer_clip(coef)
+    else:
+        by_device = {}
+        for g in grads:
+            by_device.setdefault((g.device, g.dtype), []).append(g)
+        for (device, _), gs in by_device.items():
+            torch._foreach_mul_(gs, coef.to(device))
+    return total
+
+
+__all__ = ["clip_grad_norm_"]

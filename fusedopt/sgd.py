@@ -1,0 +1,83 @@
+"""FusedSGD: drop-in torch.optim.SGD with one fused step."""
+import torch
+
+from fusedopt import _hparams, functional
+from fusedopt.optimizer import FusedOptimizer, check_hparam
+
+__all__ = ["FusedSGD"]
+
+
+class FusedSGD(FusedOptimizer):
+    """torch.optim.SGD's arguments and defaults, plus ``backend``. State is torch's:
+    ``momentum_buffer`` for groups with momentum != 0, nothing otherwise."""
+
+    _HPARAM_SLOTS = {
+        "lr": (_hparams.LR, "lr", None),
+        "weight_decay": (_hparams.WEIGHT_DECAY, "weight_decay", None),
+        "momentum": (_hparams.MOMENTUM, "momentum", None),
+        "dampening": (_hparams.DAMPENING, "dampening", None),
+    }
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False,
+                 *, maximize=False, foreach=None, differentiable=False, fused=None, backend="auto"):
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                        nesterov=nesterov, maximize=maximize, foreach=foreach,
+                        differentiable=differentiable, fused=fused)
+        self._check_group(defaults)
+        # Note [SGD seeding]: torch seeds a momentum buffer with the first grad (no dampening).
+        # The kernels need to know which buffers are seeded; the per-param counter lives here,
+        # outside torch's state layout, and is rebuilt from 'momentum_buffer' after a load.
+        self._seeded = {}
+        super().__init__(params, defaults, backend)
+
+    @staticmethod
+    def _check_group(group):
+        check_hparam("lr", group["lr"])
+        check_hparam("momentum", group["momentum"])
+        check_hparam("dampening", group["dampening"], -float("inf"))
+        check_hparam("weight_decay", group["weight_decay"])
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError("Invalid nesterov=True: Nesterov momentum requires momentum > 0 "
+                             "and dampening == 0")
+
+    @staticmethod
+    def _row(group):
+        return [group["lr"], group["weight_decay"], group["momentum"], group["dampening"], 0.0]
+
+    @staticmethod
+    def _flags(group):
+        return (("momentum", group["momentum"] != 0), ("nesterov", bool(group["nesterov"])),
+                ("maximize", bool(group["maximize"])))
+
+    def _counter(self, p, seeded):
+        if not hasattr(self, "_seeded"):        # after unpickling
+            self._seeded = {}
+        counter = self._seeded.get(p)
+        if counter is None:
+            counter = torch.full((), float(seeded), dtype=torch.float32, device=p.device)
+            self._seeded[p] = counter
+        return counter
+
+    def _state_of(self, p, group):
+        state = self.state.get(p)
+        if group["momentum"] == 0:
+            # no state in torch's layout; the counter marks the param as initialised
+            counter = getattr(self, "_seeded", {}).get(p)
+            return None if counter is None else ([], counter)
+        if not state or state.get("momentum_buffer") is None:
+            return None
+        return [state["momentum_buffer"]], self._counter(p, seeded=True)
+
+    def _new_state(self, p, group):
+        self._counter(p, seeded=False)
+        if group["momentum"] != 0:
+            self.state[p]["momentum_buffer"] = torch.zeros_like(
+                p, memory_format=torch.preserve_format)
+
+    def __setstate__(self, state):
+        self._seeded = {}
+        super().__setstate__(state)
+
+    @staticmethod
+    def _kernel(bucket, hp, **scalars):
+        functional.sgd(bucket, hp, **bucket.kwargs, **scalars)

@@ -1,0 +1,66 @@
+"""Build of fusedopt and its compiled extension ``fusedopt._C``.
+
+Environment flags:
+  FUSEDOPT_NO_EXT=1       skip the extension (the ``reference`` backend, and ``triton`` where
+                          available, still work).
+  FUSEDOPT_REQUIRE_EXT=1  make a failed extension build fail the install (CI sets it); by
+                          default a failed build only warns, and ``import fusedopt`` still works.
+  FUSEDOPT_NO_CUDA=1      build the CPU kernels only, even where torch has CUDA and nvcc exists.
+  FUSEDOPT_CUDA_ARCHS     e.g. "8.0;9.0" (sets TORCH_CUDA_ARCH_LIST for the CUDA sources).
+  MAX_JOBS                parallel compile jobs (honoured by torch's ninja build).
+"""
+import glob
+import os
+import shutil
+
+from setuptools import setup
+
+
+def _flag(name):
+    return os.environ.get(name, "0") not in ("", "0", "false", "False")
+
+
+def _extensions():
+    if _flag("FUSEDOPT_NO_EXT"):
+        return [], {}
+    from torch.utils import cpp_extension
+
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    include_dirs = [os.path.abspath("csrc")]
+    with_cuda = (
+        not _flag("FUSEDOPT_NO_CUDA")
+        and cpp_extension.CUDA_HOME is not None
+        and shutil.which("nvcc") is not None
+        and __import__("torch").version.cuda is not None
+    )
+    if with_cuda:
+        if os.environ.get("FUSEDOPT_CUDA_ARCHS"):
+            os.environ["TORCH_CUDA_ARCH_LIST"] = os.environ["FUSEDOPT_CUDA_ARCHS"]
+        ext = cpp_extension.CUDAExtension(
+            "fusedopt._C",
+            sources + sorted(glob.glob("csrc/cuda/*.cu")),
+            include_dirs=include_dirs,
+            define_macros=[("FUSEDOPT_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+            extra_link_args=["-fopenmp"],
+        )
+    else:
+        ext = cpp_extension.CppExtension(
+            "fusedopt._C", sources, include_dirs=include_dirs,
+            extra_compile_args=cxx, extra_link_args=["-fopenmp"],
+        )
+    # A failed build warns instead of failing the install: Note [import never fails].
+    ext.optional = not _flag("FUSEDOPT_REQUIRE_EXT")
+    return [ext], {"build_ext": cpp_extension.BuildExtension}
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    packages=["fusedopt", "fusedopt.backends", "fusedopt.config", "fusedopt.schedulers",
+              "fusedopt.bench", "fusedopt.kernels"],
+    package_dir={"fusedopt.kernels": "kernels"},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
