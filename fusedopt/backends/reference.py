@@ -116,6 +116,7 @@ def sgd_step(spec, hp, *, nesterov, maximize, clip_coef=None, inv_scale=None, fo
 
 
 def _norm(tensors, norm_type):
+    tensors = [t for t in tensors if t.numel()]    # empty tensors add nothing (inf has no identity)
     if not tensors:
         return torch.zeros((), dtype=torch.float32)
     norms = [torch.linalg.vector_norm(t.detach(), norm_type, dtype=torch.float32) for t in tensors]

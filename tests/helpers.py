@@ -1,0 +1,93 @@
+"""Shared builders for the optimizer tests: parameter sets, grads, and the torch twin."""
+import copy
+
+import torch
+
+import fusedopt
+
+CPU_BACKENDS = [b for b in ("reference", "cpu") if b in fusedopt.available_backends()]
+
+FUSED = {"Adam": fusedopt.FusedAdam, "AdamW": fusedopt.FusedAdamW, "SGD": fusedopt.FusedSGD}
+TORCH = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW, "SGD": torch.optim.SGD}
+
+# (algorithm, constructor kwargs): every option of issue #2
+CASES = [
+    ("Adam", {}),
+    ("Adam", dict(weight_decay=0.1)),
+    ("Adam", dict(amsgrad=True, weight_decay=0.01)),
+    ("Adam", dict(maximize=True, weight_decay=0.05)),
+    ("Adam", dict(decoupled_weight_decay=True, weight_decay=0.1)),
+    ("AdamW", {}),
+    ("AdamW", dict(amsgrad=True, maximize=True)),
+    ("SGD", dict(lr=0.05)),
+    ("SGD", dict(lr=0.05, momentum=0.9)),
+    ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=1e-3)),
+    ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2)),
+    ("SGD", dict(lr=0.05, momentum=0.5, maximize=True)),
+]
+CASE_IDS = [f"{a}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'default'}" for a, kw in CASES]
+
+
+def group_overrides(algo, kwargs):
+    """Three groups with different hyper-parameters (and, for SGD, a momentum-free group,
+    which lands in a bucket of its own)."""
+    if algo == "SGD":
+        third = {} if kwargs.get("nesterov") else {"momentum": 0.0, "dampening": 0.0}
+        return [{"lr": 0.02}, {"weight_decay": 0.05}, third]
+    return [{"lr": 1e-2}, {"lr": 3e-3, "betas": (0.8, 0.99), "weight_decay": 0.2}, {"eps": 1e-6}]
+
+
+def make_params(shapes, dtype=torch.float32, noncontiguous=()):
+    """Parameters of the given shapes; indices in ``noncontiguous`` are transposed views."""
+    params = []
+    for i, shape in enumerate(shapes):
+        if i in noncontiguous:
+            t = torch.randn(*reversed(shape), dtype=torch.float64).t()
+        else:
+            t = torch.randn(*shape, dtype=torch.float64)
+        params.append(torch.nn.Parameter(t.to(dtype)))
+    return params
+
+
+def split_groups(params, overrides):
+    groups = [{"params": [], **o} for o in overrides]
+    for i, p in enumerate(params):
+        groups[i % len(groups)]["params"].append(p)
+    return groups
+
+
+def clone_params(params, dtype=None):
+    out = []
+    for p in params:
+        c = torch.empty_strided(p.shape, p.stride(), dtype=dtype or p.dtype)
+        c.copy_(p.detach())
+        out.append(torch.nn.Parameter(c))
+    return out
+
+
+def set_grads(param_sets, step, none_every=4):
+    """The same grads (made in fp64, cast to each set's dtype) on every set; on some steps a
+    parameter's grad is None (index-dependent), including on the first step."""
+    gen = torch.Generator().manual_seed(1000 + step)
+    for i, p0 in enumerate(param_sets[0]):
+        none = none_every and (step + i) % none_every == none_every - 1
+        g = None if none else torch.randn(p0.shape, generator=gen, dtype=torch.float64)
+        for params in param_sets:
+            p = params[i]
+            if g is None:
+                p.grad = None
+            else:
+                p.grad = torch.empty_strided(p.shape, p.stride(), dtype=p.dtype).copy_(g)
+
+
+def build_pair(algo, kwargs, params, overrides, backend, torch_kwargs=None):
+    """(fusedopt optimizer, torch for-loop optimizer) over separate copies of ``params``."""
+    ours, theirs = clone_params(params), clone_params(params)
+    fused = FUSED[algo](split_groups(ours, overrides), backend=backend, **kwargs)
+    reference = TORCH[algo](split_groups(theirs, overrides),
+                            **dict(kwargs, **(torch_kwargs or {"foreach": False})))
+    return fused, ours, reference, theirs
+
+
+def state_of(opt, params):
+    return [copy.copy(opt.state.get(p, {})) for p in params]
