@@ -11,7 +11,8 @@ class FusedAdam(FusedOptimizer):
     """torch.optim.Adam's arguments and defaults (L2 weight decay unless
     ``decoupled_weight_decay=True``), plus ``backend``. ``foreach``, ``fused`` and ``capturable``
     are accepted for compatibility: the step is always fused, and capturable by construction
-    (step counters live on the parameters' device)."""
+    (step counters live on the parameters' device). ``skip_nonfinite=True`` skips, on device,
+    every step in which any grad is inf or nan, and counts them in ``skipped_steps``.""" 
 
     _HPARAM_SLOTS = {
         "lr": (_hparams.LR, "lr", None),
@@ -24,11 +25,13 @@ class FusedAdam(FusedOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
-                 differentiable=False, fused=None, decoupled_weight_decay=False, backend="auto"):
+                 differentiable=False, fused=None, decoupled_weight_decay=False, backend="auto",
+                 skip_nonfinite=False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, foreach=foreach, capturable=capturable,
                         differentiable=differentiable, fused=fused,
-                        decoupled_weight_decay=decoupled_weight_decay)
+                        decoupled_weight_decay=decoupled_weight_decay,
+                        skip_nonfinite=skip_nonfinite)
         self._check_group(defaults)
         super().__init__(params, defaults, backend)
 
@@ -85,7 +88,8 @@ class FusedAdamW(FusedAdam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
-                 differentiable=False, fused=None, backend="auto"):
+                 differentiable=False, fused=None, backend="auto", skip_nonfinite=False):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable, differentiable=differentiable,
-                         fused=fused, decoupled_weight_decay=True, backend=backend)
+                         fused=fused, decoupled_weight_decay=True, backend=backend,
+                         skip_nonfinite=skip_nonfinite)

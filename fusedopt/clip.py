@@ -51,7 +51,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     owner = OWNERS.get(params[0])
     if (owner is not None and owner._buckets is not None and len(params) == owner._num_params
             and all(OWNERS.get(p) is owner for p in params)):
-        owner._defer_clip(coef)
+        owner._defer_clip(coef, total)
     else:
         by_device = {}
         for g in grads:

@@ -7,7 +7,7 @@ parameters into buckets (Note [pack once]) and keeps the hyper-parameter tables
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-from fusedopt import _engine, _hparams, backends
+from fusedopt import _distributed, _engine, backends
 
 # param -> the FusedOptimizer that owns it; lets fusedopt.clip_grad_norm_ hand its coefficient
 # to the step that follows instead of rescaling every grad (Note [clip inside the step]).
@@ -42,7 +42,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._stale = [True]       # shared with every TrackedGroup of this optimizer
         self._buckets = None       # list[_engine.Bucket] or None: repack on next step
         self._tables = {}
-        self._pending_clip = None
+        self._pending_clip = self._pending_norm = None
+        self._dtensors = []
+        self._skipped_steps = torch.zeros(())
         super().__init__(params, dict(defaults, backend=backend))
 
     # GradScaler.step sets self.grad_scale / self.found_inf and lets step() unscale inline
@@ -78,7 +80,9 @@ class FusedOptimizer(torch.optim.Optimizer):
     def __setstate__(self, state):
         super().__setstate__(state)
         if not hasattr(self, "_stale"):        # unpickling
-            self._stale, self._buckets, self._tables, self._pending_clip = [True], None, {}, None
+            self._stale, self._buckets, self._tables, self._dtensors = [True], None, {}, []
+            self._pending_clip = self._pending_norm = None
+            self._skipped_steps = torch.zeros(())
         self.param_groups = [g if isinstance(g, _engine.TrackedGroup)
                              else _engine.TrackedGroup(self._stale, g) for g in self.param_groups]
         for g in self.param_groups:
@@ -92,7 +96,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._stale[0] = True
 
     def zero_grad(self, set_to_none=True):
-        self._pending_clip = None
+        self._pending_clip = self._pending_norm = None
         super().zero_grad(set_to_none)
 
     # ---- hyper-parameters -------------------------------------------------------------------
@@ -152,26 +156,33 @@ class FusedOptimizer(torch.optim.Optimizer):
         """Note [pack once]: build the buckets from param_groups and state."""
         self._sync_tables()
         specs = {}
+        self._dtensors = []                    # (DTensor param, its local shard)
         for gi, group in enumerate(self.param_groups):
             flags = self._packed_flags[gi]
             for p in group["params"]:
-                key = (p.device, p.dtype, flags)
+                placement = _distributed.placement_key(p)
+                key = (p.device, p.dtype, flags, placement)
                 spec = specs.get(key)
                 if spec is None:
-                    spec = specs[key] = _engine.BucketSpec(p.device, p.dtype, flags)
+                    spec = specs[key] = _engine.BucketSpec(p.device, p.dtype, flags,
+                                                           placement=placement)
+                shard = _distributed.local(p)
+                if placement is not None:
+                    self._dtensors.append((p, shard))
                 packed = self._state_of(p, group)
                 if packed is None:
-                    spec.pending.append(p)
+                    spec.pending.append(shard)
                     spec.pending_group.append(gi)
+                    spec.pending_source.append(p)
                 else:
                     states, step = packed
-                    spec.params.append(p)
+                    spec.params.append(shard)
                     spec.steps.append(step)
                     spec.group_index.append(gi)
-                    for k, s in enumerate(states):
+                    for k, state in enumerate(states):
                         if len(spec.states) <= k:
                             spec.states.append([])
-                        spec.states[k].append(s)
+                        spec.states[k].append(_distributed.local(state))
                 OWNERS[p] = self
         buckets = []
         for spec in specs.values():
@@ -183,12 +194,26 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._num_params = sum(len(g["params"]) for g in self.param_groups)
         return buckets
 
+    def _current_buckets(self):
+        buckets = self._buckets
+        if buckets is None or self._stale[0]:
+            self._sync_tables()
+            buckets = self._buckets or self._pack()
+        self._attach_shard_grads(buckets)
+        return buckets
+
+    def _attach_shard_grads(self, buckets, clear=False):
+        """DTensor params: the kernels read grads from the local shards, so hand each shard its
+        grad's local tensor (O(params) Python, on the distributed path only)."""
+        for p, shard in self._dtensors:
+            shard.grad = None if clear or p.grad is None else p.grad.to_local()
+
     def _init_new_states(self, buckets):
         """Create state for params that got their first grad. Returns True if any did."""
         grown = False
         for b in buckets:
             for i in b.backend.pending_with_grad(b.handle):
-                p = b.spec.pending[i]
+                p = b.spec.pending_source[i]
                 self._check_grad(p)
                 self._new_state(p, self.param_groups[b.spec.pending_group[i]])
                 grown = True
@@ -213,28 +238,55 @@ class FusedOptimizer(torch.optim.Optimizer):
         return loss
 
     def _fused_step(self):
-        buckets = self._buckets
-        if buckets is None or self._stale[0]:
-            self._sync_tables()
-            buckets = self._buckets or self._pack()
+        buckets = self._current_buckets()
         if self._init_new_states(buckets):
             buckets = self._pack()
-        scalars = self._step_scalars()
+            self._attach_shard_grads(buckets)
+        scalars = self._step_scalars(buckets)
         for b in buckets:
             if b.spec.params:
                 self._kernel(b, self._tables[b.spec.device], **_on_device(scalars, b.spec.device))
+        if self._dtensors:
+            self._attach_shard_grads(buckets, clear=True)   # don't keep old grads alive
 
-    def _step_scalars(self):
+    def _step_scalars(self, buckets):
         """clip_coef / inv_scale / found_inf for this step (Note [clip inside the step])."""
-        clip_coef, self._pending_clip = self._pending_clip, None
+        clip_coef, norm = self._pending_clip, self._pending_norm
+        self._pending_clip = self._pending_norm = None
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         inv_scale = None
         if grad_scale is not None:
             # torch's unscale_ rounds 1/scale the same way: double reciprocal, then float
             inv_scale = grad_scale.double().reciprocal().float()
-        return {"clip_coef": clip_coef, "inv_scale": inv_scale,
-                "found_inf": None if found_inf is None else found_inf.float()}
+        if found_inf is not None:
+            found_inf = found_inf.float()
+        if self.defaults.get("skip_nonfinite"):
+            # Note [skip non-finite steps]: one norm over every grad (reused from a clip of this
+            # step) decides on device whether any grad is inf/nan; the kernels then touch nothing.
+            if norm is None:
+                norm = self._global_norm(buckets, 2.0)
+            bad = (~torch.isfinite(norm)).float()
+            found_inf = bad if found_inf is None else torch.maximum(found_inf, bad.to(found_inf))
+            self._skipped_steps = self._skipped_steps.to(bad.device) + bad
+        return {"clip_coef": clip_coef, "inv_scale": inv_scale, "found_inf": found_inf}
+
+    @property
+    def skipped_steps(self):
+        """Steps skipped by ``skip_nonfinite=True`` (a 0-d tensor: reading it as a number syncs)."""
+        return self._skipped_steps
+
+    def state_dict(self):
+        out = super().state_dict()
+        if self.defaults.get("skip_nonfinite"):
+            out["fusedopt"] = {"skipped_steps": self._skipped_steps.clone()}
+        return out
+
+    def load_state_dict(self, state_dict):
+        extra = state_dict.get("fusedopt", {})
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "fusedopt"})
+        if "skipped_steps" in extra:
+            self._skipped_steps = extra["skipped_steps"].clone()
 
     # ---- fused clipping -------------------------------------------------------------------------
     def clip_grad_norm_(self, max_norm, norm_type=2.0, error_if_nonfinite=False):
@@ -247,21 +299,29 @@ class FusedOptimizer(torch.optim.Optimizer):
         """
         from fusedopt.clip import check_clip_args, clip_coefficient
         norm_type = check_clip_args(max_norm, norm_type)
-        buckets = self._buckets
-        if buckets is None or self._stale[0]:
-            self._sync_tables()
-            buckets = self._buckets or self._pack()
-        if backends.native_norm(norm_type):
-            total = backends.combine_norms(
-                [b.backend.bucket_norm(b.handle, norm_type) for b in buckets], norm_type)
-        else:
-            total = backends.tensors_norm([p.grad for g in self.param_groups for p in g["params"]
-                                           if p.grad is not None], norm_type)
-        self._defer_clip(clip_coefficient(total, max_norm, norm_type, error_if_nonfinite))
+        total = self._global_norm(self._current_buckets(), norm_type)
+        self._defer_clip(clip_coefficient(total, max_norm, norm_type, error_if_nonfinite), total)
         return total
 
-    def _defer_clip(self, coef):
-        self._pending_clip = coef if self._pending_clip is None else self._pending_clip * coef
+    def _global_norm(self, buckets, norm_type):
+        """Norm of every grad of this optimizer: one reduction per bucket, reduced across shards
+        for DTensor buckets; other orders than 2 and inf go through torch's vector_norm."""
+        norms = []
+        for b in buckets:
+            if backends.native_norm(norm_type):
+                local = b.backend.bucket_norm(b.handle, norm_type)
+            else:
+                local = backends.tensors_norm(
+                    [p.grad for p in b.spec.params + b.spec.pending if p.grad is not None], norm_type)
+            norms.append(_distributed.reduce_norm(local, norm_type, b.spec.placement))
+        return backends.combine_norms(norms, norm_type) if norms else torch.zeros(())
+
+    def _defer_clip(self, coef, norm):
+        if self._pending_clip is None:
+            self._pending_clip, self._pending_norm = coef, norm
+        else:   # clipped twice before a step: both coefficients apply, as with torch
+            self._pending_clip = self._pending_clip * coef
+            self._pending_norm = norm
 
 
 def _on_device(scalars, device):

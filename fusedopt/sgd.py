@@ -8,7 +8,8 @@ __all__ = ["FusedSGD"]
 
 
 class FusedSGD(FusedOptimizer):
-    """torch.optim.SGD's arguments and defaults, plus ``backend``. State is torch's:
+    """torch.optim.SGD's arguments and defaults, plus ``backend`` and ``skip_nonfinite`` (see
+    FusedAdam). State is torch's:
     ``momentum_buffer`` for groups with momentum != 0, nothing otherwise."""
 
     _HPARAM_SLOTS = {
@@ -19,10 +20,11 @@ class FusedSGD(FusedOptimizer):
     }
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False,
-                 *, maximize=False, foreach=None, differentiable=False, fused=None, backend="auto"):
+                 *, maximize=False, foreach=None, differentiable=False, fused=None, backend="auto",
+                 skip_nonfinite=False):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach,
-                        differentiable=differentiable, fused=fused)
+                        differentiable=differentiable, fused=fused, skip_nonfinite=skip_nonfinite)
         self._check_group(defaults)
         # Note [SGD seeding]: torch seeds a momentum buffer with the first grad (no dampening).
         # The kernels need to know which buffers are seeded; the per-param counter lives here,

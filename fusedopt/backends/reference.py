@@ -34,7 +34,11 @@ def _compute_dtype(t):
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _skipped(found_inf):
+def _skipped(spec, found_inf):
+    """Check every grad first (nothing may change if one is bad), then read found_inf."""
+    for p in spec.params:
+        if p.grad is not None and p.grad.layout != torch.strided:
+            raise RuntimeError("sparse gradients are not supported")
     return found_inf is not None and bool(found_inf.item())
 
 
@@ -49,7 +53,7 @@ def _grad(p, inv_scale, clip_coef, maximize):
 
 def adam_step(spec, hp, *, amsgrad, maximize, decoupled, clip_coef=None, inv_scale=None,
               found_inf=None):
-    if _skipped(found_inf):
+    if _skipped(spec, found_inf):
         return
     rows = hp.tolist()
     for i, p in enumerate(spec.params):
@@ -87,7 +91,7 @@ def adam_step(spec, hp, *, amsgrad, maximize, decoupled, clip_coef=None, inv_sca
 
 
 def sgd_step(spec, hp, *, nesterov, maximize, clip_coef=None, inv_scale=None, found_inf=None):
-    if _skipped(found_inf):
+    if _skipped(spec, found_inf):
         return
     rows = hp.tolist()
     has_buffer = len(spec.states) == 1
