@@ -3,7 +3,7 @@ when the parameters are exactly a fusedopt optimizer's, the scaling folded into 
 
 import torch
 
-from fusedopt import backends
+from fusedopt import _distributed, backends
 
 
 def check_clip_args(max_norm, norm_type):
@@ -46,7 +46,13 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    total = backends.tensors_norm(grads, norm_type)
+    # DTensor grads (FSDP2): norm of the local shards, reduced across the shards' ranks
+    by_placement = {}
+    for g in grads:
+        by_placement.setdefault(_distributed.placement_key(g), []).append(_distributed.local(g))
+    total = backends.combine_norms(
+        [_distributed.reduce_norm(backends.tensors_norm(local, norm_type), norm_type, key)
+         for key, local in by_placement.items()], norm_type)
     coef = clip_coefficient(total, max_norm, norm_type, error_if_nonfinite)
     owner = OWNERS.get(params[0])
     if (owner is not None and owner._buckets is not None and len(params) == owner._num_params
@@ -54,8 +60,9 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         owner._defer_clip(coef, total)
     else:
         by_device = {}
-        for g in grads:
-            by_device.setdefault((g.device, g.dtype), []).append(g)
+        for local in by_placement.values():
+            for g in local:
+                by_device.setdefault((g.device, g.dtype), []).append(g)
         for (device, _), gs in by_device.items():
             torch._foreach_mul_(gs, coef.to(device))
     return total
