@@ -22,11 +22,12 @@ def __getattr__(name):
     import importlib
     if name in _CONFIG_NAMES:
         return getattr(importlib.import_module("fusedopt.config"), name)
-    if name == "schedulers":
-        return importlib.import_module("fusedopt.schedulers")
-    schedulers = importlib.import_module("fusedopt.schedulers")
-    if name in getattr(schedulers, "__all__", ()):
-        return getattr(schedulers, name)
+    if name in ("config", "schedulers"):
+        return importlib.import_module(f"fusedopt.{name}")
+    if name == "build_param_scheduler" or name.endswith(("LR", "Momentum", "ParamScheduler")):
+        schedulers = importlib.import_module("fusedopt.schedulers")
+        if name in schedulers.__all__:
+            return getattr(schedulers, name)
     raise AttributeError(f"module 'fusedopt' has no attribute {name!r}")
 
 
