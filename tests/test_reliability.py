@@ -3,6 +3,8 @@ import io
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import fusedopt
 from helpers import CPU_BACKENDS, FUSED, TORCH, clone_params, make_params, set_grads, split_groups
@@ -117,3 +119,35 @@ def test_state_saved_with_one_backend_loads_with_another():
     for i, (p, q) in enumerate(zip(ours, theirs)):
         assert_close(p.detach(), q.detach(), f"param {i}")
         assert_close(b.state[p]["exp_avg"], t.state[q]["exp_avg"], f"param {i} exp_avg")
+
+
+class _Allocations(TorchDispatchMode):
+    """Records the element count of every tensor an op creates (outputs with new storage)."""
+
+    def __init__(self):
+        super().__init__()
+        self.numels = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor)}
+        self.numels += [t.numel() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)
+                        and t.untyped_storage().data_ptr() not in inputs]
+        return out
+
+
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "reference"] or
+                         [pytest.param("cpu", marks=pytest.mark.skip("the cpu backend is not built"))])
+@pytest.mark.parametrize("algo,kwargs", [("AdamW", dict(amsgrad=True)), ("SGD", dict(momentum=0.9))])
+def test_no_parameter_sized_buffers_beyond_state(backend, algo, kwargs):
+    """After the first step created the state, clip + step allocate nothing parameter-sized."""
+    params = make_params([(4096,), (64, 33), (999,)])
+    opt = FUSED[algo](params, backend=backend, **kwargs)
+    set_grads([params], 0, none_every=0)
+    opt.step()
+    set_grads([params], 1, none_every=0)
+    with _Allocations() as allocations:
+        opt.clip_grad_norm_(1.0)
+        opt.step()
+    assert max(allocations.numels, default=0) < 999, allocations.numels
