@@ -1,0 +1,17 @@
+"""Exception types of the config layer.
+
+mmengine reports several config mistakes with ``assert`` (AssertionError). fusedopt raises
+ValueError/TypeError for them, as a subclass that is *also* an AssertionError, so code written
+against mmengine (``except AssertionError``) keeps working.
+"""
+
+
+class ConfigValueError(ValueError, AssertionError):
+    """A config value is out of range or missing (also an AssertionError, as in mmengine)."""
+
+
+class ConfigTypeError(TypeError, AssertionError):
+    """A config value has the wrong type or an unknown key (also an AssertionError)."""
+
+
+__all__ = ["ConfigValueError", "ConfigTypeError"]
