@@ -1,0 +1,136 @@
+"""mmengine adapter: fusedopt's classes in child registries of mmengine's (scope ``'fusedopt'``).
+
+``import fusedopt.mmengine`` (or any ``type='fusedopt.X'`` in an mmengine config: mmengine then
+imports ``fusedopt.registry``, which imports this module) makes these resolvable:
+
+- ``optimizer=dict(type='fusedopt.FusedAdamW', ...)`` (also FusedAdam, FusedSGD);
+- ``optim_wrapper=dict(type='fusedopt.OptimWrapper' | 'fusedopt.AmpOptimWrapper', ...)``: the
+  fused wrappers (clip inside the step, fused AMP step) as subclasses of mmengine's wrappers,
+  so the Runner, its hooks and mmengine's schedulers accept them;
+- ``constructor='fusedopt.DefaultOptimWrapperConstructor'``;
+- ``custom_hooks=[dict(type='fusedopt.LazyScalarLogHook')]``: logs grad norms without a host sync
+  per iteration (one read per logging interval);
+- ``default_scope='fusedopt'``: plain names (``'OptimWrapper'``) resolve to fusedopt's first and
+  fall back to mmengine's for everything else.
+
+Nothing is registered in mmengine's root registries (DeepSpeed's strategy registers its own
+``FusedAdam`` there); every registration below goes into a child with scope ``'fusedopt'``.
+"""
+from __future__ import annotations
+
+import mmengine.registry.root as _mm_root
+from mmengine.hooks import Hook as _MMHook
+from mmengine.optim import AmpOptimWrapper as _MMAmpOptimWrapper
+from mmengine.optim import OptimWrapper as _MMOptimWrapper
+from mmengine.registry import Registry as _MMRegistry
+
+import fusedopt as _fo
+from fusedopt.config import constructor as _constructor
+from fusedopt.config import optim_wrapper as _wrapper
+
+SCOPE = "fusedopt"
+
+
+def _child(parent: _MMRegistry) -> _MMRegistry:
+    existing = parent.children.get(SCOPE)
+    if existing is not None:     # re-import / reload: reuse the node already in the tree
+        return existing
+    return _MMRegistry(parent.name, parent=parent, scope=SCOPE)
+
+
+# one child per root registry, so default_scope='fusedopt' finds a node in every tree (lookups
+# of names fusedopt does not define fall back to mmengine's root entries)
+_CHILDREN = {name: _child(reg) for name, reg in vars(_mm_root).items()
+             if isinstance(reg, _MMRegistry) and reg.parent is None}
+
+OPTIMIZERS = _CHILDREN["OPTIMIZERS"]
+OPTIM_WRAPPERS = _CHILDREN["OPTIM_WRAPPERS"]
+OPTIM_WRAPPER_CONSTRUCTORS = _CHILDREN["OPTIM_WRAPPER_CONSTRUCTORS"]
+PARAM_SCHEDULERS = _CHILDREN["PARAM_SCHEDULERS"]
+HOOKS = _CHILDREN["HOOKS"]
+
+
+class OptimWrapper(_wrapper.OptimWrapper, _MMOptimWrapper):
+    """fusedopt's OptimWrapper that is also an ``mmengine.optim.OptimWrapper``."""
+
+
+class AmpOptimWrapper(_wrapper.AmpOptimWrapper, _MMAmpOptimWrapper):
+    """fusedopt's AmpOptimWrapper that is also an ``mmengine.optim.AmpOptimWrapper``."""
+
+
+class DefaultOptimWrapperConstructor(_constructor.DefaultOptimWrapperConstructor):
+    """fusedopt's constructor building through mmengine's registries (so optimizers registered
+    by mmengine, MMAction2 or user code resolve, and ``type='OptimWrapper'`` means
+    fusedopt's wrapper when called from within the fusedopt scope)."""
+
+    optimizers_registry = OPTIMIZERS
+    wrappers_registry = OPTIM_WRAPPERS
+
+
+class LazyScalarLogHook(_MMHook):
+    """Let fusedopt wrappers keep grad norms as tensors and hand them to the MessageHub with one
+    host read per logging interval (just before LoggerHook, which runs at BELOW_NORMAL)."""
+
+    priority = "ABOVE_NORMAL"
+
+    def __init__(self, interval: int = None):
+        self.interval = interval
+
+    def _wrappers(self, runner):
+        ow = getattr(runner, "optim_wrapper", None)
+        if ow is None:
+            return []
+        items = ow.values() if hasattr(ow, "values") and callable(ow.values) else [ow]
+        return [w for w in items if isinstance(w, _wrapper.OptimWrapper)]
+
+    def _interval(self, runner) -> int:
+        if self.interval is None:
+            from mmengine.hooks import LoggerHook
+            self.interval = next((h.interval for h in runner.hooks if isinstance(h, LoggerHook)),
+                                 1)
+        return self.interval
+
+    def _flush(self, runner) -> None:
+        for w in self._wrappers(runner):
+            w.flush_scalars()
+
+    def before_train(self, runner) -> None:
+        for w in self._wrappers(runner):
+            w.lazy_logging = True
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if (self.every_n_inner_iters(batch_idx, self._interval(runner))
+                or self.end_of_epoch(runner.train_dataloader, batch_idx)):
+            self._flush(runner)
+
+    def after_train_epoch(self, runner) -> None:
+        self._flush(runner)
+
+    def before_save_checkpoint(self, runner, checkpoint) -> None:
+        self._flush(runner)
+
+    def after_train(self, runner) -> None:
+        self._flush(runner)
+
+
+def _register(registry: _MMRegistry, module, name=None) -> None:
+    # force=True is scoped to fusedopt's own child node (a re-import replaces our own entry)
+    registry.register_module(name=name, module=module, force=True)
+
+
+for _name in ("FusedAdam", "FusedAdamW", "FusedSGD"):
+    _register(OPTIMIZERS, getattr(_fo, _name))
+_register(OPTIM_WRAPPERS, OptimWrapper)
+_register(OPTIM_WRAPPERS, AmpOptimWrapper)
+_register(OPTIM_WRAPPER_CONSTRUCTORS, DefaultOptimWrapperConstructor)
+_register(HOOKS, LazyScalarLogHook)
+
+# fusedopt's schedulers (whatever fusedopt.schedulers registers) under their own names
+from fusedopt.config import PARAM_SCHEDULERS as _FO_SCHEDULERS  # noqa: E402
+
+for _name, _cls in list(_FO_SCHEDULERS.module_dict.items()):
+    _register(PARAM_SCHEDULERS, _cls, _name)
+
+__all__ = ["SCOPE", "OPTIMIZERS", "OPTIM_WRAPPERS", "OPTIM_WRAPPER_CONSTRUCTORS",
+           "PARAM_SCHEDULERS", "HOOKS", "OptimWrapper", "AmpOptimWrapper",
+           "DefaultOptimWrapperConstructor", "LazyScalarLogHook"]
