@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Compile-check every CUDA source under csrc/ for sm_80 and sm_90 with the machine's nvcc
+# (`nvcc -c`, objects into a temporary directory that is removed). The kernels include only CUDA
+# headers, so this needs no CUDA build of torch. Exits 0 with a message when there is no nvcc,
+# non-zero on any compile error or warning.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NVCC=${NVCC:-$(command -v nvcc || true)}
+if [ -z "$NVCC" ] && [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]; then
+  NVCC="${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"
+fi
+if [ -z "$NVCC" ]; then
+  echo "compile_cuda: nvcc not found (PATH, \$CUDA_HOME/bin, /usr/local/cuda/bin): CUDA compile check skipped"
+  exit 0
+fi
+
+mapfile -t SOURCES < <(find csrc -name '*.cu' | sort)
+if [ "${#SOURCES[@]}" -eq 0 ]; then
+  echo "compile_cuda: no .cu files under csrc/"
+  exit 0
+fi
+
+OBJ=$(mktemp -d)
+trap 'rm -rf "$OBJ"' EXIT
+echo "compile_cuda: $("$NVCC" --version | tail -n 1)"
+status=0
+for src in "${SOURCES[@]}"; do
+  obj="$OBJ/$(echo "$src" | tr '/' '_').o"
+  if "$NVCC" -std=c++17 -O3 -Icsrc -Werror all-warnings -Xcompiler -Wall,-Werror \
+      -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+      -c "$src" -o "$obj"; then
+    echo "compile_cuda: ok    $src (sm_80, sm_90)"
+  else
+    echo "compile_cuda: FAIL  $src"
+    status=1
+  fi
+done
+exit $status
