@@ -1,0 +1,208 @@
+"""Where a scheduled hyper-parameter lives, and how a scheduler step writes it.
+
+Note [scheduler writes]: every fusedopt scheduler of one optimizer that schedules the same
+hyper-parameter (``lr``, ``momentum``, ...) shares one ``Slot``. A scheduler step is an update
+of the whole value vector (one entry per param group) written as a few tensor operations:
+
+* On a fusedopt optimizer the current values are read from the device hyper-parameter table
+  (Note [lr lives on the device]: the table is the truth; a float written into a param_group
+  by someone else has already been copied into it by ``hparam_tables``), updated with O(1)
+  tensor ops and written back with ``set_hparam(name, tensor)``: one copy per device, no host
+  sync, whatever the number of groups.
+* The param_group dicts are refreshed *lazily* on fusedopt optimizers: the optimizer's
+  ``param_groups`` list is replaced once by a ``LazyGroups`` list that writes the pending host
+  values into the dicts the next time anyone iterates or indexes it (``opt.param_groups[0]['lr']``,
+  ``for g in opt.param_groups``, ``state_dict()``...). So ``param_group['lr']`` reads the
+  current value, and a step that nobody reads costs no Python work per group. The host values
+  are a CPU float64 mirror updated with the same IEEE operations as the device copy (on CPU
+  devices they are the same tensor), so reading them never syncs with the device.
+  A reference to a group dict kept from *before* the step (``g = opt.param_groups[0]`` then
+  ``g['lr']`` after later steps) may show an older value; index the list again.
+* On other optimizers (torch.optim.*, custom) the values are read from the dicts, updated with
+  the same tensor ops on the host, and written back into the dicts at once (eager).
+
+All arithmetic is float64 in the operation order of mmengine's chainable forms, so the values
+equal mmengine's bit for bit (the device path adds nothing but IEEE float64 +, -, *, /).
+"""
+import torch
+
+__all__ = ["Slot", "LazyGroups", "raw_optimizer"]
+
+
+def raw_optimizer(optimizer):
+    """The torch optimizer behind an optimizer or an optim wrapper (anything with ``.optimizer``
+    and ``.param_groups``)."""
+    inner = getattr(optimizer, "optimizer", None)
+    if inner is not None and hasattr(inner, "param_groups") and not hasattr(optimizer, "state"):
+        return raw_optimizer(inner)
+    if not hasattr(optimizer, "param_groups"):
+        raise TypeError("``optimizer`` should be an Optimizer or an optim wrapper, but got "
+                        f"{type(optimizer).__name__}")
+    return optimizer
+
+
+class LazyGroups(list):
+    """``optimizer.param_groups`` of a fusedopt optimizer under fusedopt schedulers: writes the
+    pending scheduled values into the group dicts before anyone looks at them."""
+    __slots__ = ("pending",)
+
+    def __init__(self, groups):
+        super().__init__(groups)
+        self.pending = {}            # slot name -> Slot with host values not yet in the dicts
+
+    def materialize(self):
+        pending = self.pending
+        if pending:
+            slots = list(pending.values())
+            pending.clear()
+            for slot in slots:
+                slot.write_dicts(list.__iter__(self))
+
+    def __iter__(self):
+        if self.pending:
+            self.materialize()
+        return list.__iter__(self)
+
+    def __getitem__(self, index):
+        if self.pending:
+            self.materialize()
+        return list.__getitem__(self, index)
+
+    def __reversed__(self):
+        self.materialize()
+        return list.__reversed__(self)
+
+    def copy(self):
+        self.materialize()
+        return list(list.__iter__(self))
+
+    def __reduce_ex__(self, protocol):   # pickle/deepcopy as a plain, up-to-date list
+        self.materialize()
+        return (list, (list(list.__iter__(self)),))
+
+    def __repr__(self):
+        self.materialize()
+        return list.__repr__(self)
+
+
+class Slot:
+    """One hyper-parameter of every group of one optimizer (Note [scheduler writes])."""
+
+    def __init__(self, optimizer, name):
+        self.optimizer = optimizer
+        self.name = name
+        defaults = getattr(optimizer, "defaults", {})
+        if name == "momentum" and "momentum" not in defaults and "betas" in defaults:
+            self.key, self.index = "betas", 0          # Adam family: momentum is betas[0]
+        else:
+            self.key, self.index = name, None
+        slots = getattr(type(optimizer), "_HPARAM_SLOTS", None)
+        self.fused = (slots is not None and name in slots
+                      and callable(getattr(optimizer, "set_hparam", None)))
+        self.column = slots[name][0] if self.fused else None
+        self.host = None          # CPU float64 [G]: the values the dicts should show
+        self.tables_seen = None   # identity of the device tables the host mirror follows
+
+    # ---- group dicts ------------------------------------------------------------------------
+    def groups(self):
+        """The group dicts, without materializing pending values (callers overwrite them)."""
+        groups = self.optimizer.param_groups
+        return list.__iter__(groups) if isinstance(groups, LazyGroups) else groups
+
+    def read_dicts(self):
+        key, index = self.key, self.index
+        if index is None:
+            vals = [g[key] for g in self.groups()]
+        else:
+            vals = [g[key][index] for g in self.groups()]
+        return torch.tensor([float(v) for v in vals], dtype=torch.float64)
+
+    def write_dicts(self, groups):
+        key, index = self.key, self.index
+        values = self.host.tolist()
+        setitem = dict.__setitem__
+        if index is None:
+            for g, v in zip(groups, values):
+                setitem(g, key, v)
+        else:
+            for g, v in zip(groups, values):
+                pair = list(g[key])
+                pair[index] = v
+                setitem(g, key, type(g[key])(pair) if isinstance(g[key], list) else tuple(pair))
+
+    def _lazy_groups(self):
+        opt = self.optimizer
+        groups = opt.param_groups
+        if not isinstance(groups, LazyGroups):
+            groups = LazyGroups(groups)
+            opt.param_groups = groups
+        return groups
+
+    # ---- values -------------------------------------------------------------------------------
+    def values(self):
+        """Current values as a list of floats (host; never syncs)."""
+        if self.fused:
+            self.current()
+            return self.host.tolist()
+        return self.read_dicts().tolist()
+
+    def current(self):
+        """(device vectors, host vector): copies of the current values, to update in place.
+
+        fusedopt: device vectors are clones of the table columns (the truth); the host mirror is
+        reloaded from the dicts whenever the tables were rebuilt (a dict was written by someone
+        else), and shares storage with the device vector on CPU devices.
+        """
+        if not self.fused:
+            self.host = self.read_dicts()
+            return [], self.host
+        opt = self.optimizer
+        tables = opt.hparam_tables
+        devs = [t[:, self.column].clone() for t in tables.values()]
+        cpu = [v for v in devs if v.device.type == "cpu"]
+        if cpu:
+            self.host = cpu[0]
+            devs = [v for v in devs if v is not cpu[0]]
+        elif (self.host is None or self.tables_seen is None
+              or any(a is not b for a, b in zip(self.tables_seen, tables.values()))
+              or len(self.host) != len(opt.param_groups)):
+            groups = opt.param_groups
+            if isinstance(groups, LazyGroups):
+                groups.materialize()
+            self.host = self.read_dicts()
+        self.tables_seen = list(tables.values())
+        return devs, self.host
+
+    def commit(self, devs, host):
+        """Write the updated vectors: device tables (fused), then the dicts (lazy or eager)."""
+        self.host = host
+        if not self.fused:
+            key, index = self.key, self.index
+            for g, v in zip(self.groups(), host.tolist()):
+                if index is None:
+                    g[key] = v
+                else:
+                    pair = list(g[key])
+                    pair[index] = v
+                    g[key] = tuple(pair)
+            return
+        opt = self.optimizer
+        groups = self._lazy_groups()
+        src = devs[0] if devs else host
+        opt.set_hparam(self.name, src)
+        groups.pending[self.name] = self
+        self.tables_seen = list(opt._tables.values()) if hasattr(opt, "_tables") else None
+
+    def set_values(self, values):
+        """Write explicit values (a list of floats) into every group (resume)."""
+        host = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        if len(host) != len(self.optimizer.param_groups):
+            raise ValueError(f"{len(host)} saved values of {self.name!r} for "
+                             f"{len(self.optimizer.param_groups)} param groups")
+        if self.fused:
+            devs, _ = self.current()
+            devs = [host.to(v.device, non_blocking=True) for v in devs]
+            self.commit(devs, host)
+            self.optimizer.param_groups.materialize()
+        else:
+            self.commit([], host)

@@ -1,0 +1,83 @@
+"""Graph mode: a chain of schedulers evaluated on the device from device step counters.
+
+``DeviceSchedule(schedulers).step()`` does what ``for s in schedulers: s.step()`` does, with
+tensor math only: each scheduler's ``_global_step``/``last_step`` are 0-d int64 tensors on the
+device, its window test and its chainable update are ``torch.where`` selections, and the new
+values go into the optimizer's hyper-parameter table with ``set_hparam(name, tensor)`` (a
+device copy). No ``.item()``, no host sync, no allocation that depends on values, so a CUDA
+graph that captures ``schedule.step(); clip; opt.step()`` replays a whole training schedule::
+
+    schedule = DeviceSchedule(schedulers)        # builds every constant now (not during capture)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        opt.step(); schedule.step()
+    for _ in range(n): g.replay()
+    schedule.sync_to_host()                      # counters and param_group values back (syncs)
+
+The host objects are not advanced while the device schedule runs, and the param_group dicts
+keep their old floats until ``sync_to_host()``. ReduceOnPlateau* needs host metrics and has no
+device form. OneCycle past ``total_steps`` keeps its last value (the host form raises).
+"""
+import torch
+
+from fusedopt.schedulers._slot import LazyGroups
+
+__all__ = ["DeviceSchedule"]
+
+
+class DeviceSchedule:
+    def __init__(self, schedulers, device=None):
+        self.schedulers = list(schedulers)
+        self._vectors = {}            # Slot -> device vector of its current values
+        self._counters = []           # per scheduler: (global_step, last_step) int64 tensors
+        for s in self.schedulers:
+            if s.need_val_args:
+                raise NotImplementedError(f"{type(s).__name__} is driven by validation "
+                                          "metrics on the host and has no device form")
+            slot = s._slot
+            if slot not in self._vectors:
+                devs, host = slot.current()
+                if devs:
+                    vec = devs[0].clone()
+                else:
+                    vec = host.clone().to(device or "cpu")
+                self._vectors[slot] = vec
+            vec = self._vectors[slot]
+            self._counters.append((torch.tensor(s._global_step, device=vec.device),
+                                   torch.tensor(s.last_step, device=vec.device)))
+            # build every constant of the device form now, outside any capture
+            s._device_update(vec.clone(), torch.zeros((), dtype=torch.int64, device=vec.device))
+
+    def step(self):
+        for s, (gstep, lstep) in zip(self.schedulers, self._counters):
+            v = self._vectors[s._slot]
+            gstep.add_(1)
+            inside = (gstep >= s.begin) & (gstep < s.end)
+            lstep.add_(inside.to(lstep.dtype))
+            v.copy_(torch.where(inside, s._device_update(v, lstep), v))
+        for slot, v in self._vectors.items():
+            if slot.fused:
+                slot.optimizer.set_hparam(slot.name, v)
+
+    def values(self, scheduler_or_slot=None):
+        """Device vector of the current values (of the first scheduler's parameter by default)."""
+        slot = getattr(scheduler_or_slot, "_slot", scheduler_or_slot) or self.schedulers[0]._slot
+        return self._vectors[slot]
+
+    def sync_to_host(self):
+        """Copy counters and values back to the host schedulers and the param_group dicts
+        (reads device memory: a host sync)."""
+        for s, (gstep, lstep) in zip(self.schedulers, self._counters):
+            s._global_step = int(gstep.item())
+            s.last_step = int(lstep.item())
+            s._last_host = None
+        for slot, v in self._vectors.items():
+            host = v.detach().to("cpu", torch.float64).clone()
+            slot.host = host
+            if slot.fused:
+                groups = slot._lazy_groups()
+                groups.pending[slot.name] = slot
+                groups.materialize()
+                slot.tables_seen = list(slot.optimizer.hparam_tables.values())
+            else:
+                slot.commit([], host)
