@@ -1,0 +1,66 @@
+"""The 2- or inf-norm of every grad of a bucket, in one launch, with no host sync.
+
+Note [norm in one launch]: a fixed number of programs (at most MAX_PROGRAMS) walk the bucket's
+(tensor, block) pairs with a grid-stride loop, each keeping one partial; the last program to
+finish (acq_rel counter, as in Note [step in one launch]) reduces the partials in program order,
+so the result is deterministic for a given bucket. 1024 programs of 4 warps are ~7.8 per SM on
+132 SMs, one resident wave (an SM holds 16 such programs), and the final reduction reads 4 KiB.
+NaN propagates like torch.linalg.vector_norm: the inf-norm's max keeps NaN.
+"""
+import triton
+import triton.language as tl
+
+from fusedopt.kernels.table import META_COLS, NUMEL, locate, sqrt_rn, typed
+
+MAX_PROGRAMS = 1024
+_META_COLS, _NUMEL = tl.constexpr(META_COLS), tl.constexpr(NUMEL)
+
+
+def num_programs(num_blocks):
+    return max(1, min(num_blocks, MAX_PROGRAMS))
+
+
+# num_blocks is a size: specialising on it (== 1, multiple of 16) would recompile per bucket.
+@triton.jit(do_not_specialize=["blocks", "meta", "grads", "partials", "counter", "out",
+                               "num_blocks"])
+def norm_kernel(blocks, meta, grads, partials, counter, out, num_blocks,
+                DTYPE: tl.constexpr, ACC: tl.constexpr, INF: tl.constexpr,
+                ALIGNED: tl.constexpr, BLOCK: tl.constexpr, MAX_PROGRAMS: tl.constexpr):
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    acc = tl.zeros([BLOCK], ACC)
+    for i in range(pid, num_blocks, programs):
+        t, b = locate(blocks, i)
+        g_address = tl.load(grads + t)
+        if g_address != 0:          # grad None: contributes nothing
+            n = tl.load(meta + t * _META_COLS + _NUMEL)
+            g_ptr = typed(g_address, DTYPE, ALIGNED)
+            offs = b.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+            if b.to(tl.int64) * BLOCK + BLOCK <= n:  # unmasked full block: vector loads
+                x = tl.load(g_ptr + offs).to(ACC)
+            else:
+                x = tl.load(g_ptr + offs, mask=offs < n, other=0).to(ACC)
+            if INF:
+                acc = tl.maximum(acc, tl.abs(x), propagate_nan=tl.PropagateNan.ALL)
+            else:
+                acc = acc + x * x
+    tl.store(partials + pid, _reduce(acc, INF))
+    if tl.atomic_add(counter, 1) == programs - 1:
+        idx = tl.arange(0, MAX_PROGRAMS)
+        total = _reduce(tl.load(partials + idx, mask=idx < programs, other=0), INF)
+        if not INF:
+            total = sqrt_rn(total)
+        tl.store(out, total.to(tl.float32))
+        tl.store(counter, 0)
+
+
+@triton.jit
+def _max_keep_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _reduce(x, INF: tl.constexpr):
+    if INF:
+        return tl.reduce(x, 0, _max_keep_nan)
+    return tl.sum(x, 0)

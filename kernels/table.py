@@ -1,0 +1,148 @@
+"""The pointer table every fusedopt Triton kernel walks, and the launch-size rule.
+
+Note [one launch per bucket]: a bucket's tensors are described once, on its device, by
+- ``meta``: int64 [T, META_COLS], one row per tensor: numel, group row, address of the param,
+  of its float32 step counter and of up to three state tensors (0 where unused);
+- ``grads``: int64 [T], the grad addresses, 0 for a grad that is None this step (the only
+  column that can change between steps: autograd may hand out new grad tensors);
+- ``blocks``: int32 [B, 2], one (tensor, block-within-tensor) pair per program.
+Program ``pid`` of a launch handles block ``blocks[pid]``, so one launch covers every tensor of
+the bucket whatever their sizes; shapes, their number, lrs and group counts are table contents,
+never kernel arguments that Triton would specialise on (so they never recompile).
+"""
+import torch
+import triton
+import triton.language as tl
+
+NUMEL, GROUP, PARAM, STEP, STATES = 0, 1, 2, 3, 4
+META_COLS = 8                 # 64-byte rows; STATES..STATES+2 hold Adam's m, v, max_v at most
+
+# Launch-size rule (not autotuned: autotuning would re-run an in-place update while timing it and
+# would change BLOCK, hence the block table, per device). One program moves BLOCK elements of
+# every stream. 2048 fp32 elements over 4 warps = 16 per thread = four 16-byte loads per stream
+# and thread, so an Adam program has 4 streams x 8 KiB = 32 KiB of loads in flight; an H100 SM
+# keeps ~8 such programs resident, well over the ~15 KiB per SM (3.35 TB/s x ~600 ns latency /
+# 132 SMs) needed to cover HBM latency, while fp32 AMSGrad still fits 5 x 16 values in registers
+# without spilling. fp64 halves BLOCK to keep the same bytes and registers per thread; fp16/bf16
+# keep 2048 because they compute in fp32 registers. The last block of a tensor idles < BLOCK
+# lanes (masked lanes move no bytes): for ResNet-50's 161 tensors, 25.6 M elements, at most
+# 161 x 2047 = 1.3% of the lanes.
+NUM_WARPS = 4
+
+
+def block_size(dtype):
+    return 1024 if dtype == torch.float64 else 2048
+
+
+def triton_dtype(dtype):
+    return {torch.float32: tl.float32, torch.float64: tl.float64,
+            torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[dtype]
+
+
+def compute_dtype(dtype):
+    """Note [compute precision]: fp64 params compute in fp64, every other dtype in fp32."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def block_pairs(numels, block, device):
+    """The (tensor, block) pairs: ceil(n / block) per tensor, and one for an empty tensor, whose
+    step counter still advances (torch counts a step of a param with a 0-element grad)."""
+    pairs = [(t, b) for t, n in enumerate(numels) for b in range(max(1, -(-n // block)))]
+    return upload(pairs or [(0, 0)], torch.int32, device).reshape(-1, 2), len(pairs)
+
+
+def meta_row(numel, group, param=None, step=None, states=()):
+    """One host row of ``meta``; a norm-only tensor leaves the addresses at 0."""
+    row = [0] * META_COLS
+    row[NUMEL], row[GROUP] = numel, group
+    if param is not None:
+        row[PARAM], row[STEP] = param.data_ptr(), step.data_ptr()
+    for k, state in enumerate(states):
+        row[STATES + k] = state.data_ptr()
+    return row
+
+
+def upload(values, dtype, device):
+    """A host list (non-empty) as a device tensor without a host sync: CUDA copies from pageable memory wait
+    for the stream, so stage through pinned memory (the caching host allocator reuses it)."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type == "cpu":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+# ---- device helpers shared by the kernels ----------------------------------------------------
+
+@triton.jit
+def locate(blocks, pid):
+    """(tensor index, first element of this program's block) for program ``pid``."""
+    t = tl.load(blocks + 2 * pid)
+    b = tl.load(blocks + 2 * pid + 1)
+    return t, b
+
+
+@triton.jit
+def typed(address, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """An int64 address as a DTYPE pointer. ALIGNED (the host checked every address of the launch
+    is a multiple of 16 bytes) lets Triton emit 16-byte vector loads/stores; without the hint a
+    pointer read from memory gets 4-byte ones (checked in the PTX of an sm_90 build)."""
+    ptr = address.to(tl.pointer_type(DTYPE))
+    if ALIGNED:
+        ptr = tl.multiple_of(ptr, 16)
+    return ptr
+
+
+@triton.jit
+def block_done(counters, t, n, step_ptr, new_step, BLOCK: tl.constexpr):
+    """Count this block done; the tensor's last block to finish stores its new step counter.
+
+    Note [step in one launch]: every block of a tensor reads the old counter at its start, so none
+    may write it early. The acq_rel atomic orders each block's read before its increment, hence
+    the block that sees count == blocks-1 is the last reader; it writes and re-arms the counter
+    for the next launch (so a captured CUDA graph replays correctly).
+    """
+    num_blocks = tl.maximum((n + BLOCK - 1) // BLOCK, 1)
+    if tl.atomic_add(counters + t, 1) == num_blocks - 1:
+        tl.store(step_ptr, new_step)
+        tl.store(counters + t, 0)
+
+
+@triton.jit
+def load_grad(g_ptr, offs, mask, inv_scale, clip_coef, MAXIMIZE: tl.constexpr,
+              CT: tl.constexpr):
+    """grad * inv_scale * clip_coef (that order: torch's unscale_ then clip), negated when
+    maximizing, in the compute dtype. None factors are compiled out."""
+    g = tl.load(g_ptr + offs, mask=mask).to(CT)
+    if inv_scale is not None:
+        g = g * tl.load(inv_scale).to(CT)
+    if clip_coef is not None:
+        g = g * tl.load(clip_coef).to(CT)
+    if MAXIMIZE:
+        g = -g
+    return g
+
+
+@triton.jit
+def skipped(found_inf):
+    """found_inf non-zero: the launch touches nothing (decided on device, no host sync)."""
+    if found_inf is not None:
+        return tl.load(found_inf) != 0
+    return False
+
+
+@triton.jit
+def sqrt_rn(x):
+    """Correctly rounded square root, like torch's. Triton's tl.sqrt is approximate for fp32;
+    tl.sqrt_rn takes fp32 only, and fp64 tl.sqrt lowers to the IEEE sqrt.rn.f64."""
+    if x.dtype == tl.float64:
+        return tl.sqrt(x)
+    return tl.sqrt_rn(x)
+
+
+@triton.jit
+def div_rn(x, y):
+    """Correctly rounded division, like torch's (Triton's fp32 ``/`` may be off by 2 ulp; fp64
+    ``/`` is IEEE already, and tl.div_rn takes fp32 only)."""
+    if x.dtype == tl.float64:
+        return x / y
+    return tl.div_rn(x, y)
