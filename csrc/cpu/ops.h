@@ -1,0 +1,25 @@
+// The CPU backend's entry points, called by csrc/bindings.cpp after it has checked every
+// argument (the functions here assume valid input and check nothing).
+#pragma once
+#include <ATen/ATen.h>
+#include <optional>
+
+#include "bucket.h"
+
+namespace fusedopt::cpu {
+
+void adam_step(Bucket& bucket, const at::Tensor& hp, bool amsgrad, bool maximize, bool decoupled,
+               const std::optional<at::Tensor>& clip_coef,
+               const std::optional<at::Tensor>& inv_scale,
+               const std::optional<at::Tensor>& found_inf);
+
+void sgd_step(Bucket& bucket, const at::Tensor& hp, bool nesterov, bool maximize,
+              const std::optional<at::Tensor>& clip_coef,
+              const std::optional<at::Tensor>& inv_scale,
+              const std::optional<at::Tensor>& found_inf);
+
+// 0-d float32: the norm (2 or inf) of every defined grad of the bucket's params and pending
+at::Tensor bucket_norm(const Bucket& bucket, double norm_type);
+at::Tensor tensors_norm(at::TensorList tensors, double norm_type);
+
+}  // namespace fusedopt::cpu

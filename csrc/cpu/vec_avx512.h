@@ -1,0 +1,71 @@
+// 512-bit vectors (AVX-512F + FMA + F16C). Included inside namespace fusedopt::cpu::avx512,
+// under #pragma GCC target (kernels_avx512.cpp).
+template <class C>
+struct Vec;
+
+template <>
+struct Vec<float> {
+  static constexpr int kLanes = 16;
+  __m512 v;
+
+  static Vec set1(float x) { return {_mm512_set1_ps(x)}; }
+  static Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  static Vec load(const c10::Half* p) {
+    return {_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))};
+  }
+  static Vec load(const c10::BFloat16* p) {   // bf16 is the top half of a float: exact
+    __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(w, 16))};
+  }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+  void store(c10::Half* p) const {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                        _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  void store(c10::BFloat16* p) const {
+    // c10's round_to_nearest_even, lane-wise: add 0x7FFF + lsb of the kept half, NaN -> 0x7FC0
+    __m512i bits = _mm512_castps_si512(v);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+    r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), r,
+                                _mm512_set1_epi32(0x7FC0));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+  }
+
+  static Vec add(Vec a, Vec b) { return {_mm512_add_ps(a.v, b.v)}; }
+  static Vec sub(Vec a, Vec b) { return {_mm512_sub_ps(a.v, b.v)}; }
+  static Vec mul(Vec a, Vec b) { return {_mm512_mul_ps(a.v, b.v)}; }
+  static Vec div(Vec a, Vec b) { return {_mm512_div_ps(a.v, b.v)}; }
+  static Vec fmadd(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+  static Vec sqrt(Vec a) { return {_mm512_sqrt_ps(a.v)}; }
+  static Vec abs(Vec a) { return {_mm512_abs_ps(a.v)}; }
+  static Vec max_nan(Vec a, Vec b) {   // maxps returns b when either is NaN: patch a's NaNs
+    return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, a.v, _CMP_UNORD_Q),
+                                 _mm512_max_ps(a.v, b.v), a.v)};
+  }
+  void to_array(float* out) const { _mm512_storeu_ps(out, v); }
+};
+
+template <>
+struct Vec<double> {
+  static constexpr int kLanes = 8;
+  __m512d v;
+
+  static Vec set1(double x) { return {_mm512_set1_pd(x)}; }
+  static Vec load(const double* p) { return {_mm512_loadu_pd(p)}; }
+  void store(double* p) const { _mm512_storeu_pd(p, v); }
+
+  static Vec add(Vec a, Vec b) { return {_mm512_add_pd(a.v, b.v)}; }
+  static Vec sub(Vec a, Vec b) { return {_mm512_sub_pd(a.v, b.v)}; }
+  static Vec mul(Vec a, Vec b) { return {_mm512_mul_pd(a.v, b.v)}; }
+  static Vec div(Vec a, Vec b) { return {_mm512_div_pd(a.v, b.v)}; }
+  static Vec fmadd(Vec a, Vec b, Vec c) { return {_mm512_fmadd_pd(a.v, b.v, c.v)}; }
+  static Vec sqrt(Vec a) { return {_mm512_sqrt_pd(a.v)}; }
+  static Vec abs(Vec a) { return {_mm512_abs_pd(a.v)}; }
+  static Vec max_nan(Vec a, Vec b) {
+    return {_mm512_mask_blend_pd(_mm512_cmp_pd_mask(a.v, a.v, _CMP_UNORD_Q),
+                                 _mm512_max_pd(a.v, b.v), a.v)};
+  }
+  void to_array(double* out) const { _mm512_storeu_pd(out, v); }
+};
