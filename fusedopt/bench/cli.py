@@ -1,0 +1,269 @@
+"""fusedopt-bench: time fusedopt against torch's optimizers (and apex / DeepSpeed / Transformer
+Engine where importable) in one process on one device, with the device's copy bandwidth measured
+in the same run as the roofline. See ``fusedopt-bench --help`` and design.md "Benchmark CLI".
+"""
+import argparse
+import gc
+import json
+import math
+import os
+import re
+import sys
+
+import torch
+
+from fusedopt.bench import impls as _impls
+from fusedopt.bench import measure, presets, report
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+EXAMPLES = """examples:
+  fusedopt-bench                                   # resnet50 AdamW, fusedopt vs torch, table + plot
+  fusedopt-bench --numel 20M --tensors 200 --impl fusedopt,torch-fused --json r.json --plot r.png
+  fusedopt-bench --numel 20M --tensors 200 --clip
+  fusedopt-bench --numel 16000 --tensors 1000 --groups per-param --steps 200
+  fusedopt-bench --preset vit-b16 --sweep groups
+  fusedopt-bench --tensors 100 --sweep numel --optimizer sgd
+"""
+
+
+def _count(text):
+    """A positive count: 20000000, 20_000_000, 2e7, 20M, 64k, 1G."""
+    m = re.fullmatch(r"\s*([0-9_]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMgG]?)\s*", str(text))
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a positive count (e.g. 20000000, 2e7, 20M), "
+                                         f"got {text!r}")
+    value = float(m.group(1).replace("_", "")) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
+    if value < 1 or value != int(value):
+        raise argparse.ArgumentTypeError(f"expected a positive whole count, got {text!r}")
+    return int(value)
+
+
+def _nonneg(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _positive(text):
+    value = _nonneg(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _groups(text):
+    if text == "per-param":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1, 'per-param' or a positive number of groups, "
+                                         f"got {text!r}")
+    return str(value)
+
+
+def _impl_list(text):
+    names = [n.strip() for n in str(text).split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of implementations")
+    bad = [n for n in names if n not in _impls.IMPLS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown implementation {bad[0]!r}; choose from "
+                                         f"{', '.join(_impls.IMPLS)}")
+    return list(dict.fromkeys(names))
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="fusedopt-bench", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Time one optimizer step of fusedopt and of torch's implementations side by "
+                    "side (same process, same params and grads, interleaved), against the copy "
+                    "bandwidth of the same device measured in the same run.")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="device to run on (default: cuda if available, else cpu)")
+    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adamw",
+                   help="algorithm (sgd: momentum 0.9); default adamw")
+    p.add_argument("--numel", type=_count, default=None, metavar="N",
+                   help="synthetic set: N parameters in all (e.g. 20M); default 20M")
+    p.add_argument("--tensors", type=_positive, default=None, metavar="K",
+                   help="synthetic set: K tensors of equal size; default 200")
+    p.add_argument("--preset", choices=list(presets.PRESETS), default=None,
+                   help="a model's parameter shapes (default when no --numel/--tensors: resnet50)")
+    p.add_argument("--groups", type=_groups, default="1", metavar="{1,per-param,N}",
+                   help="param groups, each with its own lr: 1, one per tensor, or N; default 1")
+    p.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="param dtype; default fp32")
+    p.add_argument("--clip", action="store_true",
+                   help="clip_grad_norm_(max_norm=1) before every step (fusedopt: its fused path)")
+    p.add_argument("--amp", action="store_true",
+                   help="fp16 loss scaling with a GradScaler (fusedopt: its fused unscale path)")
+    p.add_argument("--impl", type=_impl_list, default=None, metavar="LIST",
+                   help="comma list from: " + ", ".join(_impls.IMPLS) +
+                        " (default: fusedopt and torch's on this device; unavailable ones are "
+                        "reported skipped with the reason)")
+    p.add_argument("--steps", type=_positive, default=20, help="timed steps per implementation")
+    p.add_argument("--warmup", type=_nonneg, default=5, help="untimed steps first")
+    p.add_argument("--sweep", choices=["numel", "groups"], default=None,
+                   help="repeat over parameter counts (synthetic sets) or group counts")
+    p.add_argument("--json", metavar="PATH", default=None, help="write the results as JSON")
+    p.add_argument("--plot", metavar="PATH", default=None,
+                   help="write the plot (PNG); default fusedopt-bench-<device>.png here")
+    return p
+
+
+def resolve(args, parser):
+    """Check option combinations; fill defaults that depend on others."""
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error(f"argument --device: cuda is not available here (torch {torch.__version__}, "
+                     f"built with CUDA {torch.version.cuda})")
+    synthetic = args.numel is not None or args.tensors is not None or args.sweep == "numel"
+    if args.preset and synthetic:
+        which = "--numel" if args.numel is not None else "--tensors" if args.tensors is not None else "--sweep numel"
+        parser.error(f"argument --preset: not allowed with argument {which}")
+    if args.sweep == "groups" and args.groups != "1":
+        parser.error("argument --groups: not allowed with argument --sweep groups")
+    if not synthetic and not args.preset:
+        args.preset = "resnet50"
+    if args.preset:
+        args.shapes = presets.shapes(args.preset)
+    else:
+        args.tensors = args.tensors or 200
+        top = 16 * 2**20 if args.device == "cpu" else 256 * 2**20
+        args.numel = args.numel or (top if args.sweep == "numel" else 20_000_000)
+        if args.numel < args.tensors:
+            parser.error(f"argument --numel: {args.numel} parameters cannot fill --tensors "
+                         f"{args.tensors} tensors")
+        args.shapes = measure.synthetic_shapes(args.numel, args.tensors)
+    args.tensors = len(args.shapes)
+    args.numel = sum(math.prod(s) for s in args.shapes)
+    if args.groups not in ("1", "per-param") and int(args.groups) > args.tensors:
+        parser.error(f"argument --groups: {args.groups} groups for {args.tensors} tensors "
+                     "(at most one group per tensor)")
+    args.device_obj = torch.device(args.device)
+    args.impl = args.impl or _impls.default_impls(args.device_obj)
+    return args
+
+
+def sweep_points(args):
+    """[(sweep value or None, shapes, groups)]."""
+    if args.sweep == "numel":
+        start = max(args.tensors, 2**16)
+        values, v = [], start
+        while v < args.numel:
+            values.append(v)
+            v *= 4
+        values.append(args.numel)
+        return [(v, measure.synthetic_shapes(v, args.tensors), args.groups) for v in values]
+    if args.sweep == "groups":
+        values, v = [], 1
+        while v < args.tensors:
+            values.append(v)
+            v *= 4
+        values.append(args.tensors)
+        return [(v, args.shapes, str(v)) for v in values]
+    return [(None, args.shapes, args.groups)]
+
+
+def _memory_check(args, n_live, elem):
+    """Warn when the run will not fit in memory (every implementation keeps its own state)."""
+    states = {"adam": 2, "adamw": 2, "sgd": 1}[args.optimizer]
+    need = args.numel * elem * (2 + (1 if args.clip or args.amp else 0) + states * n_live)
+    if args.device == "cuda":
+        free = torch.cuda.mem_get_info(args.device_obj)[0]
+    else:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return
+    if need > 0.8 * free:
+        print(f"warning: about {need / 2**30:.1f} GiB needed (params, grads and {n_live} "
+              f"optimizers' state), {free / 2**30:.1f} GiB free; use fewer --impl",
+              file=sys.stderr)
+
+
+def run(args):
+    device, dtype = args.device_obj, DTYPES[args.dtype]
+    stream = measure.Stream(device)
+    bpp = measure.bytes_per_param(args.optimizer, dtype, clip=args.clip, amp=args.amp)
+    points = sweep_points(args)
+    what = args.preset or "synthetic"
+    print(f"fusedopt-bench: {args.optimizer} {args.dtype}{' +clip' if args.clip else ''}"
+          f"{' +amp' if args.amp else ''} on {device.type} ({report.device_slug(device)}, "
+          f"{torch.get_num_threads()} threads) | {what}: {args.numel:,} params in "
+          f"{args.tensors} tensors, groups={args.sweep == 'groups' and 'swept' or args.groups} | "
+          f"{bpp} B/param | {args.steps} steps after {args.warmup} warm-up", flush=True)
+    live = [i for i in args.impl if _impls.unavailable_reason(i, args.optimizer, device) is None]
+    _memory_check(args, len(live), torch.empty((), dtype=dtype).element_size())
+    progress = report.Progress(len(points), f"sweep {args.sweep}") if args.sweep else None
+    results, stream_ms = [], []
+    for value, shapes, groups in points:
+        entries, point_stream = measure.run_point(
+            args.impl, optimizer=args.optimizer, shapes=shapes, groups=groups, dtype=dtype,
+            clip=args.clip, amp=args.amp, steps=args.steps, warmup=args.warmup, device=device,
+            stream=stream)
+        stream_ms += point_stream
+        numel = sum(math.prod(s) for s in shapes)
+        med = measure.quantile(point_stream, 0.5)
+        copy = stream.bytes / (med * 1e-3) / 1e9 if med else None
+        extra = {"numel": numel, "tensors": len(shapes),
+                 "groups": measure.group_count(groups, len(shapes)), "copy_gbps": copy}
+        if args.sweep:
+            extra["sweep_value"] = value
+        results += report.records(entries, bytes_per_step=bpp * numel, copy_gbps=copy, extra=extra)
+        gc.collect()
+        if progress:
+            progress.advance(f"{args.sweep}={value}")
+    if progress:
+        progress.close()
+    options = {k: v for k, v in vars(args).items() if k not in ("shapes", "device_obj")}
+    options.update(bytes_per_param=bpp, max_norm=_impls.MAX_NORM if args.clip else None,
+                   hyper=_impls.hyper(args.optimizer),
+                   sweep_values=[v for v, _, _ in points] if args.sweep else None)
+    return {"device": report.device_info(device, stream, stream_ms), "torch": report.torch_info(),
+            "git": report.git_info(), "options": options, "results": results}
+
+
+def show(data):
+    d = data["device"]
+    print(f"roofline: {d['copy_gbps']:.1f} GB/s ({d['copy_method']})" if d.get("copy_gbps") else
+          "roofline: not measured")
+    sweep = data["options"].get("sweep")
+    values = data["options"].get("sweep_values") or [None]
+    for v in values:
+        rs = [r for r in data["results"] if r.get("sweep_value") == v]
+        title = f"{sweep}={v}" if sweep else "results"
+        if rs:
+            title += f" ({rs[0]['numel']:,} params, {rs[0]['tensors']} tensors, {rs[0]['groups']} groups)"
+        report.print_table(title, rs)
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = resolve(parser.parse_args(argv), parser)
+    data = run(args)
+    show(data)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(data, f, indent=1)
+        print(f"wrote {args.json}")
+    from fusedopt.bench import plot
+    path = args.plot or f"fusedopt-bench-{data['device']['slug']}.png"
+    if plot.have_matplotlib():
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        plot.plot(data, path)
+        print(f"wrote {path}")
+    else:
+        print("no plot: matplotlib is not installed (pip install 'fusedopt[bench]')")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""What a run reports: the JSON document, the table (rich if installed, plain otherwise) and the
+sweep progress bar (rich, else tqdm, else plain lines). rich and tqdm are imported lazily, only
+here, and only when printing: ``import fusedopt`` never loads them."""
+import os
+import platform
+import re
+import subprocess
+import sys
+
+import torch
+
+from fusedopt.bench import measure
+
+BASELINE = "torch-fused"
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def device_info(device, stream, stream_ms):
+    """The device record, with the roofline (copy bandwidth) measured in this run."""
+    med = measure.quantile(stream_ms, 0.5) if stream_ms else None
+    info = {"type": device.type}
+    if device.type == "cuda":
+        prop = torch.cuda.get_device_properties(device)
+        info.update(name=prop.name, capability=f"{prop.major}.{prop.minor}",
+                    memory_bytes=prop.total_memory, multiprocessors=prop.multi_processor_count)
+    else:
+        info.update(name=cpu_name(), cores=os.cpu_count() or 1, threads=torch.get_num_threads(),
+                    cpu_capability=torch.backends.cpu.get_cpu_capability())
+    if hasattr(os, "getloadavg"):   # a shared machine: how busy it was, to judge the figures
+        info["loadavg_1min_end"] = os.getloadavg()[0]
+    info.update(slug=device_slug(device), copy_ms=med,
+                copy_gbps=stream.bytes / (med * 1e-3) / 1e9 if med else None,
+                copy_method=stream.method)
+    return info
+
+
+def device_slug(device):
+    if device.type == "cuda":
+        return "cuda-" + _slug(torch.cuda.get_device_name(device))
+    return f"cpu-{_slug(cpu_name())}-{os.cpu_count() or 1}c"
+
+
+def _slug(text):
+    text = re.sub(r"\((r|tm)\)|\bprocessor\b|\bcpu\b|@.*$", "", text.lower())
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")[:40] or "unknown"
+
+
+def git_info():
+    """Revision of the checkout fusedopt was imported from (None outside a git checkout)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    def git(*args):
+        return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        if not commit:
+            return None
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        return {"commit": commit, "dirty": dirty, "describe": git("describe", "--always", "--dirty")}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def torch_info():
+    import fusedopt
+    return {"version": torch.__version__, "cuda": torch.version.cuda,
+            "num_threads": torch.get_num_threads(), "fusedopt": fusedopt.__version__,
+            "fusedopt_backends": fusedopt.available_backends(), "python": platform.python_version()}
+
+
+def records(entries, *, bytes_per_step, copy_gbps, extra=None):
+    """One JSON record per implementation (skipped ones included, with their reason)."""
+    out = []
+    for e in entries:
+        rec = {"impl": e.impl, "status": e.status, "reason": e.reason, "backend": e.backend,
+               "median_ms": None, "p20_ms": None, "p80_ms": None, "gbps": None,
+               "roofline_frac": None, "vs_torch_fused": None, "launches_per_step": e.launches,
+               "host_overhead_us": measure.quantile(e.host, 0.5), "peak_mem_bytes": e.peak_mem,
+               "samples": len(e.times)}
+        if e.status == "ok" and e.times:
+            med = measure.quantile(e.times, 0.5)
+            rec.update(median_ms=med, p20_ms=measure.quantile(e.times, 0.2),
+                       p80_ms=measure.quantile(e.times, 0.8),
+                       gbps=bytes_per_step / (med * 1e-3) / 1e9)
+            if copy_gbps:
+                rec["roofline_frac"] = rec["gbps"] / copy_gbps
+        rec.update(extra or {})
+        out.append(rec)
+    base = {r.get("sweep_value"): r["median_ms"] for r in out
+            if r["impl"] == BASELINE and r["median_ms"]}
+    for r in out:
+        ref = base.get(r.get("sweep_value"))
+        if ref and r["median_ms"]:
+            r["vs_torch_fused"] = ref / r["median_ms"]
+    return out
+
+
+# ---- display ----------------------------------------------------------------------------------
+def _fmt(v, spec, suffix=""):
+    return "-" if v is None else format(v, spec) + suffix
+
+
+def table_rows(results):
+    rows = []
+    for r in results:
+        if r["status"] != "ok":
+            rows.append([r["impl"], r["status"], "", "", "", "", "", "", "", "", r["reason"] or ""])
+            continue
+        rows.append([r["impl"], r["backend"] or "", _fmt(r["median_ms"], ".3f"),
+                     f"{r['p20_ms']:.3f}-{r['p80_ms']:.3f}", _fmt(r["gbps"], ".1f"),
+                     _fmt(None if r["roofline_frac"] is None else 100 * r["roofline_frac"], ".0f", "%"),
+                     _fmt(r["vs_torch_fused"], ".2f", "x"), _fmt(r["launches_per_step"], "d"),
+                     _fmt(r["host_overhead_us"], ".0f"),
+                     _fmt(None if r["peak_mem_bytes"] is None else r["peak_mem_bytes"] / 2**20, ".1f"),
+                     ""])
+    return rows
+
+
+HEADER = ["impl", "backend", "median ms", "p20-p80 ms", "GB/s", "roofline", "vs torch-fused",
+          "launches", "host us", "peak MiB", "note"]
+
+
+def print_table(title, results, out=None):
+    out = out or sys.stdout
+    rows = table_rows(results)
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        Console = None
+    if Console is not None:
+        table = Table(title=title, title_justify="left")
+        for i, h in enumerate(HEADER):
+            table.add_column(h, justify="left" if i < 2 or h == "note" else "right",
+                             overflow="fold")
+        for row in rows:
+            table.add_row(*[str(c) for c in row])
+        Console(file=out, width=max(120, _term_width())).print(table)
+        return
+    widths = [max([len(h)] + [len(str(r[i])) for r in rows if r[1] not in ("skipped", "error")])
+              for i, h in enumerate(HEADER)]
+    print(title, file=out)
+    print("  ".join(h.rjust(w) if i >= 2 else h.ljust(w)
+                    for i, (h, w) in enumerate(zip(HEADER[:-1], widths))), file=out)
+    for row in rows:
+        if row[1] in ("skipped", "error"):
+            print(f"{row[0].ljust(widths[0])}  {row[1]}: {row[-1]}", file=out)
+        else:
+            print("  ".join(str(c).rjust(w) if i >= 2 else str(c).ljust(w)
+                            for i, (c, w) in enumerate(zip(row[:-1], widths))), file=out)
+
+
+def _term_width():
+    try:
+        return os.get_terminal_size().columns
+    except OSError:
+        return 160
+
+
+class Progress:
+    """A progress bar over sweep points: rich, else tqdm, else one line per point on stderr."""
+
+    def __init__(self, total, label):
+        self.total, self.label, self.done = total, label, 0
+        self._rich = self._tqdm = None
+        try:
+            from rich.progress import Progress as RichProgress
+            self._rich = RichProgress(transient=False, console=None)
+            self._rich.start()
+            self._task = self._rich.add_task(label, total=total)
+            return
+        except ImportError:
+            pass
+        try:
+            from tqdm import tqdm
+            self._tqdm = tqdm(total=total, desc=label, file=sys.stderr)
+        except ImportError:
+            pass
+
+    def advance(self, what):
+        self.done += 1
+        if self._rich is not None:
+            self._rich.update(self._task, advance=1, description=f"{self.label} {what}")
+        elif self._tqdm is not None:
+            self._tqdm.set_postfix_str(str(what))
+            self._tqdm.update(1)
+        else:
+            print(f"[{self.done}/{self.total}] {self.label} {what}", file=sys.stderr, flush=True)
+
+    def close(self):
+        if self._rich is not None:
+            self._rich.stop()
+        elif self._tqdm is not None:
+            self._tqdm.close()
