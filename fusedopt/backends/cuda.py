@@ -1,0 +1,117 @@
+"""The CUDA backend: the kernels of csrc/cuda/ through fusedopt._C, or a JIT build of the same
+sources where the installed extension has none.
+
+Note [cuda jit build]: setup.py compiles the CUDA kernels into fusedopt._C only where torch has
+CUDA and nvcc exists at install time. Otherwise, on a machine with a GPU, a CUDA torch and nvcc,
+the first question about this backend (``unavailable_reason``, asked by ``backend='auto'`` and
+``available_backends()``) builds every source of fusedopt._C with the CUDA kernels through
+torch.utils.cpp_extension.load (ninja; cached under torch's extension directory, so later
+processes only load it). The JIT module is compiled with ``-Dfusedopt=fusedopt_jit``: its C++
+types then differ from those of the already loaded CPU-only fusedopt._C, which pybind11 would
+otherwise refuse to register twice. Buckets of this backend are made by the module that steps
+them. A failed build makes the backend unavailable with the build's error as the reason.
+Importing this module never builds and never fails (Note [import never fails]).
+"""
+import glob
+import os
+import shutil
+import threading
+
+import torch
+
+from fusedopt import _ext
+
+NAME = "cuda"
+
+_CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                     "csrc")
+_lock = threading.Lock()
+_jit = {}          # "module" -> the JIT-built extension, or "error" -> why it is not there
+
+
+def _has_kernels(module):
+    return module is not None and hasattr(module, "cuda_adam_step")
+
+
+def _nvcc():
+    from torch.utils import cpp_extension
+    home = cpp_extension.CUDA_HOME
+    candidate = os.path.join(home, "bin", "nvcc") if home else None
+    return shutil.which("nvcc") or (candidate if candidate and os.path.exists(candidate) else None)
+
+
+def _build():
+    """The extension with CUDA kernels, built on first call (Note [cuda jit build])."""
+    from torch.utils import cpp_extension
+    if _nvcc() is None:
+        raise RuntimeError("fusedopt._C has no CUDA kernels and nvcc was not found to build them "
+                           "(set CUDA_HOME or put nvcc on PATH)")
+    bindings = os.path.join(_CSRC, "bindings.cpp")
+    if not os.path.exists(bindings):
+        raise RuntimeError(f"fusedopt._C has no CUDA kernels and the sources to build them are not "
+                           f"installed ({_CSRC} is missing; install from a source checkout)")
+    sources = ([bindings] + sorted(glob.glob(os.path.join(_CSRC, "cpu", "*.cpp")))
+               + sorted(glob.glob(os.path.join(_CSRC, "cuda", "*.cu"))))
+    if os.environ.get("FUSEDOPT_CUDA_ARCHS"):          # as setup.py
+        os.environ["TORCH_CUDA_ARCH_LIST"] = os.environ["FUSEDOPT_CUDA_ARCHS"]
+    defines = ["-DFUSEDOPT_WITH_CUDA=1", "-Dfusedopt=fusedopt_jit"]
+    return cpp_extension.load(
+        name="fusedopt_cuda_jit", sources=sources, extra_include_paths=[_CSRC],
+        extra_cflags=["-O3", "-fopenmp", *defines], extra_cuda_cflags=["-O3", *defines],
+        extra_ldflags=["-fopenmp"], verbose=os.environ.get("FUSEDOPT_JIT_VERBOSE") == "1")
+
+
+def _extension():
+    if _has_kernels(_ext.C):
+        return _ext.C
+    with _lock:
+        if "module" not in _jit and "error" not in _jit:
+            try:
+                _jit["module"] = _build()
+            except Exception as exc:  # a failed build leaves the backend unavailable
+                _jit["error"] = f"JIT build of the CUDA kernels failed: {type(exc).__name__}: {exc}"
+        if "error" in _jit:
+            raise RuntimeError(_jit["error"])
+        return _jit["module"]
+
+
+def unavailable_reason():
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is built without CUDA"
+    if not torch.cuda.is_available():
+        return "no CUDA device is visible (torch.cuda.is_available() is False)"
+    try:
+        _extension()
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
+def supports(device):
+    return device.type == "cuda"
+
+
+def make_bucket(spec):
+    return _extension().Bucket(spec.params, spec.states, spec.steps, spec.group_index, spec.pending)
+
+
+def pending_with_grad(handle):
+    return _extension().pending_with_grad(handle)
+
+
+def adam_step(handle, hp, *, amsgrad, maximize, decoupled, clip_coef=None, inv_scale=None,
+              found_inf=None):
+    _extension().cuda_adam_step(handle, hp, amsgrad, maximize, decoupled, clip_coef, inv_scale,
+                                found_inf)
+
+
+def sgd_step(handle, hp, *, nesterov, maximize, clip_coef=None, inv_scale=None, found_inf=None):
+    _extension().cuda_sgd_step(handle, hp, nesterov, maximize, clip_coef, inv_scale, found_inf)
+
+
+def bucket_norm(handle, norm_type):
+    return _extension().cuda_bucket_norm(handle, norm_type)
+
+
+def tensors_norm(tensors, norm_type):
+    return _extension().cuda_tensors_norm(list(tensors), norm_type)
