@@ -33,6 +33,12 @@ def _f64(t):
 
 
 def _where(cond, a, b):
+    """torch.where in float64 (Python numbers become float64 fills on cond's device: a fill is
+    a kernel, not a host-to-device copy, so it is capturable)."""
+    if not torch.is_tensor(a):
+        a = torch.full((), a, dtype=torch.float64, device=cond.device)
+    if not torch.is_tensor(b):
+        b = torch.full((), b, dtype=torch.float64, device=cond.device)
     return torch.where(cond, a, b)
 
 
