@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from fusedopt.config.errors import ConfigTypeError, ConfigValueError
+from fusedopt.config.errors import ConfigTypeError, ConfigValueError, UnknownTypeError
 from fusedopt.config.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
 
 logger = logging.getLogger("fusedopt.config")
@@ -248,7 +248,7 @@ class DefaultOptimWrapperConstructor:
                 reg = self.optimizers_registry
                 msg = (reg._unknown_message(opt_type) if hasattr(reg, "_unknown_message")
                        else f"{opt_type} is not in the {reg.name} registry")
-                raise KeyError(f"optim_wrapper.optimizer.type: {msg}")
+                raise UnknownTypeError(f"optim_wrapper.optimizer.type: {msg}")
             return cls
         if callable(opt_type):
             return opt_type

@@ -15,3 +15,12 @@ class ConfigTypeError(TypeError, AssertionError):
 
 
 __all__ = ["ConfigValueError", "ConfigTypeError"]
+
+
+class UnknownTypeError(KeyError, TypeError):
+    """An unknown ``type`` name. A KeyError like the registry's; also a TypeError, which is what
+    mmengine's constructor raises for an unknown optimizer type (it calls
+    ``inspect.signature(None)``)."""
+
+
+__all__ += ["UnknownTypeError"]
