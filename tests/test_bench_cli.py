@@ -1,0 +1,162 @@
+"""fusedopt-bench (issue 7): a short CPU run's JSON schema and plot, skipped implementations with
+their reason, argparse errors naming the option, presets, bytes per parameter, lazy imports."""
+import json
+import math
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fusedopt.bench import cli, measure, presets
+from fusedopt.bench.plot import have_matplotlib
+
+RECORD_KEYS = {"impl", "status", "reason", "median_ms", "p20_ms", "p80_ms", "gbps", "roofline_frac",
+               "launches_per_step", "host_overhead_us", "peak_mem_bytes", "vs_torch_fused"}
+TINY = ["--device", "cpu", "--numel", "4096", "--tensors", "4", "--steps", "2", "--warmup", "1"]
+
+
+def run_cli(tmp_path, *extra):
+    out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
+    assert cli.main([*TINY, *extra, "--json", str(out_json), "--plot", str(out_png)]) == 0
+    return json.loads(out_json.read_text()), out_png
+
+
+def test_short_cpu_run_json_schema_and_plot(tmp_path, capsys):
+    data, png = run_cli(tmp_path, "--impl", "fusedopt,fusedopt-reference,torch-foreach,torch-fused",
+                        "--clip")
+    assert {"device", "torch", "git", "options", "results"} <= set(data)
+    dev = data["device"]
+    assert dev["type"] == "cpu" and dev["copy_gbps"] > 0 and "12 B/element" in dev["copy_method"]
+    assert data["torch"]["version"] == torch.__version__
+    assert data["options"]["bytes_per_param"] == 32 and data["options"]["clip"] is True
+    assert [r["impl"] for r in data["results"]] == ["fusedopt", "fusedopt-reference",
+                                                    "torch-foreach", "torch-fused"]
+    for r in data["results"]:
+        assert RECORD_KEYS <= set(r), r
+        assert r["status"] == "ok", r
+        assert 0 < r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
+        assert r["gbps"] == pytest.approx(32 * 4096 / (r["median_ms"] * 1e-3) / 1e9)
+        assert r["roofline_frac"] == pytest.approx(r["gbps"] / r["copy_gbps"])
+        assert r["launches_per_step"] is None            # CPU
+        assert r["host_overhead_us"] > 0 and r["peak_mem_bytes"] > 0
+        assert r["samples"] == 2
+    fused = next(r for r in data["results"] if r["impl"] == "torch-fused")
+    assert fused["vs_torch_fused"] == pytest.approx(1.0)
+    out = capsys.readouterr().out
+    assert "torch-fused" in out and "vs torch-fused" in out
+    if have_matplotlib():
+        assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("flags", [["--amp"], ["--clip", "--amp"], ["--optimizer", "sgd"],
+                                   ["--optimizer", "adam", "--dtype", "bf16", "--groups", "per-param"]])
+def test_option_combinations_run(tmp_path, flags):
+    data, _ = run_cli(tmp_path, "--impl", "fusedopt,torch-forloop,torch-fused", *flags)
+    assert all(r["status"] == "ok" for r in data["results"]), data["results"]
+
+
+def test_unavailable_implementations_are_skipped_with_reason(tmp_path, capsys):
+    data, _ = run_cli(tmp_path, "--impl", "fusedopt,fusedopt-cuda,apex,te,torch-fused")
+    by = {r["impl"]: r for r in data["results"]}
+    for impl in ("fusedopt-cuda", "apex", "te"):
+        assert by[impl]["status"] == "skipped" and by[impl]["median_ms"] is None
+        assert "CUDA" in by[impl]["reason"]
+    assert by["fusedopt"]["status"] == "ok" and by["torch-fused"]["status"] == "ok"
+    out = capsys.readouterr().out
+    assert "skipped" in out and "CUDA tensors only" in out
+
+
+def test_missing_package_reason():
+    from fusedopt.bench import impls
+    pytest.importorskip("fusedopt")
+    try:
+        import deepspeed  # noqa: F401
+        pytest.skip("deepspeed is installed")
+    except ImportError:
+        pass
+    reason = impls.unavailable_reason("deepspeed", "adamw", torch.device("cpu"))
+    assert "cannot import deepspeed" in reason
+
+
+def test_sweep_groups(tmp_path):
+    data, png = run_cli(tmp_path, "--impl", "fusedopt,torch-fused", "--sweep", "groups", "--steps", "1")
+    assert data["options"]["sweep_values"] == [1, 4]
+    assert sorted({r["sweep_value"] for r in data["results"]}) == [1, 4]
+    assert {r["groups"] for r in data["results"]} == {1, 4}
+    if have_matplotlib():
+        assert png.exists()
+
+
+BAD = [
+    (["--groups", "0"], "--groups"),
+    (["--groups", "many"], "--groups"),
+    (["--numel", "1000", "--tensors", "10", "--groups", "11"], "--groups"),
+    (["--impl", "fusedopt,nope"], "--impl"),
+    (["--numel", "lots"], "--numel"),
+    (["--numel", "5", "--tensors", "10"], "--numel"),
+    (["--tensors", "0"], "--tensors"),
+    (["--preset", "resnet51"], "--preset"),
+    (["--preset", "resnet50", "--numel", "1000"], "--preset"),
+    (["--dtype", "fp64"], "--dtype"),
+    (["--optimizer", "lamb"], "--optimizer"),
+    (["--steps", "0"], "--steps"),
+    (["--warmup", "-1"], "--warmup"),
+    (["--sweep", "lr"], "--sweep"),
+    (["--sweep", "groups", "--groups", "4"], "--groups"),
+    (["--device", "tpu"], "--device"),
+]
+
+
+@pytest.mark.parametrize("argv,option", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_options_name_the_option(argv, option, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_device_without_cuda(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--device", "cuda"])
+    assert "argument --device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,tensors,total", [
+    ("resnet50", 161, 25_557_032), ("vit-b16", 152, 86_567_656), ("bert-base", 199, 109_482_240),
+    ("llama-7b-layer", 9, 202_383_360), ("detector-465", 465, 58_143_808)])
+def test_presets_match_published_counts(name, tensors, total):
+    shapes = presets.shapes(name)
+    assert len(shapes) == tensors and sum(math.prod(s) for s in shapes) == total
+
+
+def test_bytes_per_param_match_design():
+    f32 = torch.float32
+    assert measure.bytes_per_param("adamw", f32) == 28
+    assert measure.bytes_per_param("adamw", f32, clip=True) == 32
+    assert measure.bytes_per_param("adamw", f32, clip=True, amp=True) == 32
+    assert measure.bytes_per_param("sgd", f32) == 20
+    assert measure.bytes_per_param("adam", torch.bfloat16) == 14
+
+
+def test_plain_table_without_rich(monkeypatch, capsys):
+    from fusedopt.bench import report
+    for mod in ("rich", "rich.console", "rich.table"):
+        monkeypatch.setitem(sys.modules, mod, None)     # import of any of them raises ImportError
+    rec = dict(impl="torch-fused", status="ok", reason=None, backend=None, median_ms=2.0, p20_ms=1.5,
+               p80_ms=2.5, gbps=10.0, roofline_frac=0.5, vs_torch_fused=1.0, launches_per_step=None,
+               host_overhead_us=12.0, peak_mem_bytes=2**20)
+    skip = dict(rec, impl="apex", status="skipped", reason="apex: CUDA only", median_ms=None)
+    report.print_table("t", [rec, skip])
+    out = capsys.readouterr().out
+    assert "torch-fused" in out and "1.00x" in out and re.search(r"apex +skipped: apex: CUDA only", out)
+
+
+def test_import_fusedopt_stays_light():
+    code = ("import sys, fusedopt; bad = [m for m in ('rich', 'matplotlib', 'tqdm', "
+            "'fusedopt.bench') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
