@@ -29,12 +29,24 @@ bool supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
 
-std::string at_index(const char* list, size_t i) {
-  return std::string(list) + "[" + std::to_string(i) + "]";
+// Names the offending tensor in a message: "params[3]", "states[1][3]", "grad of params[3]".
+// Formatted only when a check fails (TORCH_CHECK streams its message lazily): a step checks
+// ~5 tensors per param, and building strings eagerly cost ~0.5 ms per step for 1000 params.
+struct Name {
+  const char* list;
+  size_t i;
+  const char* prefix = "";
+  int64_t k = -1;   // states[k][i] when >= 0
+};
+
+std::ostream& operator<<(std::ostream& os, const Name& n) {
+  os << n.prefix << n.list;
+  if (n.k >= 0) os << "[" << n.k << "]";
+  return os << "[" << n.i << "]";
 }
 
 // params, pending: dense real floating tensors (the CPU kernels' four dtypes)
-void check_param(const at::Tensor& p, const std::string& what) {
+void check_param(const at::Tensor& p, const Name& what) {
   TORCH_CHECK(p.defined(), what, " is undefined");
   TORCH_CHECK(p.layout() == at::kStrided, what, " has layout ", p.layout(),
               "; only dense (strided) parameters are supported");
@@ -46,8 +58,8 @@ void check_param(const at::Tensor& p, const std::string& what) {
 
 // A state tensor (or grad) must look exactly like its parameter: the kernels walk them
 // element for element.
-void check_like_param(const at::Tensor& t, const at::Tensor& p, const std::string& what,
-                      const std::string& param) {
+void check_like_param(const at::Tensor& t, const at::Tensor& p, const Name& what,
+                      const Name& param) {
   TORCH_CHECK(t.defined(), what, " is undefined");
   TORCH_CHECK(t.layout() == at::kStrided, what, " has layout ", t.layout(), "; expected strided");
   TORCH_CHECK_TYPE(t.scalar_type() == p.scalar_type(), what, " has dtype ", t.scalar_type(),
@@ -58,16 +70,16 @@ void check_like_param(const at::Tensor& t, const at::Tensor& p, const std::strin
               p.device());
 }
 
-void check_grad(const at::Tensor& g, const at::Tensor& p, const std::string& param) {
-  TORCH_CHECK(g.layout() == at::kStrided, "sparse gradients are not supported (grad of ", param,
-              " has layout ", g.layout(), ")");
-  check_like_param(g, p, "grad of " + param, param);
+void check_grad(const at::Tensor& g, const at::Tensor& p, size_t i) {
+  TORCH_CHECK(g.layout() == at::kStrided, "sparse gradients are not supported (grad of params[",
+              i, "] has layout ", g.layout(), ")");
+  check_like_param(g, p, Name{"params", i, "grad of "}, Name{"params", i});
 }
 
 void check_step_counter(const at::Tensor& s, const at::Tensor& p, size_t i) {
   TORCH_CHECK(s.defined() && s.layout() == at::kStrided && s.numel() == 1 &&
                   s.scalar_type() == at::kFloat && s.device() == p.device(),
-              at_index("steps", i), " must be a one-element float32 tensor on ", p.device(),
+              "steps[", i, "] must be a one-element float32 tensor on ", p.device(),
               " (the parameter's device)");
 }
 
@@ -84,22 +96,21 @@ void check_bucket(const Bucket& b) {
               " entries for ", n, " params");
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = b.params[i];
-    const std::string param = at_index("params", i);
-    check_param(p, param);
+    check_param(p, Name{"params", i});
     for (size_t k = 0; k < b.states.size(); ++k) {
-      check_like_param(b.states[k][i], p,
-                       "states[" + std::to_string(k) + "][" + std::to_string(i) + "]", param);
+      check_like_param(b.states[k][i], p, Name{"states", i, "", static_cast<int64_t>(k)},
+                       Name{"params", i});
     }
     check_step_counter(b.steps[i], p, i);
-    TORCH_CHECK(b.group_index[i] >= 0, at_index("group_index", i), " is negative (",
-                b.group_index[i], ")");
+    TORCH_CHECK(b.group_index[i] >= 0, "group_index[", i, "] is negative (", b.group_index[i],
+                ")");
   }
-  for (size_t j = 0; j < b.pending.size(); ++j) check_param(b.pending[j], at_index("pending", j));
+  for (size_t j = 0; j < b.pending.size(); ++j) check_param(b.pending[j], Name{"pending", j});
 }
 
 void check_cpu(const Bucket& b) {
   for (size_t i = 0; i < b.params.size(); ++i) {
-    TORCH_CHECK(b.params[i].is_cpu(), at_index("params", i), " is on ", b.params[i].device(),
+    TORCH_CHECK(b.params[i].is_cpu(), "params[", i, "] is on ", b.params[i].device(),
                 "; the cpu backend steps CPU tensors only");
   }
 }
@@ -116,8 +127,8 @@ void check_step(const Bucket& b, const at::Tensor& hp, size_t num_states, const 
               "]; got ", hp.defined() ? hp.toString() : std::string("undefined"), " of shape ",
               hp.defined() ? hp.sizes() : at::IntArrayRef());
   for (size_t i = 0; i < b.group_index.size(); ++i) {
-    TORCH_CHECK(b.group_index[i] < hp.size(0), at_index("group_index", i), " = ",
-                b.group_index[i], " is out of range for hp with ", hp.size(0), " rows");
+    TORCH_CHECK(b.group_index[i] < hp.size(0), "group_index[", i, "] = ", b.group_index[i],
+                " is out of range for hp with ", hp.size(0), " rows");
   }
   TORCH_CHECK(b.states.size() == num_states, "states: expected ", num_states, " state lists (",
               states_are, "), got ", b.states.size());
@@ -130,7 +141,7 @@ void check_step(const Bucket& b, const at::Tensor& hp, size_t num_states, const 
   }
   for (size_t i = 0; i < b.params.size(); ++i) {
     const at::Tensor& g = b.params[i].grad();
-    if (g.defined()) check_grad(g, b.params[i], at_index("params", i));
+    if (g.defined()) check_grad(g, b.params[i], i);
   }
 }
 
@@ -145,7 +156,7 @@ std::shared_ptr<Bucket> make_bucket(std::vector<at::Tensor> params,
   b->group_index.reserve(group_index.size());
   for (size_t i = 0; i < group_index.size(); ++i) {
     TORCH_CHECK(group_index[i] >= 0 && group_index[i] <= std::numeric_limits<int32_t>::max(),
-                at_index("group_index", i), " = ", group_index[i], " is out of range");
+                "group_index[", i, "] = ", group_index[i], " is out of range");
     b->group_index.push_back(static_cast<int32_t>(group_index[i]));
   }
   b->pending = std::move(pending);
@@ -184,7 +195,7 @@ void check_norm_type(double norm_type) {
                     "norm_type must be 2.0 or inf, got ", norm_type);
 }
 
-void check_norm_input(const at::Tensor& t, const std::string& what) {
+void check_norm_input(const at::Tensor& t, const Name& what) {
   TORCH_CHECK(t.layout() == at::kStrided, "sparse gradients are not supported (", what,
               " has layout ", t.layout(), ")");
   TORCH_CHECK(t.is_cpu(), what, " is on ", t.device(), "; the cpu backend reads CPU tensors only");
@@ -196,11 +207,11 @@ at::Tensor bucket_norm(const Bucket& b, double norm_type) {
   check_norm_type(norm_type);
   for (size_t i = 0; i < b.params.size(); ++i) {
     const at::Tensor& g = b.params[i].grad();
-    if (g.defined()) check_norm_input(g, "grad of " + at_index("params", i));
+    if (g.defined()) check_norm_input(g, Name{"params", i, "grad of "});
   }
   for (size_t j = 0; j < b.pending.size(); ++j) {
     const at::Tensor& g = b.pending[j].grad();
-    if (g.defined()) check_norm_input(g, "grad of " + at_index("pending", j));
+    if (g.defined()) check_norm_input(g, Name{"pending", j, "grad of "});
   }
   return cpu::bucket_norm(b, norm_type);
 }
@@ -208,8 +219,8 @@ at::Tensor bucket_norm(const Bucket& b, double norm_type) {
 at::Tensor tensors_norm(const std::vector<at::Tensor>& tensors, double norm_type) {
   check_norm_type(norm_type);
   for (size_t i = 0; i < tensors.size(); ++i) {
-    TORCH_CHECK(tensors[i].defined(), at_index("tensors", i), " is undefined");
-    check_norm_input(tensors[i], at_index("tensors", i));
+    TORCH_CHECK(tensors[i].defined(), "tensors[", i, "] is undefined");
+    check_norm_input(tensors[i], Name{"tensors", i});
   }
   return cpu::tensors_norm(tensors, norm_type);
 }
