@@ -101,7 +101,10 @@ class Slot:
                       and callable(getattr(optimizer, "set_hparam", None)))
         self.column = slots[name][0] if self.fused else None
         self.host = None          # CPU float64 [G]: the values the dicts should show
-        self.tables_seen = None   # identity of the device tables the host mirror follows
+        self.devs = []            # the same values on the other devices of the optimizer
+        self.tables_seen = None   # the optimizer's tables dict the vectors belong to
+        self.direct = True        # vectors are views of float64 tables: updated in place
+        self.owner = None         # scheduler whose last values are the live vectors
 
     # ---- group dicts ------------------------------------------------------------------------
     def groups(self):
@@ -142,39 +145,56 @@ class Slot:
     def values(self):
         """Current values as a list of floats (host; never syncs)."""
         if self.fused:
-            self.current()
-            return self.host.tolist()
+            return self.current()[1].tolist()
         return self.read_dicts().tolist()
 
     def current(self):
-        """(device vectors, host vector): copies of the current values, to update in place.
+        """(device vectors, host vector) holding the current values, to update in place.
 
-        fusedopt: device vectors are clones of the table columns (the truth); the host mirror is
-        reloaded from the dicts whenever the tables were rebuilt (a dict was written by someone
-        else), and shares storage with the device vector on CPU devices.
+        fusedopt, float64 tables: the vectors are *views* of the table columns, so updating them
+        in place is the device write (O(1) ops, no copy); on a CPU device the host vector is
+        that view too. On other devices the host vector is a CPU mirror, reloaded from the dicts
+        whenever the tables were rebuilt (someone wrote a group dict). Tables of another dtype
+        are written through ``set_hparam`` (``self.direct`` is False). Other optimizers: the host
+        vector is read from the dicts.
         """
         if not self.fused:
             self.host = self.read_dicts()
             return [], self.host
         opt = self.optimizer
         tables = opt.hparam_tables
-        devs = [t[:, self.column].clone() for t in tables.values()]
-        cpu = [v for v in devs if v.device.type == "cpu"]
+        if tables is not self.tables_seen:
+            self._attach(tables)
+        return self.devs, self.host
+
+    def _attach(self, tables):
+        opt = self.optimizer
+        views = [t[:, self.column] for t in tables.values()]
+        self.direct = all(v.dtype == torch.float64 for v in views)
+        if not self.direct:
+            views = [v.clone() for v in views]
+        cpu = [v for v in views if v.device.type == "cpu"]
         if cpu:
             self.host = cpu[0]
-            devs = [v for v in devs if v is not cpu[0]]
-        elif (self.host is None or self.tables_seen is None
-              or any(a is not b for a, b in zip(self.tables_seen, tables.values()))
-              or len(self.host) != len(opt.param_groups)):
+            self.devs = [v for v in views if v is not cpu[0]]
+        else:
             groups = opt.param_groups
             if isinstance(groups, LazyGroups):
                 groups.materialize()
             self.host = self.read_dicts()
-        self.tables_seen = list(tables.values())
-        return devs, self.host
+            self.devs = views
+        self.tables_seen = tables
+
+    def claim(self, scheduler):
+        """``scheduler`` is about to update the live vectors: a scheduler that kept them as its
+        last values gets a copy first (chains only)."""
+        owner = self.owner
+        if owner is not None and owner is not scheduler and owner._last_host is self.host:
+            owner._last_host = self.host.clone()
+        self.owner = scheduler
 
     def commit(self, devs, host):
-        """Write the updated vectors: device tables (fused), then the dicts (lazy or eager)."""
+        """Publish the updated vectors: device tables (fused), then the dicts (lazy or eager)."""
         self.host = host
         if not self.fused:
             key, index = self.key, self.index
@@ -187,11 +207,13 @@ class Slot:
                     g[key] = tuple(pair)
             return
         opt = self.optimizer
-        groups = self._lazy_groups()
-        src = devs[0] if devs else host
-        opt.set_hparam(self.name, src)
+        if not self.direct:
+            opt.set_hparam(self.name, devs[0] if devs else host)
+            self.tables_seen = opt.hparam_tables
+        groups = opt.param_groups
+        if type(groups) is not LazyGroups:
+            groups = self._lazy_groups()
         groups.pending[self.name] = self
-        self.tables_seen = list(opt._tables.values()) if hasattr(opt, "_tables") else None
 
     def set_values(self, values):
         """Write explicit values (a list of floats) into every group (resume)."""
@@ -200,9 +222,11 @@ class Slot:
             raise ValueError(f"{len(host)} saved values of {self.name!r} for "
                              f"{len(self.optimizer.param_groups)} param groups")
         if self.fused:
-            devs, _ = self.current()
-            devs = [host.to(v.device, non_blocking=True) for v in devs]
-            self.commit(devs, host)
+            devs, live = self.current()
+            for v in devs:
+                v.copy_(host, non_blocking=True)
+            live.copy_(host)
+            self.commit(devs, live)
             self.optimizer.param_groups.materialize()
         else:
             self.commit([], host)

@@ -122,6 +122,7 @@ class ParamScheduler:
     def _apply(self, t):
         slot = self._slot
         devs, host = slot.current()
+        slot.claim(self)
         changed = self._update(host, t)
         if changed is False:
             self._last_host = host

@@ -20,8 +20,6 @@ device form. OneCycle past ``total_steps`` keeps its last value (the host form r
 """
 import torch
 
-from fusedopt.schedulers._slot import LazyGroups
-
 __all__ = ["DeviceSchedule"]
 
 
@@ -72,12 +70,12 @@ class DeviceSchedule:
             s.last_step = int(lstep.item())
             s._last_host = None
         for slot, v in self._vectors.items():
-            host = v.detach().to("cpu", torch.float64).clone()
-            slot.host = host
+            host = v.detach().to("cpu", torch.float64)
             if slot.fused:
-                groups = slot._lazy_groups()
-                groups.pending[slot.name] = slot
-                groups.materialize()
-                slot.tables_seen = list(slot.optimizer.hparam_tables.values())
+                slot.tables_seen = None          # re-attach to the tables, then mirror v
+                _, live = slot.current()
+                live.copy_(host)
+                slot.commit([], live)
+                slot.optimizer.param_groups.materialize()
             else:
-                slot.commit([], host)
+                slot.commit([], host.clone())
