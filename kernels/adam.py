@@ -8,8 +8,9 @@ import triton
 import triton.language as tl
 
 from fusedopt import _hparams
-from fusedopt.kernels.table import (GROUP, META_COLS, NUMEL, PARAM, STATES, STEP, block_done,
-                                    div_rn, load_grad, locate, skipped, sqrt_rn, typed)
+from fusedopt.kernels.table import (GROUP, META_COLS, NO_GRAD, NUMEL, PARAM, STATES, STEP,
+                                    block_done, div_rn, load_grad, locate, rounded, skipped,
+                                    sqrt_rn, typed)
 
 _LR = tl.constexpr(_hparams.LR)
 _WD = tl.constexpr(_hparams.WEIGHT_DECAY)
@@ -17,7 +18,7 @@ _BETA1 = tl.constexpr(_hparams.BETA1)
 _BETA2 = tl.constexpr(_hparams.BETA2)
 _EPS = tl.constexpr(_hparams.EPS)
 _COLS = tl.constexpr(_hparams.NUM_COLS)
-_META_COLS = tl.constexpr(META_COLS)
+_META_COLS, _NO_GRAD = tl.constexpr(META_COLS), tl.constexpr(NO_GRAD)
 _NUMEL, _GROUP, _PARAM = tl.constexpr(NUMEL), tl.constexpr(GROUP), tl.constexpr(PARAM)
 _STEP, _STATES = tl.constexpr(STEP), tl.constexpr(STATES)
 
@@ -34,7 +35,7 @@ def adam_kernel(blocks, meta, grads, counters, hp, inv_scale, clip_coef, found_i
         return
     t, b = locate(blocks, tl.program_id(0))
     g_address = tl.load(grads + t)
-    if g_address == 0:              # grad is None: no state change, no step (torch skips it)
+    if g_address == _NO_GRAD:       # grad is None: no state change, no step (as torch)
         return
     row = meta + t * _META_COLS
     n = tl.load(row + _NUMEL)
@@ -89,11 +90,11 @@ def _adam_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, offs, mask, inv_scale, cli
     if AMSGRAD:
         vmax = tl.load(vmax_ptr + offs, mask=mask).to(CT)
         vmax = tl.maximum(vmax, v, propagate_nan=tl.PropagateNan.ALL)   # torch.maximum keeps NaN
-        tl.store(vmax_ptr + offs, vmax.to(DTYPE), mask=mask)
+        tl.store(vmax_ptr + offs, rounded(vmax, DTYPE), mask=mask)
         denom = div_rn(sqrt_rn(vmax), bias_correction2_sqrt.to(CT)) + eps.to(CT)
     else:
         denom = div_rn(sqrt_rn(v), bias_correction2_sqrt.to(CT)) + eps.to(CT)
     p = p + (-step_size).to(CT) * div_rn(m, denom)
-    tl.store(p_ptr + offs, p.to(DTYPE), mask=mask)
-    tl.store(m_ptr + offs, m.to(DTYPE), mask=mask)
-    tl.store(v_ptr + offs, v.to(DTYPE), mask=mask)
+    tl.store(p_ptr + offs, rounded(p, DTYPE), mask=mask)
+    tl.store(m_ptr + offs, rounded(m, DTYPE), mask=mask)
+    tl.store(v_ptr + offs, rounded(v, DTYPE), mask=mask)

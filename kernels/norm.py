@@ -10,10 +10,11 @@ NaN propagates like torch.linalg.vector_norm: the inf-norm's max keeps NaN.
 import triton
 import triton.language as tl
 
-from fusedopt.kernels.table import META_COLS, NUMEL, locate, sqrt_rn, typed
+from fusedopt.kernels.table import META_COLS, NO_GRAD, NUMEL, locate, sqrt_rn, typed
 
 MAX_PROGRAMS = 1024
 _META_COLS, _NUMEL = tl.constexpr(META_COLS), tl.constexpr(NUMEL)
+_NO_GRAD = tl.constexpr(NO_GRAD)
 
 
 def num_programs(num_blocks):
@@ -32,7 +33,7 @@ def norm_kernel(blocks, meta, grads, partials, counter, out, num_blocks,
     for i in range(pid, num_blocks, programs):
         t, b = locate(blocks, i)
         g_address = tl.load(grads + t)
-        if g_address != 0:          # grad None: contributes nothing
+        if g_address != _NO_GRAD:          # grad None: contributes nothing
             n = tl.load(meta + t * _META_COLS + _NUMEL)
             g_ptr = typed(g_address, DTYPE, ALIGNED)
             offs = b.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)

@@ -8,15 +8,15 @@ import triton
 import triton.language as tl
 
 from fusedopt import _hparams
-from fusedopt.kernels.table import (GROUP, META_COLS, NUMEL, PARAM, STATES, STEP, block_done,
-                                    load_grad, locate, skipped, typed)
+from fusedopt.kernels.table import (GROUP, META_COLS, NO_GRAD, NUMEL, PARAM, STATES, STEP,
+                                    block_done, load_grad, locate, rounded, skipped, typed)
 
 _LR = tl.constexpr(_hparams.LR)
 _WD = tl.constexpr(_hparams.WEIGHT_DECAY)
 _MOMENTUM = tl.constexpr(_hparams.MOMENTUM)
 _DAMPENING = tl.constexpr(_hparams.DAMPENING)
 _COLS = tl.constexpr(_hparams.NUM_COLS)
-_META_COLS = tl.constexpr(META_COLS)
+_META_COLS, _NO_GRAD = tl.constexpr(META_COLS), tl.constexpr(NO_GRAD)
 _NUMEL, _GROUP, _PARAM = tl.constexpr(NUMEL), tl.constexpr(GROUP), tl.constexpr(PARAM)
 _STEP, _STATES = tl.constexpr(STEP), tl.constexpr(STATES)
 
@@ -32,7 +32,7 @@ def sgd_kernel(blocks, meta, grads, counters, hp, inv_scale, clip_coef, found_in
         return
     t, b = locate(blocks, tl.program_id(0))
     g_address = tl.load(grads + t)
-    if g_address == 0:              # grad is None: no state change, no step (torch skips it)
+    if g_address == _NO_GRAD:       # grad is None: no state change, no step (as torch)
         return
     row = meta + t * _META_COLS
     n = tl.load(row + _NUMEL)
@@ -68,10 +68,10 @@ def _sgd_block(p_ptr, g_ptr, buf_ptr, offs, mask, inv_scale, clip_coef, lr, wd, 
         # NaN left in it cannot leak in; 4 extra bytes per fp32 element on that step only.
         buf = tl.load(buf_ptr + offs, mask=mask).to(CT)
         buf = tl.where(seed, g, buf * momentum.to(CT) + (1.0 - dampening).to(CT) * g)
-        tl.store(buf_ptr + offs, buf.to(DTYPE), mask=mask)
+        tl.store(buf_ptr + offs, rounded(buf, DTYPE), mask=mask)
         if NESTEROV:
             g = g + momentum.to(CT) * buf
         else:
             g = buf
     p = p + (-lr).to(CT) * g
-    tl.store(p_ptr + offs, p.to(DTYPE), mask=mask)
+    tl.store(p_ptr + offs, rounded(p, DTYPE), mask=mask)

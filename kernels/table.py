@@ -3,7 +3,7 @@
 Note [one launch per bucket]: a bucket's tensors are described once, on its device, by
 - ``meta``: int64 [T, META_COLS], one row per tensor: numel, group row, address of the param,
   of its float32 step counter and of up to three state tensors (0 where unused);
-- ``grads``: int64 [T], the grad addresses, 0 for a grad that is None this step (the only
+- ``grads``: int64 [T], the grad addresses, NO_GRAD for a grad that is None this step (the only
   column that can change between steps: autograd may hand out new grad tensors);
 - ``blocks``: int32 [B, 2], one (tensor, block-within-tensor) pair per program.
 Program ``pid`` of a launch handles block ``blocks[pid]``, so one launch covers every tensor of
@@ -15,6 +15,8 @@ import triton
 import triton.language as tl
 
 NUMEL, GROUP, PARAM, STEP, STATES = 0, 1, 2, 3, 4
+# -1, not 0: torch gives 0-element tensors the address 0, and their step must still count.
+NO_GRAD = -1
 META_COLS = 8                 # 64-byte rows; STATES..STATES+2 hold Adam's m, v, max_v at most
 
 # Launch-size rule (not autotuned: autotuning would re-run an in-place update while timing it and
@@ -146,3 +148,19 @@ def div_rn(x, y):
     if x.dtype == tl.float64:
         return x / y
     return tl.div_rn(x, y)
+
+
+@triton.jit
+def rounded(x, DTYPE: tl.constexpr):
+    """fp32 -> DTYPE rounding to nearest even, like torch's copy_.
+
+    bf16 is rounded by hand: Triton 3.9's interpreter truncates fp32 -> bf16 casts, which made
+    bf16 Adam drift a bf16 ulp per step from torch; on a GPU the same integer ops equal
+    cvt.rn.bf16.f32 at a few integer instructions per element, free in a memory-bound kernel.
+    """
+    if DTYPE == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        bf16 = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        return tl.where(x != x, x.to(tl.bfloat16), bf16)   # NaN stays NaN (the sum could carry)
+    return x.to(DTYPE)

@@ -117,7 +117,7 @@ class _Handle:
         for i, p in enumerate(self.tensors):
             g = p.grad
             if g is None:
-                addresses.append(0)
+                addresses.append(table.NO_GRAD)
                 continue
             if g.layout is not torch.strided:
                 raise RuntimeError("sparse gradients are not supported")
@@ -133,10 +133,11 @@ class _Handle:
                 self.copies.append(g)         # alive until the next refresh, past the launch
             addresses.append(g.data_ptr())
         if addresses != self.addresses:
-            self.grads.copy_(table.upload(addresses or [0], torch.int64, self.device),
-                             non_blocking=True)
+            host = addresses or [table.NO_GRAD]
+            self.grads.copy_(table.upload(host, torch.int64, self.device), non_blocking=True)
             self.addresses = addresses
-            self.aligned = self.static_aligned and all(a % 16 == 0 for a in addresses)
+            self.aligned = self.static_aligned and all(a % 16 == 0 for a in addresses
+                                                       if a != table.NO_GRAD)
 
 
 def make_bucket(spec):

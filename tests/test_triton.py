@@ -1,0 +1,287 @@
+"""The Triton backend against the reference backend (and the cuda backend on a GPU).
+
+Without a GPU the kernels run under Triton's interpreter on CPU tensors, which needs
+TRITON_INTERPRET=1 before triton is first imported: scripts/test.sh exports it when no GPU is
+present. Run without it (plain ``pytest``), every check here would skip, so
+``test_rerun_under_the_interpreter`` reruns this file in a subprocess with it set instead.
+Shapes are small: the interpreter runs each program in numpy, one after the other.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fusedopt
+from fusedopt import backends
+from helpers import CASES, CASE_IDS, FUSED, TORCH, group_overrides, make_params, split_groups
+from tolerances import LOW_PRECISION_FACTOR, assert_close, max_error
+
+AVAILABLE = "triton" in fusedopt.available_backends()
+needs_triton = pytest.mark.skipif(not AVAILABLE, reason=f"triton backend unavailable: "
+                                  f"{backends.unavailable_reason('triton')}")
+if AVAILABLE:
+    from fusedopt.backends import triton as tb
+    DEVICE = torch.device("cpu" if tb._INTERPRETED else "cuda")
+    ORACLES = ["reference"] + (["cuda"] if "cuda" in fusedopt.available_backends()
+                               and DEVICE.type == "cuda" else [])
+else:
+    DEVICE, ORACLES = torch.device("cpu"), ["reference"]
+
+# fp32 blocks are 2048 elements, fp64 ones 1024: (2049,) spans 2 resp. 3 blocks with a ragged
+# tail; (0,) still counts a step; (12, 10) is a transposed (non-contiguous, dense) view.
+SHAPES = [(0,), (1,), (2049,), (7,), (3, 5), (12, 10)]
+NONCONTIGUOUS = (5,)
+STEPS = 5
+
+
+def on_device(params, dtype=None):
+    """Copies on DEVICE with the same strides (a transposed view stays transposed)."""
+    out = []
+    for p in params:
+        c = torch.empty_strided(p.shape, p.stride(), dtype=dtype or p.dtype, device=DEVICE)
+        out.append(torch.nn.Parameter(c.copy_(p.detach())))
+    return out
+
+
+def set_grads(param_sets, step, none_every=4):
+    """The same grads (made in fp64) on every set, laid out like each param; some are None."""
+    gen = torch.Generator().manual_seed(1000 + step)
+    for i, p0 in enumerate(param_sets[0]):
+        none = none_every and (step + i) % none_every == none_every - 1
+        g = None if none else torch.randn(p0.shape, generator=gen, dtype=torch.float64)
+        for params in param_sets:
+            p = params[i]
+            p.grad = None if g is None else torch.empty_strided(
+                p.shape, p.stride(), dtype=p.dtype, device=p.device).copy_(g)
+
+
+def torch_norm(tensors, norm_type):
+    """torch's norm of all elements, in fp64 (the oracle for the fp32 norms)."""
+    flat = torch.cat([t.detach().cpu().double().reshape(-1) for t in tensors])
+    return torch.linalg.vector_norm(flat, norm_type).float()
+
+
+def compare(ours, theirs, opt_ours, opt_theirs, where):
+    """Params AND every state tensor, step counters included."""
+    for i, (p, q) in enumerate(zip(ours, theirs)):
+        assert_close(p.detach().cpu(), q.detach().cpu(), f"{where}: param {i} {tuple(p.shape)}")
+        s, t = opt_ours.state.get(p, {}), opt_theirs.state.get(q, {})
+        assert set(s) == set(t), f"{where}: param {i} state keys {sorted(s)} != {sorted(t)}"
+        for key in t:
+            assert_close(s[key].detach().cpu(), t[key].detach().cpu(),
+                         f"{where}: param {i} state[{key!r}]")
+
+
+def pair(algo, kwargs, params, groups, oracle):
+    ours, theirs = on_device(params), on_device(params)
+    return (ours, FUSED[algo](split_groups(ours, groups), backend="triton", **kwargs),
+            theirs, FUSED[algo](split_groups(theirs, groups), backend=oracle, **kwargs))
+
+
+@needs_triton
+@pytest.mark.parametrize("oracle", ORACLES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("algo,kwargs", CASES, ids=CASE_IDS)
+def test_matches_oracle_over_steps(oracle, dtype, algo, kwargs):
+    """Every option of every algorithm, three groups, None grads (also on the first step)."""
+    params = make_params(SHAPES, dtype, NONCONTIGUOUS)
+    ours, opt, theirs, opt_ref = pair(algo, kwargs, params, group_overrides(algo, kwargs), oracle)
+    for step in range(STEPS):
+        set_grads([ours, theirs], step)
+        opt.step()
+        opt_ref.step()
+        compare(ours, theirs, opt, opt_ref, f"step {step}")
+
+
+@needs_triton
+@pytest.mark.parametrize("algo,kwargs", [("AdamW", dict(amsgrad=True, weight_decay=0.1)),
+                                         ("Adam", dict(weight_decay=0.1, maximize=True)),
+                                         ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True))],
+                         ids=["AdamW-amsgrad", "Adam-maximize", "SGD-nesterov"])
+def test_grad_scale_clip_and_found_inf(algo, kwargs):
+    """AMP unscale and the deferred clip coefficient inline; found_inf skips on device."""
+    params = make_params(SHAPES, torch.float32, NONCONTIGUOUS)
+    ours, opt, theirs, opt_ref = pair(algo, kwargs, params, [{}, {"lr": 0.003}], "reference")
+    for step in range(4):
+        set_grads([ours, theirs], step, none_every=0)
+        for o, ps in ((opt, ours), (opt_ref, theirs)):
+            for p in ps:
+                p.grad.mul_(1024.0)
+            o.grad_scale = torch.tensor(1024.0, device=DEVICE)
+            o.found_inf = torch.tensor(float(step == 2), device=DEVICE)
+            fusedopt.clip_grad_norm_(ps, max_norm=0.5)
+        before = [p.detach().clone() for p in ours]
+        opt.step()
+        opt_ref.step()
+        compare(ours, theirs, opt, opt_ref, f"step {step}")
+        if step == 2:        # skipped: not a bit changed
+            assert all(torch.equal(a, p.detach()) for a, p in zip(before, ours))
+    for o in (opt, opt_ref):
+        del o.grad_scale, o.found_inf
+
+
+@needs_triton
+def test_layouts_the_kernel_cannot_walk():
+    """A non-dense param (its states are made contiguous) steps through the reference path in
+    the same call; a grad laid out unlike its transposed param is copied into its layout."""
+    base = make_params([(4, 6), (9, 5)])
+    strided = torch.nn.Parameter(base[0].detach()[:, ::2])           # not dense
+    transposed = torch.nn.Parameter(base[1].detach().t())            # dense, not contiguous
+    plain = make_params([(3000,)])[0]
+    for algo, kwargs in [("AdamW", dict(amsgrad=True)), ("SGD", dict(momentum=0.9, lr=0.1))]:
+        ours, opt, theirs, opt_ref = pair(algo, kwargs, [strided, transposed, plain], [{}],
+                                          "reference")
+        for step in range(4):
+            set_grads([ours, theirs], step, none_every=0)
+            ours[1].grad = ours[1].grad.contiguous()     # strides differ from the param's
+            opt.step()
+            opt_ref.step()
+        compare(ours, theirs, opt, opt_ref, f"{algo} after 4 steps")
+        assert opt._buckets[0].handle.fallback is not None
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("algo,kwargs", [("AdamW", dict(weight_decay=0.1)),
+                                         ("SGD", dict(lr=0.05, momentum=0.9))],
+                         ids=["AdamW", "SGD-momentum"])
+def test_low_precision_error_bound(dtype, algo, kwargs):
+    """fp16/bf16 compute in fp32: error against an fp64 run <= 2x torch fused's (the table's
+    LOW_PRECISION_FACTOR), as for the other backends."""
+    master = make_params([(257,), (31, 9), (2100,)], torch.float64)
+    oracle, low_ours = on_device(master), on_device(master, dtype)
+    low_torch = [torch.nn.Parameter(p.detach().cpu().to(dtype)) for p in master]
+    opts = [TORCH[algo](oracle, foreach=False, **kwargs),
+            TORCH[algo](low_torch, fused=True, **kwargs),
+            FUSED[algo](low_ours, backend="triton", **kwargs)]
+    for step in range(8):
+        set_grads([oracle, low_torch, low_ours], step, none_every=0)
+        for o in opts:
+            o.step()
+    oracle_cpu = [p.detach().cpu() for p in oracle]
+    err_ours = max_error([p.detach().cpu() for p in low_ours], oracle_cpu)
+    err_torch = max_error(low_torch, oracle_cpu)
+    assert err_ours <= LOW_PRECISION_FACTOR * err_torch, (
+        f"{dtype}: triton error {err_ours:.3g} > {LOW_PRECISION_FACTOR} x torch fused {err_torch:.3g}")
+
+
+@needs_triton
+@pytest.mark.parametrize("norm_type", [2.0, float("inf")], ids=["l2", "inf"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16],
+                         ids=["fp32", "fp64", "fp16"])
+def test_bucket_norm_matches_reference(dtype, norm_type):
+    """The optimizer's fused clip reads every grad of the bucket, params without state too.
+    Checked against torch's vector_norm: the reference backend raises for fp64 grads (it asks
+    vector_norm for a float32 result, a narrowing torch refuses)."""
+    params = make_params(SHAPES + [(5000,)], dtype, NONCONTIGUOUS)
+    ours, opt, theirs, opt_ref = pair("AdamW", {}, params, [{}, {"lr": 0.01}], "reference")
+    for step in range(2):
+        set_grads([ours, theirs], step)       # step 0: some params get no grad, stay pending
+        want = torch_norm([p.grad for p in ours if p.grad is not None], norm_type)
+        got = opt.clip_grad_norm_(1.0, norm_type)
+        fusedopt.clip_grad_norm_(theirs, 1.0, norm_type)      # same clip for the twin's step
+        assert got.dtype == torch.float32 and got.device.type == DEVICE.type
+        assert_close(got.cpu(), want, f"step {step} norm")
+        opt.step()
+        opt_ref.step()
+    if dtype != torch.float16:      # the table has no fp16 tolerance; the norms are fp32
+        compare(ours, theirs, opt, opt_ref, "after the clipped steps")
+
+
+@needs_triton
+@pytest.mark.parametrize("norm_type", [2.0, float("inf")], ids=["l2", "inf"])
+def test_tensors_norm_mixed_dtypes_and_non_finite(norm_type):
+    tensors = [torch.randn(3000, dtype=torch.float64, device=DEVICE),
+               torch.randn(0, device=DEVICE), torch.randn(7, 9, device=DEVICE).t(),
+               torch.randn(40, device=DEVICE)[::3], torch.randn(5, device=DEVICE).half()]
+    assert_close(tb.tensors_norm(tensors, norm_type).cpu(), torch_norm(tensors, norm_type),
+                 "finite")
+    for bad in (float("inf"), float("nan")):
+        tensors[2][1, 2] = bad
+        got = tb.tensors_norm(tensors, norm_type).item()
+        assert got != got if bad != bad else got == bad, f"{bad} in a grad gave norm {got}"
+    assert tb.tensors_norm([], norm_type).item() == 0.0
+
+
+@needs_triton
+def test_one_launch_per_bucket_and_no_recompilation(monkeypatch):
+    """Shapes, lrs, group counts and table re-allocations are table contents: after warm-up, one
+    launch per bucket and no new kernel. On a GPU this counts the JIT cache; under the interpreter
+    (no cache) it counts the distinct keys Triton's JIT would cache under for an sm_90 target,
+    computed by Triton's own binder from the very arguments of each launch."""
+    launches = []
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches.append((self.kernel, args, kwargs))
+                return self.kernel[grid](*args, **kwargs)
+            return launch
+
+    for name in ("adam_kernel", "sgd_kernel", "norm_kernel"):
+        monkeypatch.setattr(tb, name, Recorder(getattr(tb, name)))
+
+    def keys():
+        return {cache_key(kernel, args, kwargs) for kernel, args, kwargs in launches}
+
+    def run(shapes, groups, steps, algo="AdamW"):
+        params = on_device(make_params(shapes))
+        opt = FUSED[algo](split_groups(params, groups), backend="triton", weight_decay=0.1)
+        for step in range(steps):
+            set_grads([params], step, none_every=0)
+            opt.clip_grad_norm_(1.0)
+            if step:
+                opt.param_groups[0]["lr"] *= 0.5               # a scheduler's write
+            opt.step()
+        return opt
+
+    run([(3,), (5, 4)], [{}], 2)
+    warm = keys()
+    assert len(warm) == 2, warm                               # AdamW update + 2-norm
+    launches.clear()
+    opt = run([(2049,), (1,), (0,), (17, 3), (700,)], [{}, {"lr": 0.1}, {"lr": 0.2}], 3)
+    assert len(launches) == 3 * 2, "one update and one norm launch per step and bucket"
+    opt.add_param_group({"params": on_device(make_params([(33,)])), "lr": 1e-4})
+    set_grads([[p for g in opt.param_groups for p in g["params"]]], 9, none_every=0)
+    opt.clip_grad_norm_(1.0)          # a step without it is another flag (clip_coef None)
+    opt.step()
+    assert keys() <= warm, f"new specialisations: {keys() - warm}"
+
+
+def cache_key(kernel, args, kwargs):
+    """The key under which Triton's JIT caches the compiled kernel for these arguments
+    (triton.runtime.jit.JITFunction.run), for the current GPU or, interpreted, for sm_90."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import JITFunction, compute_cache_key, create_function_from_signature
+    jit = kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn, **kernel.kwargs)
+    target = (GPUTarget("cuda", 90, 32) if DEVICE.type == "cpu"
+              else __import__("triton").runtime.driver.active.get_current_target())
+    binder = create_function_from_signature(jit.signature, jit.params, make_backend(target))
+    _, specialization, options = binder(*args, **kwargs)
+    return compute_cache_key({}, specialization, options)
+
+
+@needs_triton
+def test_availability():
+    assert tb.supports(DEVICE)
+    assert not tb.supports(torch.device("cuda" if DEVICE.type == "cpu" else "cpu"))
+    assert backends.resolve("auto", torch.device("cpu")).NAME != "triton"
+
+
+@pytest.mark.skipif(AVAILABLE or torch.cuda.is_available()
+                    or backends.unavailable_reason("triton").startswith("triton could not"),
+                    reason="the checks above run in this process")
+def test_rerun_under_the_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                           "-k", "not test_rerun_under_the_interpreter", __file__], env=env,
+                          cwd=os.path.dirname(__file__), capture_output=True, text=True)
+    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert " passed" in summary and "skipped" not in summary, summary
