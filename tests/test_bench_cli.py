@@ -80,6 +80,14 @@ def test_missing_package_reason():
     assert "cannot import deepspeed" in reason
 
 
+def test_no_matplotlib_no_plot(tmp_path, monkeypatch, capsys):
+    from fusedopt.bench import plot
+    monkeypatch.setattr(plot, "have_matplotlib", lambda: False)
+    data, png = run_cli(tmp_path, "--impl", "torch-fused")
+    assert not png.exists() and "no plot: matplotlib is not installed" in capsys.readouterr().out
+    assert data["results"][0]["status"] == "ok"      # the JSON is still written
+
+
 def test_sweep_groups(tmp_path):
     data, png = run_cli(tmp_path, "--impl", "fusedopt,torch-fused", "--sweep", "groups", "--steps", "1")
     assert data["options"]["sweep_values"] == [1, 4]

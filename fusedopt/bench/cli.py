@@ -190,6 +190,7 @@ def _memory_check(args, n_live, elem):
 
 def run(args):
     device, dtype = args.device_obj, DTYPES[args.dtype]
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     stream = measure.Stream(device)
     bpp = measure.bytes_per_param(args.optimizer, dtype, clip=args.clip, amp=args.amp)
     points = sweep_points(args)
@@ -226,7 +227,9 @@ def run(args):
     options.update(bytes_per_param=bpp, max_norm=_impls.MAX_NORM if args.clip else None,
                    hyper=_impls.hyper(args.optimizer),
                    sweep_values=[v for v, _, _ in points] if args.sweep else None)
-    return {"device": report.device_info(device, stream, stream_ms), "torch": report.torch_info(),
+    dev = report.device_info(device, stream, stream_ms)
+    dev["loadavg_1min_start"] = load_start
+    return {"device": dev, "torch": report.torch_info(),
             "git": report.git_info(), "options": options, "results": results}
 
 

@@ -58,6 +58,8 @@ def plot(data, path):
         err = [[m - r["p20_ms"] for m, r in zip(med, ok)], [r["p80_ms"] - m for m, r in zip(med, ok)]]
         ax_t.bar(x, med, yerr=err, capsize=3, color="tab:blue")
         ax_b.bar(x, [r["gbps"] for r in ok], color="tab:green")
+        if med and max(med) > 20 * min(med):
+            ax_t.set_yscale("log")
         for ax in (ax_t, ax_b):
             ax.set_xticks(list(x))
             ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
