@@ -11,7 +11,8 @@ if [ -z "$NVCC" ] && [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]; then
   NVCC="${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"
 fi
 if [ -z "$NVCC" ]; then
-  echo "compile_cuda: nvcc not found (PATH, \$CUDA_HOME/bin, /usr/local/cuda/bin): CUDA compile check skipped"
+  echo "compile_cuda: nvcc not found (PATH, \$CUDA_HOME/bin, /usr/local/cuda/bin):" \
+       "CUDA compile check skipped"
   exit 0
 fi
 

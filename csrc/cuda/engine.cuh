@@ -114,7 +114,8 @@ template <typename T> __device__ __forceinline__ T* array(const Chunk& c, int s)
 // Calls body(i, vec) for each pack of N elements of an n-element chunk; thread k takes packs
 // k, k + blockDim.x, ... so each warp's accesses are contiguous. vec: the whole pack is in
 // range and every array is aligned for one vector access.
-template <int N, typename F> __device__ __forceinline__ void for_each_pack(int n, bool aligned, F body) {
+template <int N, typename F>
+__device__ __forceinline__ void for_each_pack(int n, bool aligned, F body) {
   for (int i = static_cast<int>(threadIdx.x) * N; i < n; i += static_cast<int>(blockDim.x) * N) {
     body(i, aligned && i + N <= n);
   }
@@ -146,7 +147,8 @@ __device__ __forceinline__ void finish_steps(const Table& table) {
 
 // (512, 2): two resident blocks per SM caps registers at 64 per thread. Unbounded, fp16 Adam
 // took 91 and ran one block (25% occupancy) per SM; capped, only fp64 Adam spills (36 B).
-template <typename F> __global__ void __launch_bounds__(kBlockThreads, 2) multi_tensor_kernel(Table table, F f) {
+template <typename F>
+__global__ void __launch_bounds__(kBlockThreads, 2) multi_tensor_kernel(Table table, F f) {
   f(table);
 }
 
