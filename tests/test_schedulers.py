@@ -233,6 +233,8 @@ def test_chaining_matches_mmengine(chain, kind):
         assert read(opt, "lr") == read(ref, "lr"), t
         assert read(opt, "momentum") == read(ref, "momentum"), t
         seen.add(tuple(read(opt, "lr")))
+        for a, b in zip(ours, theirs):          # each one's values after its own last step
+            assert a.get_last_value() == b.get_last_value(), (t, type(a).__name__)
         if kind.startswith("Fused"):
             assert table_column(opt, "lr") == read(ref, "lr")
             assert table_column(opt, "momentum") == read(ref, "momentum")
@@ -511,3 +513,60 @@ def test_loads_an_mmengine_state_dict():
     for _ in range(5):
         step_all([ours, theirs])
         assert read(opt, "lr") == read(ref, "lr")
+
+
+@needs_mm
+@pytest.mark.parametrize("kind", ["SGD", "FusedAdam"])
+def test_last_step_argument_matches_mmengine(kind):
+    """Resuming without a state dict (``last_step=k``) needs initial_lr in the groups."""
+    cfg = dict(type="CosineAnnealingLR", T_max=20, eta_min=1e-3, by_epoch=False, last_step=4)
+    opt, ref = make_pair(kind, "lr")
+    for o in (opt, ref):
+        for g in o.param_groups:
+            g["initial_lr"] = g["lr"] * 2
+    ours, theirs = S.build_param_scheduler(opt, cfg), build_mm([cfg], ref)
+    for _ in range(10):
+        assert read(opt, "lr") == read(ref, "lr")
+        step_all(ours)
+        step_all(theirs)
+    with pytest.raises(KeyError):
+        S.build_param_scheduler(make_opt(kind), cfg)
+
+
+@needs_mm
+def test_mmengine_optim_wrapper_and_weights_only_checkpoint():
+    import io
+
+    from mmengine.optim import OptimWrapper
+    opt = make_opt("FusedSGD")
+    wrapper = OptimWrapper(opt)
+    scheds = S.build_param_scheduler(wrapper, [CHAINS["overlap"][0],
+                                               dict(type="ReduceOnPlateauLR", patience=0)])
+    for _ in range(3):
+        step_all(scheds[:1])
+    assert wrapper.get_lr()["lr"] == read(opt, "lr")
+    buf = io.BytesIO()
+    torch.save([s.state_dict() for s in scheds], buf)
+    buf.seek(0)
+    states = torch.load(buf, weights_only=True)        # plain containers only
+    new = make_opt("FusedSGD")
+    new_s = S.build_param_scheduler(OptimWrapper(new), [CHAINS["overlap"][0],
+                                                        dict(type="ReduceOnPlateauLR", patience=0)])
+    for s, st in zip(new_s, states):
+        s.load_state_dict(st)
+    assert read(new, "lr") == read(opt, "lr")
+
+
+def test_optimizer_state_load_after_scheduling_wins():
+    """A fusedopt optimizer's param_groups list is refreshed lazily; loading an optimizer state
+    replaces it, and the loaded values are what the table and the dicts show."""
+    opt = make_opt("FusedSGD")
+    saved = opt.state_dict()
+    scheds = S.build_param_scheduler(opt, dict(type="ExponentialLR", gamma=0.5, by_epoch=False))
+    step_all(scheds)
+    opt.load_state_dict(saved)
+    assert read(opt, "lr") == LRS
+    assert table_column(opt, "lr") == LRS
+    step_all(scheds)                    # the next step starts from the loaded values
+    assert read(opt, "lr") == [b * 0.5 for b in LRS]
+    assert table_column(opt, "lr") == [b * 0.5 for b in LRS]

@@ -24,6 +24,10 @@ of the whole value vector (one entry per param group) written as a few tensor op
 All arithmetic is float64 in the operation order of mmengine's chainable forms, so the values
 equal mmengine's bit for bit (the device path adds nothing but IEEE float64 +, -, *, /).
 """
+from collections import deque
+from itertools import repeat
+from operator import itemgetter, setitem
+
 import torch
 
 __all__ = ["Slot", "LazyGroups", "raw_optimizer"]
@@ -115,18 +119,20 @@ class Slot:
     def read_dicts(self):
         key, index = self.key, self.index
         if index is None:
-            vals = [g[key] for g in self.groups()]
+            vals = list(map(itemgetter(key), self.groups()))
         else:
             vals = [g[key][index] for g in self.groups()]
-        return torch.tensor([float(v) for v in vals], dtype=torch.float64)
+        try:
+            return torch.tensor(vals, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):     # tensor-valued entries
+            return torch.tensor([float(v) for v in vals], dtype=torch.float64)
 
     def write_dicts(self, groups):
         key, index = self.key, self.index
         values = self.host.tolist()
         setitem = dict.__setitem__
-        if index is None:
-            for g, v in zip(groups, values):
-                setitem(g, key, v)
+        if index is None:       # a C loop: ~40 ns a group
+            deque(map(setitem, groups, repeat(key), values), maxlen=0)
         else:
             for g, v in zip(groups, values):
                 pair = list(g[key])
@@ -198,13 +204,13 @@ class Slot:
         self.host = host
         if not self.fused:
             key, index = self.key, self.index
+            if index is None:    # the groups' own __setitem__, in a C loop
+                deque(map(setitem, self.groups(), repeat(key), host.tolist()), maxlen=0)
+                return
             for g, v in zip(self.groups(), host.tolist()):
-                if index is None:
-                    g[key] = v
-                else:
-                    pair = list(g[key])
-                    pair[index] = v
-                    g[key] = tuple(pair)
+                pair = list(g[key])
+                pair[index] = v
+                g[key] = tuple(pair)
             return
         opt = self.optimizer
         if not self.direct:

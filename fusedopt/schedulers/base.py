@@ -116,8 +116,10 @@ class ParamScheduler:
         if self.begin <= self._global_step < self.end:
             self.last_step += 1
             self._apply(self.last_step)
-        else:
-            self._last_host = None
+        else:       # mmengine records the current values here too (get_last_value)
+            slot = self._slot
+            self._last_host = slot.current()[1]
+            slot.claim(self)
 
     def _apply(self, t):
         slot = self._slot
