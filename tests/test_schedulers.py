@@ -570,3 +570,20 @@ def test_optimizer_state_load_after_scheduling_wins():
     step_all(scheds)                    # the next step starts from the loaded values
     assert read(opt, "lr") == [b * 0.5 for b in LRS]
     assert table_column(opt, "lr") == [b * 0.5 for b in LRS]
+
+
+@pytest.mark.parametrize("kind", ["Adam", "FusedAdam"])
+def test_generic_form_on_beta2_and_eps(kind):
+    opt = make_opt(kind)
+    a = S.ExponentialParamScheduler(opt, "beta2", gamma=0.5, by_epoch=False)
+    b = S.StepParamScheduler(opt, "eps", step_size=1, gamma=10.0, by_epoch=False)
+    a.step()
+    b.step()
+    assert [g["betas"] for g in opt.param_groups] == [(0.9, 0.999 * 0.5)] * 3
+    assert [g["eps"] for g in opt.param_groups] == [1e-8 * 10.0] * 3
+    assert [g["initial_beta2"] for g in opt.param_groups] == [0.999] * 3
+    if kind == "FusedAdam":
+        from fusedopt import _hparams
+        (table,) = opt.hparam_tables.values()
+        assert table[:, _hparams.BETA2].tolist() == [0.999 * 0.5] * 3
+        assert table[:, _hparams.EPS].tolist() == [1e-8 * 10.0] * 3

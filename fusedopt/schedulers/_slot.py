@@ -72,6 +72,27 @@ class LazyGroups(list):
             self.materialize()
         return list.__getitem__(self, index)
 
+    def __eq__(self, other):
+        self.materialize()
+        return list.__eq__(self, other)
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    __hash__ = None
+
+    def __contains__(self, item):
+        self.materialize()
+        return list.__contains__(self, item)
+
+    def index(self, *args):
+        self.materialize()
+        return list.index(self, *args)
+
+    def count(self, item):
+        self.materialize()
+        return list.count(self, item)
+
     def __reversed__(self):
         self.materialize()
         return list.__reversed__(self)
@@ -96,14 +117,19 @@ class Slot:
         self.optimizer = optimizer
         self.name = name
         defaults = getattr(optimizer, "defaults", {})
-        if name == "momentum" and "momentum" not in defaults and "betas" in defaults:
-            self.key, self.index = "betas", 0          # Adam family: momentum is betas[0]
-        else:
-            self.key, self.index = name, None
         slots = getattr(type(optimizer), "_HPARAM_SLOTS", None)
         self.fused = (slots is not None and name in slots
                       and callable(getattr(optimizer, "set_hparam", None)))
-        self.column = slots[name][0] if self.fused else None
+        if self.fused:     # (table column, param_group key, index in a tuple value or None)
+            self.column, self.key, self.index = slots[name]
+        else:
+            self.column = None
+            if name in ("momentum", "beta1") and name not in defaults and "betas" in defaults:
+                self.key, self.index = "betas", 0      # Adam family: momentum is betas[0]
+            elif name == "beta2" and name not in defaults and "betas" in defaults:
+                self.key, self.index = "betas", 1
+            else:
+                self.key, self.index = name, None
         self.host = None          # CPU float64 [G]: the values the dicts should show
         self.devs = []            # the same values on the other devices of the optimizer
         self.tables_seen = None   # the optimizer's tables dict the vectors belong to
