@@ -424,14 +424,24 @@ def test_device_schedule_rejects_plateau():
 
 
 # ---- resume --------------------------------------------------------------------------------------
-RESUME = [dict(type="LinearLR", start_factor=0.01, end=10, by_epoch=False),
-          dict(type="CosineAnnealingLR", T_max=30, eta_min=1e-4, begin=5, end=35, by_epoch=False),
-          dict(type="ConstantMomentum", factor=0.5, end=12, by_epoch=False)]
+RESUMES = {
+    "warmup-cosine": [dict(type="LinearLR", start_factor=0.01, end=10, by_epoch=False),
+                      dict(type="CosineAnnealingLR", T_max=30, eta_min=1e-4, begin=5, end=35,
+                           by_epoch=False),
+                      dict(type="ConstantMomentum", factor=0.5, end=12, by_epoch=False)],
+    "onecycle-poly": [dict(type="OneCycleLR", eta_max=0.3, total_steps=40, by_epoch=False),
+                      dict(type="PolyMomentum", eta_min=0.5, end=40, by_epoch=False)],
+    "restart-step": [dict(type="CosineRestartLR", periods=[5, 9], restart_weights=[1, 0.5],
+                          eta_min_ratio=0.1, by_epoch=False),
+                     dict(type="StepLR", step_size=4, gamma=0.7, begin=2, by_epoch=False)],
+}
 
 
 @pytest.mark.parametrize("kind", ["SGD", "FusedAdam"])
 @pytest.mark.parametrize("order", ["optimizer-first", "schedulers-first", "no-optimizer-state"])
-def test_resume_mid_schedule(kind, order):
+@pytest.mark.parametrize("config", list(RESUMES))
+def test_resume_mid_schedule(kind, order, config):
+    RESUME = RESUMES[config]
     total, cut = 30, 7
     ref = make_opt(kind)
     ref_s = S.build_param_scheduler(ref, RESUME)

@@ -299,12 +299,15 @@ class OneCycleParamScheduler(ParamScheduler):
                 group[f"initial_{param_name}"] = max_values[idx] / div_factor
                 group[f"max_{param_name}"] = max_values[idx]
                 group[f"min_{param_name}"] = group[f"initial_{param_name}"] / final_div_factor
+        # the curve's end points belong to this object's config (they do not follow a
+        # reloaded optimizer state: see "Resume" in the package docstring)
+        self._ends = {which: [g[f"{which}_{param_name}"] for g in groups]
+                      for which in ("initial", "max", "min")}
         super().__init__(optimizer, param_name, begin, end, last_step, by_epoch, verbose)
 
     def _vec(self, which, device):
-        key = f"{which}_{self.param_name}"
-        return self._const(which, device, lambda: torch.tensor(
-            [g[key] for g in self._opt.param_groups], dtype=torch.float64))
+        return self._const(which, device,
+                           lambda: torch.tensor(self._ends[which], dtype=torch.float64))
 
     def _anneal(self, start, end, pct, lib):
         if self.anneal_strategy == "cos":
