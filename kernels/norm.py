@@ -62,6 +62,8 @@ def _max_keep_nan(a, b):
 
 @triton.jit
 def _reduce(x, INF: tl.constexpr):
-    if INF:
-        return tl.reduce(x, 0, _max_keep_nan)
-    return tl.sum(x, 0)
+    if INF:                         # Note [one return]
+        out = tl.reduce(x, 0, _max_keep_nan)
+    else:
+        out = tl.sum(x, 0)
+    return out

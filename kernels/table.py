@@ -22,13 +22,14 @@ META_COLS = 8                 # 64-byte rows; STATES..STATES+2 hold Adam's m, v,
 # Launch-size rule (not autotuned: autotuning would re-run an in-place update while timing it and
 # would change BLOCK, hence the block table, per device). One program moves BLOCK elements of
 # every stream. 2048 fp32 elements over 4 warps = 16 per thread = four 16-byte loads per stream
-# and thread, so an Adam program has 4 streams x 8 KiB = 32 KiB of loads in flight; an H100 SM
-# keeps ~8 such programs resident, well over the ~15 KiB per SM (3.35 TB/s x ~600 ns latency /
-# 132 SMs) needed to cover HBM latency, while fp32 AMSGrad still fits 5 x 16 values in registers
-# without spilling. fp64 halves BLOCK to keep the same bytes and registers per thread; fp16/bf16
-# keep 2048 because they compute in fp32 registers. The last block of a tensor idles < BLOCK
-# lanes (masked lanes move no bytes): for ResNet-50's 161 tensors, 25.6 M elements, at most
-# 161 x 2047 = 1.3% of the lanes.
+# and thread (PTX of an sm_90 build: ld.global.v4.b32 on full blocks). ptxas gives fp32 AMSGrad,
+# the largest case, 155 registers and no spills, so 3 programs fit an SM (64 Ki registers):
+# 3 x 4 read streams x 8 KiB = 96 KiB of loads in flight per SM, above the ~15-22 KiB that
+# covers HBM latency (3.35-4.8 TB/s x ~600 ns / 132 SMs on H100/H200). fp64 halves BLOCK to keep
+# the bytes and registers per thread (128 registers); fp16/bf16 keep 2048 and compute in fp32
+# registers (146). The last block of a tensor idles < BLOCK lanes (masked lanes move no bytes):
+# for ResNet-50's 161 tensors, 25.6 M elements, at most 161 x 2047 = 1.3% of the lanes.
+# Unmeasured on a GPU so far: BLOCK 1024 (fewer registers, more programs per SM) may do better.
 NUM_WARPS = 4
 
 
@@ -127,9 +128,14 @@ def load_grad(g_ptr, offs, mask, inv_scale, clip_coef, MAXIMIZE: tl.constexpr,
 @triton.jit
 def skipped(found_inf):
     """found_inf non-zero: the launch touches nothing (decided on device, no host sync)."""
+    skip = False
     if found_inf is not None:
-        return tl.load(found_inf) != 0
-    return False
+        skip = tl.load(found_inf) != 0
+    return skip
+
+
+# Note [one return]: the device helpers end in a single return. Triton's compiler (unlike its
+# interpreter) rejects a constexpr-guarded early return followed by another return.
 
 
 @triton.jit
@@ -137,8 +143,10 @@ def sqrt_rn(x):
     """Correctly rounded square root, like torch's. Triton's tl.sqrt is approximate for fp32;
     tl.sqrt_rn takes fp32 only, and fp64 tl.sqrt lowers to the IEEE sqrt.rn.f64."""
     if x.dtype == tl.float64:
-        return tl.sqrt(x)
-    return tl.sqrt_rn(x)
+        root = tl.sqrt(x)
+    else:
+        root = tl.sqrt_rn(x)
+    return root
 
 
 @triton.jit
@@ -146,8 +154,10 @@ def div_rn(x, y):
     """Correctly rounded division, like torch's (Triton's fp32 ``/`` may be off by 2 ulp; fp64
     ``/`` is IEEE already, and tl.div_rn takes fp32 only)."""
     if x.dtype == tl.float64:
-        return x / y
-    return tl.div_rn(x, y)
+        quotient = x / y
+    else:
+        quotient = tl.div_rn(x, y)
+    return quotient
 
 
 @triton.jit
@@ -161,6 +171,8 @@ def rounded(x, DTYPE: tl.constexpr):
     if DTYPE == tl.bfloat16:
         bits = x.to(tl.uint32, bitcast=True)
         bits = bits + 0x7FFF + ((bits >> 16) & 1)
-        bf16 = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-        return tl.where(x != x, x.to(tl.bfloat16), bf16)   # NaN stays NaN (the sum could carry)
-    return x.to(DTYPE)
+        out = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        out = tl.where(x != x, x.to(tl.bfloat16), out)   # NaN stays NaN (the sum could carry)
+    else:
+        out = x.to(DTYPE)
+    return out
