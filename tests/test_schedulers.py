@@ -597,3 +597,36 @@ def test_generic_form_on_beta2_and_eps(kind):
         (table,) = opt.hparam_tables.values()
         assert table[:, _hparams.BETA2].tolist() == [0.999 * 0.5] * 3
         assert table[:, _hparams.EPS].tolist() == [1e-8 * 10.0] * 3
+
+
+@needs_mm
+@pytest.mark.parametrize("kind", ["SGD", "FusedAdam"])
+@pytest.mark.parametrize("chain", ["overlap", "lr+momentum"])
+def test_mmengine_wrapper_base_param_settings(kind, chain):
+    """mmengine's wrapper of a multi-group optimizer schedules a dummy group too
+    (get_lr()['base_lr']); so do fusedopt's schedulers."""
+    from mmengine.optim import OptimWrapper
+    cfgs = CHAINS[chain] + [dict(type="ReduceOnPlateauLR", patience=0, factor=0.5)]
+    opt, ref = make_pair(kind, "lr")
+    w, w_ref = OptimWrapper(opt), OptimWrapper(ref)
+    assert w.base_param_settings is not None
+    ours, theirs = S.build_param_scheduler(w, cfgs), build_mm(cfgs, w_ref)
+    for t in range(25):
+        assert w.get_lr() == w_ref.get_lr(), t
+        assert w.get_momentum() == w_ref.get_momentum(), t
+        for a, b in zip(ours, theirs):
+            assert a.get_last_value() == b.get_last_value(), (t, type(a).__name__)
+            assert a.base_values == getattr(b, "base_values", a.base_values)
+        step_all(ours[:-1])
+        step_all(theirs[:-1])
+        if t % 5 == 4:
+            for group in (ours, theirs):
+                group[-1].step()
+                group[-1].step(dict(loss=1.0))
+    state = [s.state_dict() for s in ours]
+    new = make_opt(kind)
+    w_new = OptimWrapper(new)
+    new_s = S.build_param_scheduler(w_new, cfgs)
+    for s, st in zip(new_s, state):
+        s.load_state_dict(st)
+    assert w_new.get_lr() == w.get_lr()

@@ -55,12 +55,15 @@ class ParamScheduler:
         if not (isinstance(last_step, int) and last_step >= -1):
             raise ValueError(f"last_step must be an int >= -1, got {last_step!r}")
         self._slot = get_slot(opt, param_name)
+        self._n_main = len(opt.param_groups)
+        self._part = None            # None: the optimizer's groups; "extra": base_param_settings
+        self._consts = {}
+        self._last_host = None
+        self._last_extra = None
         self._init_base_values(opt, last_step)
         self.last_step = last_step
         self._global_step = -1
         self.verbose = verbose
-        self._consts = {}
-        self._last_host = None
         self._init_step()
 
     def _init_step(self):
@@ -70,12 +73,50 @@ class ParamScheduler:
     def _opt(self):
         return self._slot.optimizer
 
+    # mmengine's optim wrappers with several groups carry ``base_param_settings``, a dummy group
+    # that its schedulers update too (``get_lr()['base_lr']``): it is scheduled here as one
+    # extra host value after the optimizer's groups (O(1), plain Python floats).
+    def _extra_dict(self):
+        if self.optimizer is self._slot.optimizer:
+            return None
+        extra = getattr(self.optimizer, "base_param_settings", None)
+        return extra if isinstance(extra, dict) else None
+
+    def _all_groups(self, opt):
+        extra = self._extra_dict()
+        return list(opt.param_groups) + ([extra] if extra is not None else [])
+
+    def _read_extra(self, extra):
+        slot = self._slot
+        value = extra[slot.key]
+        return float(value if slot.index is None else value[slot.index])
+
+    def _write_extra(self, extra, value):
+        slot = self._slot
+        if slot.index is None:
+            extra[slot.key] = value
+        else:
+            pair = list(extra[slot.key])
+            pair[slot.index] = value
+            extra[slot.key] = tuple(pair)
+
+    def _pick(self, seq):
+        """The part of a per-group list (base values, min values...) the current update is
+        for: the optimizer's groups, or the wrapper's extra group."""
+        n = self._n_main
+        if self._part is None:
+            return list(seq[:n])
+        return list(seq[n:n + 1]) if len(seq) > n else [seq[-1]]
+
     def _init_base_values(self, opt, last_step):
         name = self.param_name
         key = f"initial_{name}"
-        groups = opt.param_groups
+        groups = self._all_groups(opt)
         if last_step == -1:
             current = self._slot.read_dicts().tolist()
+            extra = self._extra_dict()
+            if extra is not None:
+                current.append(self._read_extra(extra))
             for group, value in zip(groups, current):
                 if key not in group:
                     group[key] = value
@@ -120,22 +161,33 @@ class ParamScheduler:
             slot = self._slot
             self._last_host = slot.current()[1]
             slot.claim(self)
+            extra = self._extra_dict()
+            if extra is not None:
+                self._last_extra = self._read_extra(extra)
 
     def _apply(self, t):
         slot = self._slot
         devs, host = slot.current()
         slot.claim(self)
         changed = self._update(host, t)
-        if changed is False:
-            self._last_host = host
-            return
-        for v in devs:
-            self._update(v, t)
-        slot.commit(devs, host)
         self._last_host = host
-        if self.verbose:
-            for i, value in enumerate(host.tolist()):
-                self.print_value(True, i, value)
+        if changed is not False:
+            for v in devs:
+                self._update(v, t)
+            slot.commit(devs, host)
+            if self.verbose:
+                for i, value in enumerate(host.tolist()):
+                    self.print_value(True, i, value)
+        extra = self._extra_dict()
+        if extra is not None:
+            self._part = "extra"
+            try:
+                x = torch.tensor([self._read_extra(extra)], dtype=torch.float64)
+                if self._update(x, t) is not False:
+                    self._write_extra(extra, x.item())
+                self._last_extra = x.item()
+            finally:
+                self._part = None
 
     def _update(self, v, t):
         raise NotImplementedError
@@ -149,9 +201,13 @@ class ParamScheduler:
 
     def get_last_value(self):
         """Values of every group after this scheduler's last step (a list of floats)."""
-        if self._last_host is not None:
-            return self._last_host.tolist()
-        return self._slot.values()
+        values = (self._last_host.tolist() if self._last_host is not None
+                  else self._slot.values())
+        extra = self._extra_dict()
+        if extra is not None:
+            values.append(self._last_extra if self._last_extra is not None
+                          else self._read_extra(extra))
+        return values
 
     @property
     def _last_value(self):          # mmengine's attribute name
@@ -161,7 +217,7 @@ class ParamScheduler:
     def _const(self, name, device, make, dtype=torch.float64):
         """A constant of this schedule on ``device``, made once (graph mode: made before
         capture by ``DeviceSchedule``)."""
-        key = (name, torch.device(device))
+        key = (name, torch.device(device), self._part)
         value = self._consts.get(key)
         if value is None:
             value = self._consts[key] = make().to(device=device, dtype=dtype)
@@ -169,7 +225,8 @@ class ParamScheduler:
 
     def _base(self, device):
         return self._const("base", device,
-                           lambda: torch.tensor(self.base_values, dtype=torch.float64))
+                           lambda: torch.tensor(self._pick(self.base_values),
+                                                dtype=torch.float64))
 
     # ---- state ----------------------------------------------------------------------------------
     def _config(self):
@@ -179,8 +236,12 @@ class ParamScheduler:
     def state_dict(self):
         """Progress (counters, base values, the current values of the scheduled parameter) and
         the schedule's config (to detect a changed config on resume)."""
+        values = self._slot.values()
+        extra = self._extra_dict()
+        if extra is not None:
+            values.append(self._read_extra(extra))
         state = {"last_step": self.last_step, "_global_step": self._global_step,
-                 "base_values": list(self.base_values), "values": self._slot.values(),
+                 "base_values": list(self.base_values), "values": values,
                  "config": self._config()}
         for k in self._runtime_keys:
             state[k] = getattr(self, k)
@@ -211,7 +272,11 @@ class ParamScheduler:
         if "values" in state_dict:
             # the saved values win over whatever the constructor's first step (start_factor,
             # factor...) or a reloaded optimizer state left in the groups
-            self._slot.set_values(state_dict["values"])
+            values = list(state_dict["values"])
+            extra = self._extra_dict()
+            if extra is not None and len(values) == self._n_main + 1:
+                self._write_extra(extra, float(values.pop()))
+            self._slot.set_values(values)
         self._last_host = None
 
 

@@ -172,7 +172,8 @@ class _EtaMin:
         if self.eta_min_ratio is None:
             return self.eta_min
         return self._const("eta_min", device, lambda: torch.tensor(
-            [b * self.eta_min_ratio for b in self.base_values], dtype=torch.float64))
+            [b * self.eta_min_ratio for b in self._pick(self.base_values)],
+            dtype=torch.float64))
 
 
 class CosineAnnealingParamScheduler(_EtaMin, ParamScheduler):
@@ -197,7 +198,7 @@ class CosineAnnealingParamScheduler(_EtaMin, ParamScheduler):
         s = 1 - math.cos(math.pi / self.T_max)
 
         def make():
-            base = torch.tensor(self.base_values, dtype=torch.float64)
+            base = torch.tensor(self._pick(self.base_values), dtype=torch.float64)
             m = self.eta_min if self.eta_min_ratio is None else base * self.eta_min_ratio
             return (base - m) * s / 2
         return self._const("bump", device, make)
@@ -286,7 +287,10 @@ class OneCycleParamScheduler(ParamScheduler):
             self._phases = [(float(pct_start * n) - 1, "initial", "max"),
                             (n - 1, "max", "min")]
         opt = raw_optimizer(optimizer)
-        groups = opt.param_groups
+        groups = list(opt.param_groups)
+        extra = getattr(optimizer, "base_param_settings", None) if opt is not optimizer else None
+        if isinstance(extra, dict):
+            groups.append(extra)          # mmengine schedules the wrapper's dummy group too
         if isinstance(eta_max, (list, tuple)):
             if len(eta_max) != len(groups):
                 raise ValueError(f"expected {len(groups)} values for max_{param_name}, "
@@ -307,7 +311,8 @@ class OneCycleParamScheduler(ParamScheduler):
 
     def _vec(self, which, device):
         return self._const(which, device,
-                           lambda: torch.tensor(self._ends[which], dtype=torch.float64))
+                           lambda: torch.tensor(self._pick(self._ends[which]),
+                                                dtype=torch.float64))
 
     def _anneal(self, start, end, pct, lib):
         if self.anneal_strategy == "cos":
@@ -427,7 +432,8 @@ class ReduceOnPlateauParamScheduler(ParamScheduler):
             if opt is not optimizer and getattr(optimizer, "base_param_settings", None) is not None:
                 self.min_values.append(self.min_values[-1])
         else:
-            self.min_values = [min_value] * len(opt.param_groups)
+            extra = getattr(optimizer, "base_param_settings", None) if opt is not optimizer else None
+            self.min_values = [min_value] * (len(opt.param_groups) + isinstance(extra, dict))
         self.patience = patience
         self.cooldown = cooldown
         self.cooldown_counter = 0
@@ -447,6 +453,13 @@ class ReduceOnPlateauParamScheduler(ParamScheduler):
         self.num_bad_epochs = 0
         super().__init__(optimizer, param_name, begin, end, last_step, by_epoch, verbose)
         self._global_step = 0
+        self._record_last()
+
+    def _record_last(self):
+        # mmengine: the values at construction and after every step(metrics)
+        self._last_host = self._slot.current()[1].clone()
+        extra = self._extra_dict()
+        self._last_extra = self._read_extra(extra) if extra is not None else None
 
     def _init_step(self):
         pass                 # mmengine: no step in the constructor, _global_step starts at 0
@@ -484,10 +497,11 @@ class ReduceOnPlateauParamScheduler(ParamScheduler):
                 self._apply(self.last_step)
                 self.cooldown_counter = self.cooldown
                 self.num_bad_epochs = 0
+        self._record_last()
 
     def _update(self, v, t):
         min_v = self._const("min", v.device, lambda: torch.tensor(
-            [float(x) for x in self.min_values[:len(v)]], dtype=torch.float64))
+            [float(x) for x in self._pick(self.min_values)], dtype=torch.float64))
         new = torch.maximum(v * self.factor, min_v)
         v.copy_(torch.where(v - new > self.eps, new, v))
 
