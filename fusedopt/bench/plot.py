@@ -21,7 +21,9 @@ def title_of(data):
     o, d = data["options"], data["device"]
     what = o.get("preset") or f"{o['numel']:,} params in {o['tensors']} tensors"
     flags = " ".join(f for f in ("clip" if o.get("clip") else "", "amp" if o.get("amp") else "") if f)
-    groups = o.get("groups")
+    groups = "swept" if o.get("sweep") == "groups" else o.get("groups")
+    if o.get("sweep") == "numel":
+        what = f"numel swept, {o['tensors']} tensors"
     return (f"{o['optimizer']} {o['dtype']} {flags} | {what} | groups={groups}\n"
             f"{d.get('name')} ({d['type']}), copy {d.get('copy_gbps') or 0:.0f} GB/s, torch "
             f"{data['torch']['version']}")
@@ -51,6 +53,13 @@ def plot(data, path):
             ax.grid(True, which="both", alpha=0.3)
         ax_t.set_yscale("log")
         ax_t.legend(fontsize=8)
+        # the roofline measured at each point (interleaved with that point's steps)
+        line = sorted({(r["sweep_value"], r["copy_gbps"]) for r in ok if r.get("copy_gbps")})
+        if line:
+            ax_b.plot([v for v, _ in line], [c for _, c in line], "k--", linewidth=1,
+                      label="copy bandwidth")
+            ax_b.legend(fontsize=8)
+            copy = None
     else:
         names = [r["impl"] for r in ok]
         x = range(len(ok))

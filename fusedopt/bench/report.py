@@ -38,8 +38,10 @@ def device_info(device, stream, stream_ms):
                     cpu_capability=torch.backends.cpu.get_cpu_capability())
     if hasattr(os, "getloadavg"):   # a shared machine: how busy it was, to judge the figures
         info["loadavg_1min_end"] = os.getloadavg()[0]
+    best = min(stream_ms) if stream_ms else None
     info.update(slug=device_slug(device), copy_ms=med,
                 copy_gbps=stream.bytes / (med * 1e-3) / 1e9 if med else None,
+                copy_gbps_best=stream.bytes / (best * 1e-3) / 1e9 if best else None,
                 copy_method=stream.method)
     return info
 
