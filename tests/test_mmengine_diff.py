@@ -173,3 +173,61 @@ def test_same_exception_types_as_mmengine(cfg):
     e_mm = _exc(lambda: mm_build(Net(), copy.deepcopy(cfg)))
     e_fo = _exc(lambda: fo_build(Net(), copy.deepcopy(cfg)))
     assert isinstance(e_fo, type(e_mm)), (e_mm, e_fo)
+
+
+def test_same_lrs_with_fusedopt_schedulers():
+    """mmengine wrapper + mmengine schedulers vs fusedopt wrapper + fusedopt schedulers, from
+    the same configs: lrs and momenta equal every iteration, params after training close."""
+    from mmengine.registry import PARAM_SCHEDULERS as MM_S
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 6, 3, 6, 6, generator=g)
+    y = torch.randint(0, 4, (4, 6), generator=g)
+    epoch_length, epochs = 4, 4
+    sched_cfg = [
+        dict(type="LinearLR", start_factor=0.01, by_epoch=False, begin=0, end=5),
+        dict(type="MultiStepLR", by_epoch=True, milestones=[2, 3], gamma=0.5),
+        dict(type="CosineAnnealingMomentum", by_epoch=True, begin=0, T_max=4, eta_min=0.5,
+             convert_to_iter_based=True),
+    ]
+    base = dict(type="OptimWrapper", clip_grad=dict(max_norm=1.0), accumulative_counts=2,
+                paramwise_cfg=dict(bias_lr_mult=2., norm_decay_mult=0.),
+                optimizer=dict(lr=0.05, momentum=0.9, weight_decay=1e-3))
+    m1, m2 = Net(), Net()
+    cfg_a = copy.deepcopy(base)
+    cfg_a["optimizer"]["type"] = "SGD"
+    cfg_b = copy.deepcopy(base)
+    cfg_b["optimizer"]["type"] = "FusedSGD"
+    a, b = mm_build(m1, cfg_a), fo_build(m2, cfg_b)
+
+    def mm_scheds(ow):
+        out = []
+        for c in copy.deepcopy(sched_cfg):
+            conv = c.pop("convert_to_iter_based", False)
+            cls = MM_S.get(c.pop("type"))
+            out.append(cls.build_iter_from_epoch(ow, epoch_length=epoch_length, **c) if conv
+                       else cls(ow, **c))
+        return out
+    sa = mm_scheds(a)
+    sb = fusedopt.build_param_scheduler(b, copy.deepcopy(sched_cfg), epoch_length=epoch_length)
+    total = epochs * epoch_length
+    for ow, m in ((a, m1), (b, m2)):
+        ow.initialize_count_status(m, 0, total)
+    seen_a, seen_b = [], []
+    for e in range(epochs):
+        for i in range(epoch_length):
+            for ow, m, seen in ((a, m1, seen_a), (b, m2, seen_b)):
+                seen.append((ow.get_lr(), ow.get_momentum()))
+                loss = nn.functional.cross_entropy(m(x[i]), y[i])
+                ow.update_params(loss)
+            for s in sa + sb:
+                if not s.by_epoch:
+                    s.step()
+        for s in sa + sb:
+            if s.by_epoch:
+                s.step()
+    for (la, ma), (lb, mb) in zip(seen_a, seen_b):
+        assert la["lr"] == pytest.approx(lb["lr"], rel=1e-12, abs=1e-15)
+        assert la["base_lr"] == pytest.approx(lb["base_lr"], rel=1e-12)
+        assert ma["momentum"] == pytest.approx(mb["momentum"], rel=1e-12)
+    for (n, p1), p2 in zip(m1.named_parameters(), m2.parameters()):
+        torch.testing.assert_close(p1, p2, rtol=2e-5, atol=2e-6, msg=lambda s: f"{n}: {s}")
