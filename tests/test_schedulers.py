@@ -630,3 +630,38 @@ def test_mmengine_wrapper_base_param_settings(kind, chain):
     for s, st in zip(new_s, state):
         s.load_state_dict(st)
     assert w_new.get_lr() == w.get_lr()
+
+
+@needs_mm
+def test_with_fusedopt_optim_wrapper_in_a_training_loop():
+    """fusedopt.build_optim_wrapper + build_param_scheduler, stepped like mmengine's hook,
+    against mmengine's schedulers on mmengine's wrapper of torch.optim.SGD."""
+    from mmengine.optim import OptimWrapper as MMOptimWrapper
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4),
+                                torch.nn.Linear(4, 2))
+    ref_model = copy.deepcopy(model)
+    wcfg = dict(optimizer=dict(type="FusedSGD", lr=0.1, momentum=0.9, weight_decay=1e-4),
+                paramwise_cfg=dict(norm_decay_mult=0.))
+    wrapper = fusedopt.build_optim_wrapper(model, dict(type="OptimWrapper", **wcfg))
+    ref_groups = [dict(g, params=[dict(ref_model.named_parameters())[n] for n, q in
+                                  model.named_parameters() if any(q is p for p in g["params"])])
+                  for g in wrapper.optimizer.param_groups]
+    ref = MMOptimWrapper(torch.optim.SGD(ref_groups, lr=0.1, momentum=0.9, weight_decay=1e-4))
+    cfg = TUTORIAL["warmup-converted"] + [dict(type="CosineAnnealingMomentum", T_max=20,
+                                               eta_min=0.8, by_epoch=False)]
+    ours = fusedopt.build_param_scheduler(wrapper, cfg, epoch_length=5)
+    theirs = build_mm(cfg, ref, epoch_length=5)
+    for _ in range(4):
+        for _ in range(5):
+            x = torch.randn(8, 4)
+            wrapper.update_params(model(x).square().mean())
+            ref.update_params(ref_model(x).square().mean())
+            step_all([s for s in ours if not s.by_epoch])
+            step_all([s for s in theirs if not s.by_epoch])
+            assert wrapper.get_lr() == ref.get_lr()
+            assert wrapper.get_momentum() == ref.get_momentum()
+        step_all([s for s in ours if s.by_epoch])
+        step_all([s for s in theirs if s.by_epoch])
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
