@@ -205,33 +205,58 @@ def test_tensors_norm_mixed_dtypes_and_non_finite(norm_type):
     assert tb.tensors_norm([], norm_type).item() == 0.0
 
 
+class Recorder:
+    """Stands in for a kernel: records each launch as (kernel, args, kwargs), then runs it."""
+
+    def __init__(self, kernel, seen, execute=True):
+        self.kernel, self.seen, self.execute = kernel, seen, execute
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.seen.append((self.kernel, args, kwargs))
+            if self.execute:
+                self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+def record_launches(setattr_, execute=True):
+    seen = []
+    for name in ("adam_kernel", "sgd_kernel", "norm_kernel"):
+        setattr_(tb, name, Recorder(getattr(tb, name), seen, execute))
+    return seen
+
+
+def specialise(kernel, args, kwargs, target):
+    """What Triton's JIT (JITFunction.run) derives from a launch's arguments for ``target``:
+    (jit function, compiler backend, bound arguments, specialization, options). The
+    specialization and options are the key its kernel cache uses."""
+    from triton.compiler import make_backend
+    from triton.runtime.jit import JITFunction, create_function_from_signature
+    jit = kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn, **kernel.kwargs)
+    backend = make_backend(target)
+    binder = create_function_from_signature(jit.signature, jit.params, backend)
+    return (jit, backend) + tuple(binder(*args, **kwargs))
+
+
 @needs_triton
 def test_one_launch_per_bucket_and_no_recompilation(monkeypatch):
     """Shapes, lrs, group counts and table re-allocations are table contents: after warm-up, one
-    launch per bucket and no new kernel. On a GPU this counts the JIT cache; under the interpreter
-    (no cache) it counts the distinct keys Triton's JIT would cache under for an sm_90 target,
-    computed by Triton's own binder from the very arguments of each launch."""
-    launches = []
-
-    class Recorder:
-        def __init__(self, kernel):
-            self.kernel = kernel
-
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                launches.append((self.kernel, args, kwargs))
-                return self.kernel[grid](*args, **kwargs)
-            return launch
-
-    for name in ("adam_kernel", "sgd_kernel", "norm_kernel"):
-        monkeypatch.setattr(tb, name, Recorder(getattr(tb, name)))
+    launch per bucket and no new kernel. Counted as the keys Triton's JIT caches kernels under,
+    computed by Triton's own binder from the arguments of each launch: for the current GPU, or
+    under the interpreter (which has no cache) for an sm_90 target."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    target = (GPUTarget("cuda", 90, 32) if DEVICE.type == "cpu"
+              else triton.runtime.driver.active.get_current_target())
+    launches = record_launches(monkeypatch.setattr)
 
     def keys():
-        return {cache_key(kernel, args, kwargs) for kernel, args, kwargs in launches}
+        return {str(specialise(kernel, args, kwargs, target)[3:]) + kernel.fn.__name__
+                for kernel, args, kwargs in launches}
 
-    def run(shapes, groups, steps, algo="AdamW"):
+    def run(shapes, groups, steps):
         params = on_device(make_params(shapes))
-        opt = FUSED[algo](split_groups(params, groups), backend="triton", weight_decay=0.1)
+        opt = FUSED["AdamW"](split_groups(params, groups), backend="triton", weight_decay=0.1)
         for step in range(steps):
             set_grads([params], step, none_every=0)
             opt.clip_grad_norm_(1.0)
@@ -251,20 +276,65 @@ def test_one_launch_per_bucket_and_no_recompilation(monkeypatch):
     opt.clip_grad_norm_(1.0)          # a step without it is another flag (clip_coef None)
     opt.step()
     assert keys() <= warm, f"new specialisations: {keys() - warm}"
+    if DEVICE.type == "cuda":         # the JIT cache itself: one compiled kernel per kernel
+        caches = {k.fn.__name__: len(k.device_caches[torch.cuda.current_device()][0])
+                  for k, _, _ in launches}
+        assert all(n == 1 for n in caches.values()), caches
 
 
-def cache_key(kernel, args, kwargs):
-    """The key under which Triton's JIT caches the compiled kernel for these arguments
-    (triton.runtime.jit.JITFunction.run), for the current GPU or, interpreted, for sm_90."""
+@pytest.mark.skipif(not AVAILABLE and backends.unavailable_reason("triton").startswith(
+    "triton could not"), reason="triton is not importable")
+def test_compiles_for_sm90_with_vector_accesses():
+    """The interpreter runs Python, not Triton's compiler (which once rejected code the
+    interpreter ran). A subprocess without TRITON_INTERPRET compiles what the backend launches
+    for sm_90 (no GPU needed) and checks the PTX: see ``check_sm90_ptx``."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", "import test_triton; test_triton.check_sm90_ptx()"],
+                          env=env, cwd=os.path.dirname(__file__), capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.split() == ["adam_kernel", "norm_kernel", "sgd_kernel"], done.stdout
+
+
+def check_sm90_ptx():
+    """Launch the backend on CPU tensors with recording stand-ins (nothing runs), compile each
+    launch for sm_90 and assert: 16-byte vector accesses on full blocks (ALIGNED,
+    kernels/table.py), correctly rounded division and square roots, and the acq_rel counter of
+    Note [step in one launch]."""
+    import triton
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import make_backend
-    from triton.runtime.jit import JITFunction, compute_cache_key, create_function_from_signature
-    jit = kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn, **kernel.kwargs)
-    target = (GPUTarget("cuda", 90, 32) if DEVICE.type == "cpu"
-              else __import__("triton").runtime.driver.active.get_current_target())
-    binder = create_function_from_signature(jit.signature, jit.params, make_backend(target))
-    _, specialization, options = binder(*args, **kwargs)
-    return compute_cache_key({}, specialization, options)
+    from fusedopt import _engine
+    from fusedopt.backends import triton as backend_module
+    global tb
+    tb = backend_module
+    launches = record_launches(setattr, execute=False)
+    for dtype, num_states in [(torch.float32, 3), (torch.bfloat16, 1)]:
+        params = [torch.zeros(4096, dtype=dtype), torch.zeros(3, dtype=dtype)]
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        spec = _engine.BucketSpec(torch.device("cpu"), dtype, (), params=params,
+                                  states=[[torch.zeros_like(p) for p in params]] * num_states,
+                                  steps=[torch.zeros(()) for _ in params], group_index=[0, 0])
+        handle, hp = tb.make_bucket(spec), torch.zeros(1, 5, dtype=torch.float64)
+        if num_states == 3:
+            tb.adam_step(handle, hp, amsgrad=True, maximize=False, decoupled=True)
+            tb.bucket_norm(handle, float("inf"))
+        else:
+            tb.sgd_step(handle, hp, nesterov=True, maximize=False)
+    target = GPUTarget("cuda", 90, 32)
+    for kernel, args, kwargs in launches:
+        jit, backend, bound, specialization, options = specialise(kernel, args, kwargs, target)
+        options, signature, constexprs, attrs = jit._pack_args(backend, kwargs, bound,
+                                                               specialization, options)
+        src = triton.compiler.ASTSource(jit, signature, constexprs, attrs)
+        ptx = triton.compile(src, target=target, options=options.__dict__).asm["ptx"]
+        name = jit.fn.__name__
+        assert "ld.global.v4.b32" in ptx, f"{name}: no 16-byte vector loads"
+        assert "atom.global.gpu.acq_rel.add" in ptx, f"{name}: no acq_rel block counter"
+        for approx in ("div.full.f32", "div.approx", "sqrt.approx"):
+            assert approx not in ptx, f"{name}: {approx}"
+        if name != "norm_kernel":
+            assert "st.global.v4.b32" in ptx, f"{name}: no 16-byte vector stores"
+        print(name)
 
 
 @needs_triton
