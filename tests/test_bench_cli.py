@@ -97,6 +97,17 @@ def test_sweep_groups(tmp_path):
         assert png.exists()
 
 
+def test_sweep_numel(tmp_path):
+    out_json = tmp_path / "s.json"
+    argv = ["--device", "cpu", "--tensors", "2", "--numel", "70000", "--sweep", "numel", "--steps",
+            "1", "--warmup", "0", "--impl", "fusedopt,torch-fused", "--json", str(out_json),
+            "--plot", str(tmp_path / "s.png")]
+    assert cli.main(argv) == 0
+    data = json.loads(out_json.read_text())
+    assert data["options"]["sweep_values"] == [65536, 70000]
+    assert sorted({r["numel"] for r in data["results"]}) == [65536, 70000]
+
+
 BAD = [
     (["--groups", "0"], "--groups"),
     (["--groups", "many"], "--groups"),
@@ -113,6 +124,7 @@ BAD = [
     (["--warmup", "-1"], "--warmup"),
     (["--sweep", "lr"], "--sweep"),
     (["--sweep", "groups", "--groups", "4"], "--groups"),
+    (["--preset", "vit-b16", "--sweep", "numel"], "--preset"),
     (["--device", "tpu"], "--device"),
 ]
 
