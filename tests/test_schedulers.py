@@ -665,3 +665,28 @@ def test_with_fusedopt_optim_wrapper_in_a_training_loop():
         step_all([s for s in theirs if s.by_epoch])
     for p, q in zip(model.parameters(), ref_model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+@needs_mm
+def test_mixed_with_mmengine_base_for_param_scheduler_hook():
+    """mmengine's ParamSchedulerHook hands validation metrics only to instances of its
+    _ParamScheduler. A subclass mixing it in (what an mmengine adapter can register) keeps
+    fusedopt's behaviour and receives them."""
+    from mmengine.hooks import ParamSchedulerHook
+    from mmengine.optim import _ParamScheduler
+    mixed = {n: type(n, (getattr(S, n), _ParamScheduler), {}) for n in ("LinearLR",
+                                                                        "ReduceOnPlateauLR")}
+    opt = make_opt("FusedSGD")
+    scheds = [mixed["LinearLR"](opt, start_factor=0.5, end=3),
+              mixed["ReduceOnPlateauLR"](opt, patience=0, factor=0.5)]
+
+    class Runner:
+        param_schedulers = scheds
+
+    hook = ParamSchedulerHook()
+    for _ in range(3):
+        hook.after_train_epoch(Runner)
+        hook.after_val_epoch(Runner, dict(loss=1.0))
+    # LinearLR: 0.5 -> 0.75 -> 1.0 of base; plateau: halves once per epoch after the first
+    assert read(opt, "lr") == pytest.approx([b * 0.25 for b in LRS], rel=1e-12)
+    assert table_column(opt, "lr") == read(opt, "lr")
