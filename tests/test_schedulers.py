@@ -690,3 +690,32 @@ def test_mixed_with_mmengine_base_for_param_scheduler_hook():
     # LinearLR: 0.5 -> 0.75 -> 1.0 of base; plateau: halves once per epoch after the first
     assert read(opt, "lr") == pytest.approx([b * 0.25 for b in LRS], rel=1e-12)
     assert table_column(opt, "lr") == read(opt, "lr")
+
+
+def _count_ops(fn):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
+
+
+@pytest.mark.parametrize("cfg", [CASES[6][1], CASES[1][1], CASES[11][1], CASES[9][1]],
+                         ids=["cosine", "linear", "restart", "onecycle"])
+def test_step_costs_o1_tensor_ops(cfg):
+    """A scheduler step on a fusedopt optimizer: the same few tensor ops for 4 or 512 groups."""
+    counts = []
+    for groups in (4, 512):
+        opt = make_opt("FusedSGD", lrs=[0.1 + 0.001 * i for i in range(groups)])
+        (s,) = S.build_param_scheduler(opt, cfg)
+        for _ in range(3):
+            s.step()
+        counts.append(_count_ops(s.step))
+    assert counts[0] == counts[1] and counts[0] <= 8, counts

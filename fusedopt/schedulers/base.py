@@ -220,7 +220,12 @@ class ParamScheduler:
         key = (name, torch.device(device), self._part)
         value = self._consts.get(key)
         if value is None:
-            value = self._consts[key] = make().to(device=device, dtype=dtype)
+            value = make().to(dtype)
+            if key[1].type == "cuda":     # pinned source: an asynchronous copy, no host sync
+                value = value.pin_memory().to(key[1], non_blocking=True)
+            else:
+                value = value.to(key[1])
+            self._consts[key] = value
         return value
 
     def _base(self, device):
