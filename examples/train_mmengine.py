@@ -45,10 +45,12 @@ def make_cfg(epochs, scoped):
                                custom_keys={"head": dict(lr_mult=0.5)}),
             clip_grad=dict(max_norm=5.0, norm_type=2),
             accumulative_counts=2),
+        # the tutorial's "warm-up by epochs, updated by iter, then cosine" (end and T_max are
+        # filled in by the Runner from max_epochs)
         param_scheduler=[
-            dict(type="LinearLR", start_factor=0.1, by_epoch=False, begin=0, end=8),
-            dict(type="CosineAnnealingLR", by_epoch=True, begin=0, T_max=epochs, eta_min=1e-3,
+            dict(type="LinearLR", start_factor=0.1, by_epoch=True, end=1,
                  convert_to_iter_based=True),
+            dict(type="CosineAnnealingLR", by_epoch=True, begin=1),
         ],
         # grad norms stay tensors; one host read per logging interval
         custom_hooks=[dict(type=f"{p}LazyScalarLogHook")],
