@@ -192,6 +192,8 @@ def _register_torch_optimizers(registry: Registry) -> None:
         if (inspect.isclass(obj) and issubclass(obj, torch.optim.Optimizer)
                 and obj is not torch.optim.Optimizer and name not in registry._module_dict):
             registry._module_dict[name] = obj
+    if "Adafactor" in registry._module_dict:     # mmengine's name for torch's Adafactor
+        registry._module_dict.setdefault("TorchAdafactor", registry._module_dict["Adafactor"])
 
 
 def _register_fusedopt_optimizers(registry: Registry) -> None:
