@@ -187,8 +187,9 @@ class Entry:
         self.peak_mem = self.launches = None
 
     def fail(self, exc):
+        lines = str(exc).strip().splitlines()
         self.status = "error"
-        self.reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+        self.reason = f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
         self.opt = self.step = None
 
 
