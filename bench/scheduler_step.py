@@ -12,6 +12,8 @@ What is timed, per schedule (each timing: the median over interleaved rounds):
   the device hyper-parameter table, no host sync; the dicts are refreshed lazily);
 * ``fusedopt+read``: the same plus reading every group's lr back (``[g['lr'] for g in
   opt.param_groups]``: pays the lazy dict refresh), against ``mmengine+read``;
+* on mmengine's ``OptimWrapper(FusedSGD)`` (what an mmengine Runner hands the schedulers: with
+  several groups it adds a dummy group, ``base_param_settings``, that both schedule);
 * on ``torch.optim.SGD`` for reference (no device table: both write the dicts).
 The headline ratio is mmengine / fusedopt for CosineAnnealingLR. Results: printed and written as
 JSON (device, versions, git revision, options, records) to bench/results/.
@@ -32,6 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import fusedopt  # noqa: E402
 from fusedopt import schedulers as S  # noqa: E402
 
+KINDS = ("FusedSGD", "OptimWrapper(FusedSGD)", "SGD")
 SCHEDULES = {
     "CosineAnnealingLR": dict(type="CosineAnnealingLR", T_max=10 ** 8, eta_min=1e-6,
                               by_epoch=False),
@@ -100,14 +103,18 @@ def main(argv=None):
     for name in args.schedules:
         cfg = SCHEDULES[name]
         cases = {}
-        for opt_kind in ("FusedSGD", "SGD"):
+        for opt_kind in KINDS:
             for impl in ("mmengine", "fusedopt"):
-                opt = make_opt(opt_kind, g, device)
-                sched = build(impl, cfg, opt)
+                opt = make_opt(opt_kind.replace("OptimWrapper(", "").rstrip(")"), g, device)
+                target = opt
+                if opt_kind.startswith("OptimWrapper"):
+                    from mmengine.optim import OptimWrapper
+                    target = OptimWrapper(opt)
+                sched = build(impl, cfg, target)
                 groups = lambda opt=opt: opt.param_groups  # noqa: E731
                 step = sched.step
                 cases[(opt_kind, impl)] = step
-                if opt_kind == "FusedSGD":
+                if "Fused" in opt_kind:
                     tables = lambda opt=opt: opt.hparam_tables  # noqa: E731
                     cases[(opt_kind, impl + "+sync")] = (
                         lambda step=step, tables=tables: (step(), tables()))
@@ -128,18 +135,18 @@ def main(argv=None):
                                 p80_us=sorted(ts)[(4 * len(ts)) // 5] * 1e6))
     by = {(r["schedule"], r["optimizer"], r["impl"]): r["median_us"] for r in records}
     print(f"device={device} groups={g} torch={torch.__version__} mmengine={mmengine.__version__}")
-    print(f"{'schedule':26s} {'optimizer':9s} {'mmengine us':>12s} {'fusedopt us':>12s} "
+    print(f"{'schedule':26s} {'optimizer':23s} {'mmengine us':>12s} {'fusedopt us':>12s} "
           f"{'ratio':>8s}   {'+sync ratio':>11s} {'+read ratio':>11s}")
     ratios = {}
     for name in args.schedules:
-        for opt_kind in ("FusedSGD", "SGD"):
+        for opt_kind in KINDS:
             mm, fo = by[(name, opt_kind, "mmengine")], by[(name, opt_kind, "fusedopt")]
             ratio = mm / fo
             ratios[(name, opt_kind)] = ratio
             sync_r = (by[(name, opt_kind, "mmengine+sync")] / by[(name, opt_kind, "fusedopt+sync")]
-                      if opt_kind == "FusedSGD" else float("nan"))
+                      if "Fused" in opt_kind else float("nan"))
             read_r = by[(name, opt_kind, "mmengine+read")] / by[(name, opt_kind, "fusedopt+read")]
-            print(f"{name:26s} {opt_kind:9s} {mm:12.1f} {fo:12.2f} {ratio:7.1f}x   "
+            print(f"{name:26s} {opt_kind:23s} {mm:12.1f} {fo:12.2f} {ratio:7.1f}x   "
                   f"{sync_r:10.1f}x {read_r:10.1f}x")
     headline = ratios.get(("CosineAnnealingLR", "FusedSGD"))
     if headline is not None:

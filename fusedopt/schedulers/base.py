@@ -19,6 +19,35 @@ __all__ = ["ParamScheduler", "INF"]
 INF = int(1e9)
 
 
+class Scalar:
+    """One value updated by the same ``_update`` code as the vectors, in Python floats (the
+    optim wrapper's extra group): ``mul_``/``sub_``/``add_``/``copy_`` like a 1-element tensor."""
+    __slots__ = ("x",)
+    device = torch.device("cpu")
+
+    def __init__(self, x):
+        self.x = x
+
+    def mul_(self, a):
+        self.x = self.x * a
+        return self
+
+    def sub_(self, a):
+        self.x = self.x - a
+        return self
+
+    def add_(self, a):
+        self.x = self.x + a
+        return self
+
+    def copy_(self, a):
+        self.x = float(a)
+        return self
+
+    def __len__(self):
+        return 1
+
+
 def get_slot(optimizer, name):
     slots = optimizer.__dict__.setdefault("_fusedopt_slots", {})
     slot = slots.get(name)
@@ -182,10 +211,10 @@ class ParamScheduler:
         if extra is not None:
             self._part = "extra"
             try:
-                x = torch.tensor([self._read_extra(extra)], dtype=torch.float64)
+                x = Scalar(self._read_extra(extra))
                 if self._update(x, t) is not False:
-                    self._write_extra(extra, x.item())
-                self._last_extra = x.item()
+                    self._write_extra(extra, x.x)
+                self._last_extra = x.x
             finally:
                 self._part = None
 
@@ -219,7 +248,9 @@ class ParamScheduler:
         capture by ``DeviceSchedule``)."""
         key = (name, torch.device(device), self._part)
         value = self._consts.get(key)
-        if value is None:
+        if value is None and self._part is not None:      # the extra group: a Python float
+            value = self._consts[key] = float(make().reshape(-1)[0])
+        elif value is None:
             value = make().to(dtype)
             if key[1].type == "cuda":     # pinned source: an asynchronous copy, no host sync
                 value = value.pin_memory().to(key[1], non_blocking=True)

@@ -14,7 +14,7 @@ from collections import Counter
 import torch
 
 from fusedopt.schedulers._slot import raw_optimizer
-from fusedopt.schedulers.base import INF, ParamScheduler
+from fusedopt.schedulers.base import INF, ParamScheduler, Scalar
 
 _GENERIC = ["ConstantParamScheduler", "LinearParamScheduler", "StepParamScheduler",
             "MultiStepParamScheduler", "ExponentialParamScheduler",
@@ -500,6 +500,11 @@ class ReduceOnPlateauParamScheduler(ParamScheduler):
         self._record_last()
 
     def _update(self, v, t):
+        if isinstance(v, Scalar):
+            new = max(float(v.x) * self.factor, self._pick(self.min_values)[0])
+            if v.x - new > self.eps:
+                v.x = new
+            return
         min_v = self._const("min", v.device, lambda: torch.tensor(
             [float(x) for x in self._pick(self.min_values)], dtype=torch.float64))
         new = torch.maximum(v * self.factor, min_v)
