@@ -179,8 +179,10 @@ def _memory_check(args, n_live, elem):
         free = torch.cuda.mem_get_info(args.device_obj)[0]
     else:
         try:
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):
+            with open("/proc/meminfo") as f:
+                free = next(int(line.split()[1]) * 1024 for line in f
+                            if line.startswith("MemAvailable:"))
+        except (OSError, StopIteration, ValueError):
             return
     if need > 0.8 * free:
         print(f"warning: about {need / 2**30:.1f} GiB needed (params, grads and {n_live} "
