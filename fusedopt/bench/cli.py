@@ -106,8 +106,8 @@ def build_parser():
                    help="comma list from: " + ", ".join(_impls.IMPLS) +
                         " (default: fusedopt and torch's on this device; unavailable ones are "
                         "reported skipped with the reason)")
-    p.add_argument("--steps", type=_positive, default=20, help="timed steps per implementation")
-    p.add_argument("--warmup", type=_nonneg, default=5, help="untimed steps first")
+    p.add_argument("--steps", type=_positive, default=20, help="timed steps per implementation (default 20)")
+    p.add_argument("--warmup", type=_nonneg, default=5, help="untimed steps first, interleaved too (default 5)")
     p.add_argument("--sweep", choices=["numel", "groups"], default=None,
                    help="repeat over parameter counts (synthetic sets) or group counts")
     p.add_argument("--json", metavar="PATH", default=None, help="write the results as JSON")
