@@ -157,7 +157,9 @@ def main(argv=None):
     os.makedirs(os.path.dirname(out), exist_ok=True)
     info = dict(device=(torch.cuda.get_device_name(device) if device.type == "cuda"
                         else platform.processor() or platform.machine()),
-                device_type=device.type, cpu_count=os.cpu_count(), python=platform.python_version(),
+                device_type=device.type, cpu_count=os.cpu_count(),
+                load_average=os.getloadavg() if hasattr(os, "getloadavg") else None,
+                python=platform.python_version(),
                 torch=torch.__version__, mmengine=mmengine.__version__,
                 fusedopt=fusedopt.__version__, git_revision=git_revision(),
                 options=vars(args), headline_ratio=headline, records=records,
