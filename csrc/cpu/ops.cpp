@@ -5,6 +5,8 @@
 #include <cmath>
 #include <limits>
 
+#include <c10/core/GradMode.h>
+
 #include "cpu/kernels.h"
 #include "cpu/multi_tensor.h"
 #include "hparams.h"
@@ -123,6 +125,7 @@ void adam_step(Bucket& b, const at::Tensor& hp, bool amsgrad, bool maximize, boo
                const std::optional<at::Tensor>& inv_scale,
                const std::optional<at::Tensor>& found_inf) {
   if (skipped(found_inf)) return;
+  c10::AutoGradMode no_grad(false);   // the slow path's copies of leaf params (Note [dense fast path])
   const KernelTable& kernels = kernel_table();
   Scratch& s = scratch();
   const double* table = hp.data_ptr<double>();
@@ -178,6 +181,7 @@ void sgd_step(Bucket& b, const at::Tensor& hp, bool nesterov, bool maximize,
               const std::optional<at::Tensor>& inv_scale,
               const std::optional<at::Tensor>& found_inf) {
   if (skipped(found_inf)) return;
+  c10::AutoGradMode no_grad(false);
   const KernelTable& kernels = kernel_table();
   Scratch& s = scratch();
   const double* table = hp.data_ptr<double>();
