@@ -92,7 +92,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--inner", type=int, default=0, help="steps per timing (0: auto)")
     ap.add_argument("--schedules", nargs="*", default=list(SCHEDULES))
-    ap.add_argument("--json", default=None, help="default: bench/results/scheduler_step_<device>.json")
+    ap.add_argument("--json", default=None,
+                    help="default: bench/results/scheduler_step_<device>.json")
     args = ap.parse_args(argv)
     import mmengine
     device = torch.device(args.device)

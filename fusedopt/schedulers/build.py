@@ -41,7 +41,8 @@ def build_param_scheduler(optim_wrapper, cfg, epoch_length=None):
     cfgs = [cfg] if isinstance(cfg, Mapping) or not isinstance(cfg, Sequence) else list(cfg)
     built = []
     for item in cfgs:
-        if isinstance(item, ParamScheduler) or hasattr(item, "step") and not isinstance(item, Mapping):
+        if isinstance(item, ParamScheduler) or (hasattr(item, "step")
+                                                and not isinstance(item, Mapping)):
             built.append(item)
             continue
         if not isinstance(item, Mapping):

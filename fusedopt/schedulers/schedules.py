@@ -401,7 +401,8 @@ class CosineRestartParamScheduler(_EtaMin, ParamScheduler):
         step = _f64(t) - prev[i]
         period = periods[i]
         m = self._eta_min(v.device)
-        r = (1 + torch.cos(math.pi * step / period)) / (1 + torch.cos(math.pi * (step - 1) / period))
+        r = ((1 + torch.cos(math.pi * step / period))
+             / (1 + torch.cos(math.pi * (step - 1) / period)))
         annealed = (v - m) * r.to(v) + m
         restarted = self._base(v.device) * weights[i].to(v)
         return _where(valid, _where(step == 0, restarted, annealed), v)
@@ -432,7 +433,8 @@ class ReduceOnPlateauParamScheduler(ParamScheduler):
             if opt is not optimizer and getattr(optimizer, "base_param_settings", None) is not None:
                 self.min_values.append(self.min_values[-1])
         else:
-            extra = getattr(optimizer, "base_param_settings", None) if opt is not optimizer else None
+            extra = (getattr(optimizer, "base_param_settings", None)
+                     if opt is not optimizer else None)
             self.min_values = [min_value] * (len(opt.param_groups) + isinstance(extra, dict))
         self.patience = patience
         self.cooldown = cooldown
