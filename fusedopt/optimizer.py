@@ -289,19 +289,31 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._skipped_steps = extra["skipped_steps"].clone()
 
     # ---- fused clipping -------------------------------------------------------------------------
-    def clip_grad_norm_(self, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    def clip_grad_norm_(self, max_norm, norm_type=2.0, error_if_nonfinite=False, *,
+                        grad_scale=None):
         """Norm of every grad of this optimizer's params, as a 0-d tensor, with no host sync.
 
         Note [clip inside the step]: the coefficient min(1, max_norm / (norm + 1e-6)) is not
         applied to the grads here; the next step() multiplies each grad by it as it reads it,
         saving a read and a write of every grad (torch's clip_grad_norm_ + step: 40 B/param for
         fp32 AdamW; fused: 32). zero_grad() drops a pending coefficient.
+        ``grad_scale``: the grads are still multiplied by this AMP loss scale (a 0-d tensor); the
+        norm returned and clipped is that of the unscaled grads, and the step must then get the
+        same scale as ``self.grad_scale`` (the GradScaler contract).
         """
         from fusedopt.clip import check_clip_args, clip_coefficient
         norm_type = check_clip_args(max_norm, norm_type)
-        total = self._global_norm(self._current_buckets(), norm_type)
+        total = self.grad_norm(norm_type)
+        if grad_scale is not None:
+            # the same rounding of 1/scale as torch's unscale_ and as the step's inv_scale
+            total = total * grad_scale.double().reciprocal().float().to(total.device)
         self._defer_clip(clip_coefficient(total, max_norm, norm_type, error_if_nonfinite), total)
         return total
+
+    def grad_norm(self, norm_type=2.0):
+        """Norm of every grad of this optimizer's params (across shards for DTensor params):
+        a 0-d float32 tensor, one multi-tensor reduction per bucket, no host sync."""
+        return self._global_norm(self._current_buckets(), float(norm_type))
 
     def _global_norm(self, buckets, norm_type):
         """Norm of every grad of this optimizer: one reduction per bucket, reduced across shards

@@ -394,8 +394,6 @@ class AmpOptimWrapper(OptimWrapper):
         opt = self.optimizer
         return (self.loss_scaler.is_enabled() and _is_fused(opt)
                 and getattr(self.loss_scaler, "_scale", None) is not None
-                and hasattr(opt, "_global_norm") and hasattr(opt, "_current_buckets")
-                and hasattr(opt, "_defer_clip")
                 and (not self.clip_grad_kwargs or self.grad_name == "grad_norm"))
 
     def step(self, **kwargs):
@@ -415,26 +413,19 @@ class AmpOptimWrapper(OptimWrapper):
         """Note [fused AMP step]."""
         from torch.amp.grad_scaler import OptState
 
-        from fusedopt.clip import check_clip_args, clip_coefficient
         opt, scaler = self.optimizer, self.loss_scaler
         state = scaler._per_optimizer_states[id(opt)]
         if state["stage"] is OptState.STEPPED:
             raise RuntimeError("step() has already been called since the last update().")
         scale = scaler._scale
-        buckets = opt._current_buckets()
         if self.clip_grad_kwargs:
             kw = self.clip_grad_kwargs
-            norm_type = check_clip_args(kw["max_norm"], kw.get("norm_type", 2.0))
-            scaled_norm = opt._global_norm(buckets, norm_type)
-            inv_scale = scale.double().reciprocal().float().to(scaled_norm.device)
-            norm = scaled_norm.float() * inv_scale
-            coef = clip_coefficient(norm, kw["max_norm"], norm_type,
-                                    kw.get("error_if_nonfinite", False))
-            opt._defer_clip(coef, norm)
+            norm = opt.clip_grad_norm_(kw["max_norm"], kw.get("norm_type", 2.0),
+                                       kw.get("error_if_nonfinite", False), grad_scale=scale)
             self._record_scalar(f"train/{self.grad_name}", norm)
         else:
-            scaled_norm = opt._global_norm(buckets, float("inf"))
-        found_inf = (~torch.isfinite(scaled_norm)).to(device=scale.device, dtype=torch.float32)
+            norm = opt.grad_norm(float("inf"))   # the inf-norm cannot overflow: found_inf only
+        found_inf = (~torch.isfinite(norm)).to(device=scale.device, dtype=torch.float32)
         opt.grad_scale = scale
         opt.found_inf = found_inf
         try:
