@@ -720,3 +720,30 @@ def test_step_costs_o1_tensor_ops(cfg):
             s.step()
         counts.append(_count_ops(s.step))
     assert counts[0] == counts[1] and counts[0] <= 8, counts
+
+
+@pytest.mark.parametrize("kind", ["SGD", "FusedAdam"])
+@pytest.mark.parametrize("name", ["warmup-iters", "multistep", "converted-periods", "momentum"])
+def test_device_schedule_mixed_iter_and_epoch(name, kind):
+    """Graph mode replays a config mixing by-iteration and by-epoch schedulers: one device step
+    per iteration, the epoch-based ones gated on device at every epoch end."""
+    cfg, epoch_length = TUTORIAL[name], 7
+    host_opt, dev_opt = make_opt(kind), make_opt(kind)
+    host = S.build_param_scheduler(host_opt, cfg, epoch_length=epoch_length)
+    dev = S.DeviceSchedule(S.build_param_scheduler(dev_opt, cfg, epoch_length=epoch_length),
+                           epoch_length=epoch_length)
+    for _ in range(6):
+        for _ in range(epoch_length):
+            step_all([s for s in host if not s.by_epoch])
+            if _ == epoch_length - 1:
+                step_all([s for s in host if s.by_epoch])
+            dev.step()
+            for n in ("lr", "momentum"):
+                if any(s.param_name == n for s in host):
+                    got = dev.values(next(s for s in dev.schedulers if s.param_name == n))
+                    assert got.tolist() == pytest.approx(read(host_opt, n), rel=1e-12)
+    dev.sync_to_host()
+    assert read(dev_opt, "lr") == pytest.approx(read(host_opt, "lr"), rel=1e-12)
+    if any(s.by_epoch for s in host):
+        with pytest.raises(ValueError, match="epoch_length"):
+            S.DeviceSchedule(S.build_param_scheduler(make_opt(kind), cfg, epoch_length=7))

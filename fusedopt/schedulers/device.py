@@ -14,8 +14,14 @@ graph that captures ``schedule.step(); clip; opt.step()`` replays a whole traini
     for _ in range(n): g.replay()
     schedule.sync_to_host()                      # counters and param_group values back (syncs)
 
+One ``step()`` is one training iteration, as mmengine's ParamSchedulerHook sees it: the
+``by_epoch=False`` schedulers step (in list order), and every ``epoch_length``-th call the
+``by_epoch=True`` ones step too (after them, in list order), gated on device. So a config that
+mixes iteration- and epoch-based schedulers (warm-up by iterations, MultiStepLR by epochs)
+replays in one graph.
+
 The host objects are not advanced while the device schedule runs, and the param_group dicts
-keep their old floats until ``sync_to_host()``. ReduceOnPlateau* needs host metrics and has no
+may keep older floats until ``sync_to_host()``. ReduceOnPlateau* needs host metrics and has no
 device form. OneCycle past ``total_steps`` keeps its last value (the host form raises).
 """
 import torch
@@ -24,8 +30,17 @@ __all__ = ["DeviceSchedule"]
 
 
 class DeviceSchedule:
-    def __init__(self, schedulers, device=None):
+    def __init__(self, schedulers, epoch_length=None, device=None):
         self.schedulers = list(schedulers)
+        self.epoch_length = epoch_length
+        for s in self.schedulers:
+            if s.need_val_args:
+                raise NotImplementedError(f"{type(s).__name__} is driven by validation "
+                                          "metrics on the host and has no device form")
+        if epoch_length is None and any(s.by_epoch for s in self.schedulers):
+            raise ValueError("by_epoch=True schedulers need epoch_length (iterations per "
+                             "epoch) to be stepped on the device")
+        self._iteration = None
         self._vectors = {}            # Slot -> device vector of its current values
         self._counters = []           # per scheduler: (global_step, last_step) int64 tensors
         for s in self.schedulers:
@@ -45,17 +60,35 @@ class DeviceSchedule:
                                    torch.tensor(s.last_step, device=vec.device)))
             # build every constant of the device form now, outside any capture
             s._device_update(vec.clone(), torch.zeros((), dtype=torch.int64, device=vec.device))
+            if self._iteration is None:
+                self._iteration = torch.zeros((), dtype=torch.int64, device=vec.device)
 
     def step(self):
-        for s, (gstep, lstep) in zip(self.schedulers, self._counters):
-            v = self._vectors[s._slot]
-            gstep.add_(1)
-            inside = (gstep >= s.begin) & (gstep < s.end)
-            lstep.add_(inside.to(lstep.dtype))
-            v.copy_(torch.where(inside, s._device_update(v, lstep), v))
+        pairs = list(zip(self.schedulers, self._counters))
+        for s, counters in pairs:
+            if not s.by_epoch:
+                self._step_one(s, counters, None)
+        if self.epoch_length is not None and self._iteration is not None:
+            self._iteration.add_(1)
+            epoch_end = torch.remainder(self._iteration, self.epoch_length) == 0
+            for s, counters in pairs:
+                if s.by_epoch:
+                    self._step_one(s, counters, epoch_end)
         for slot, v in self._vectors.items():
             if slot.fused:
                 slot.optimizer.set_hparam(slot.name, v)
+
+    def _step_one(self, s, counters, gate):
+        gstep, lstep = counters
+        v = self._vectors[s._slot]
+        if gate is None:
+            gstep.add_(1)
+            inside = (gstep >= s.begin) & (gstep < s.end)
+        else:
+            gstep.add_(gate.to(gstep.dtype))
+            inside = gate & (gstep >= s.begin) & (gstep < s.end)
+        lstep.add_(inside.to(lstep.dtype))
+        v.copy_(torch.where(inside, s._device_update(v, lstep), v))
 
     def values(self, scheduler_or_slot=None):
         """Device vector of the current values (of the first scheduler's parameter by default)."""
