@@ -694,12 +694,14 @@ def test_mixed_with_mmengine_base_for_param_scheduler_hook():
 
 
 def _count_ops(fn):
+    """Number of aten ops ``fn`` runs; fails on a device-to-host read (.item(), .tolist())."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Count(TorchDispatchMode):
         n = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            assert func is not torch.ops.aten._local_scalar_dense.default, "host read"
             Count.n += 1
             return func(*args, **(kwargs or {}))
 
@@ -747,3 +749,16 @@ def test_device_schedule_mixed_iter_and_epoch(name, kind):
     if any(s.by_epoch for s in host):
         with pytest.raises(ValueError, match="epoch_length"):
             S.DeviceSchedule(S.build_param_scheduler(make_opt(kind), cfg, epoch_length=7))
+
+
+@pytest.mark.parametrize("kind", ["SGD", "FusedSGD"])
+def test_device_schedule_step_reads_nothing_back(kind):
+    cfg = CHAINS["overlap"] + CHAINS["gaps"][1:] + [TUTORIAL["warmup-iters"][1],
+                                                    CASES[9][1]]
+    counts = []
+    for groups in (3, 300):
+        opt = make_opt(kind, lrs=[0.1 + 0.001 * i for i in range(groups)])
+        dev = S.DeviceSchedule(S.build_param_scheduler(opt, cfg, epoch_length=5),
+                               epoch_length=5)
+        counts.append(_count_ops(dev.step))
+    assert counts[0] == counts[1], counts

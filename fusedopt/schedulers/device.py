@@ -21,7 +21,9 @@ mixes iteration- and epoch-based schedulers (warm-up by iterations, MultiStepLR 
 replays in one graph.
 
 The host objects are not advanced while the device schedule runs, and the param_group dicts
-may keep older floats until ``sync_to_host()``. ReduceOnPlateau* needs host metrics and has no
+may keep older floats until ``sync_to_host()``. Checkpoint: ``sync_to_host()``, then the
+schedulers' ``state_dict()``; resume: load the schedulers' states, then build the
+DeviceSchedule from them. ReduceOnPlateau* needs host metrics and has no
 device form. OneCycle past ``total_steps`` keeps its last value (the host form raises).
 """
 import torch

@@ -397,14 +397,15 @@ class CosineRestartParamScheduler(_EtaMin, ParamScheduler):
             [float(w) for w in self.restart_weights], dtype=torch.float64))
         idx = torch.searchsorted(cum, t.reshape(1), right=True).reshape(())
         valid = idx < len(self.periods)
-        i = idx.clamp(max=len(self.periods) - 1)
-        step = _f64(t) - prev[i]
-        period = periods[i]
+        i = idx.clamp(max=len(self.periods) - 1).reshape(1)
+        # gather, not prev[i]: indexing with a 0-d tensor reads it back to the host
+        step = _f64(t) - prev.gather(0, i).reshape(())
+        period = periods.gather(0, i).reshape(())
         m = self._eta_min(v.device)
         r = ((1 + torch.cos(math.pi * step / period))
              / (1 + torch.cos(math.pi * (step - 1) / period)))
         annealed = (v - m) * r.to(v) + m
-        restarted = self._base(v.device) * weights[i].to(v)
+        restarted = self._base(v.device) * weights.gather(0, i).to(v)
         return _where(valid, _where(step == 0, restarted, annealed), v)
 
 
