@@ -66,8 +66,9 @@ def meta_row(numel, group, param=None, step=None, states=()):
 
 
 def upload(values, dtype, device):
-    """A host list (non-empty) as a device tensor without a host sync: CUDA copies from pageable memory wait
-    for the stream, so stage through pinned memory (the caching host allocator reuses it)."""
+    """A non-empty host list as a device tensor without a host sync: CUDA copies from pageable
+    memory wait for the stream, so stage through pinned memory (the caching host allocator
+    reuses it and keeps it alive until the copy is done)."""
     host = torch.tensor(values, dtype=dtype)
     if device.type == "cpu":
         return host

@@ -164,7 +164,8 @@ def test_low_precision_error_bound(dtype, algo, kwargs):
     err_ours = max_error([p.detach().cpu() for p in low_ours], oracle_cpu)
     err_torch = max_error(low_torch, oracle_cpu)
     assert err_ours <= LOW_PRECISION_FACTOR * err_torch, (
-        f"{dtype}: triton error {err_ours:.3g} > {LOW_PRECISION_FACTOR} x torch fused {err_torch:.3g}")
+        f"{dtype}: triton error {err_ours:.3g} > {LOW_PRECISION_FACTOR} x torch fused "
+        f"{err_torch:.3g}")
 
 
 @needs_triton
@@ -289,8 +290,9 @@ def test_compiles_for_sm90_with_vector_accesses():
     interpreter ran). A subprocess without TRITON_INTERPRET compiles what the backend launches
     for sm_90 (no GPU needed) and checks the PTX: see ``check_sm90_ptx``."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", "import test_triton; test_triton.check_sm90_ptx()"],
-                          env=env, cwd=os.path.dirname(__file__), capture_output=True, text=True)
+    code = "import test_triton; test_triton.check_sm90_ptx()"
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=os.path.dirname(__file__),
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.split() == ["adam_kernel", "norm_kernel", "sgd_kernel"], done.stdout
 
@@ -342,6 +344,18 @@ def test_availability():
     assert tb.supports(DEVICE)
     assert not tb.supports(torch.device("cuda" if DEVICE.type == "cpu" else "cpu"))
     assert backends.resolve("auto", torch.device("cpu")).NAME != "triton"
+
+
+def test_import_never_fails_without_triton():
+    """Note [import never fails]: with triton unimportable, fusedopt imports, lists no triton and
+    says why."""
+    code = ("import sys; sys.modules['triton'] = None\n"
+            "import fusedopt; from fusedopt import backends\n"
+            "assert 'triton' not in fusedopt.available_backends()\n"
+            "print(backends.unavailable_reason('triton'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("triton could not be imported"), done.stdout
 
 
 @pytest.mark.skipif(AVAILABLE or torch.cuda.is_available()

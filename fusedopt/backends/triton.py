@@ -77,7 +77,8 @@ class _Handle:
             self.fallback = type(spec)(
                 spec.device, spec.dtype, spec.flags, params=[spec.params[i] for i in rest],
                 states=[[s[i] for i in rest] for s in spec.states],
-                steps=[spec.steps[i] for i in rest], group_index=[spec.group_index[i] for i in rest])
+                steps=[spec.steps[i] for i in rest],
+                group_index=[spec.group_index[i] for i in rest])
         self.tensors = [spec.params[i] for i in walk + rest] + list(spec.pending)
         self.num_walk = len(walk)
         self.contiguous = [p.is_contiguous() for p in self.tensors]
@@ -92,9 +93,8 @@ class _Handle:
         self.update_blocks = sum(max(1, -(-n // self.block)) for n in numels[:len(walk)])
         self.counters = torch.zeros(max(1, len(self.tensors)), dtype=torch.int32,
                                     device=self.device)
-        addresses = [p.data_ptr() for p in spec.params] + [s.data_ptr() for k in spec.states
-                                                           for s in k]
-        self.static_aligned = all(a % 16 == 0 for a in addresses)
+        walked = [spec.params[i] for i in walk] + [s[i] for s in spec.states for i in walk]
+        self.static_aligned = all(t.data_ptr() % 16 == 0 for t in walked)
         self.grads = torch.zeros(max(1, len(self.tensors)), dtype=torch.int64,
                                  device=self.device)
         self.addresses, self.aligned, self.copies = None, False, []
