@@ -753,8 +753,10 @@ def test_device_schedule_mixed_iter_and_epoch(name, kind):
 
 @pytest.mark.parametrize("kind", ["SGD", "FusedSGD"])
 def test_device_schedule_step_reads_nothing_back(kind):
-    cfg = CHAINS["overlap"] + CHAINS["gaps"][1:] + [TUTORIAL["warmup-iters"][1],
-                                                    CASES[9][1]]
+    cfg = CHAINS["overlap"] + CHAINS["gaps"][1:] + [TUTORIAL["warmup-iters"][1]] + [
+        c[1] for c in CASES if c[0] in ("ConstantLR", "PolyLR", "CosineAnnealingLR-ratio",
+                                        "OneCycleLR", "CosineRestartLR-ratio",
+                                        "LinearMomentum")]
     counts = []
     for groups in (3, 300):
         opt = make_opt(kind, lrs=[0.1 + 0.001 * i for i in range(groups)])
