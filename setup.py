@@ -26,7 +26,7 @@ def _extensions():
     from torch.utils import cpp_extension
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx = ["-O3", "-fopenmp"]   # cpp_extension adds the -std= torch needs (c++20 for 2.13)
     include_dirs = [os.path.abspath("csrc")]
     with_cuda = (
         not _flag("FUSEDOPT_NO_CUDA")
@@ -42,7 +42,8 @@ def _extensions():
             sources + sorted(glob.glob("csrc/cuda/*.cu")),
             include_dirs=include_dirs,
             define_macros=[("FUSEDOPT_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+            # no --use_fast_math: it flushes fp32 subnormals (small Adam second moments) to zero
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
             extra_link_args=["-fopenmp"],
         )
     else:

@@ -123,8 +123,9 @@ def _norm(tensors, norm_type):
     tensors = [t for t in tensors if t.numel()]    # empty tensors add nothing (inf has no identity)
     if not tensors:
         return torch.zeros((), dtype=torch.float32)
-    norms = [torch.linalg.vector_norm(t.detach(), norm_type, dtype=torch.float32) for t in tensors]
-    return torch.linalg.vector_norm(torch.stack(norms), norm_type)
+    # each in fp32 (fp64 for fp64 tensors), like the kernels' accumulators; the result in fp32
+    norms = [torch.linalg.vector_norm(t.detach(), norm_type, dtype=_compute_dtype(t)) for t in tensors]
+    return torch.linalg.vector_norm(torch.stack(norms), norm_type).float()
 
 
 def tensors_norm(tensors, norm_type):
