@@ -31,6 +31,9 @@ META_COLS = 8                 # 64-byte rows; STATES..STATES+2 hold Adam's m, v,
 # for ResNet-50's 161 tensors, 25.6 M elements, at most 161 x 2047 = 1.3% of the lanes.
 # Unmeasured on a GPU so far: BLOCK 1024 (fewer registers, more programs per SM) may do better.
 NUM_WARPS = 4
+# Contract a*b+c into FMAs, as nvcc does by default (--fmad=true) for the cuda backend and torch's
+# CUDA kernels. Pinned: Triton 3.10 turns its default off (and 3.9 warns when it is unset).
+FP_FUSION = True
 
 
 def block_size(dtype):

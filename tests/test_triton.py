@@ -136,6 +136,9 @@ def test_layouts_the_kernel_cannot_walk():
         for step in range(4):
             set_grads([ours, theirs], step, none_every=0)
             ours[1].grad = ours[1].grad.contiguous()     # strides differ from the param's
+            assert_close(opt.clip_grad_norm_(1.0).cpu(), torch_norm([p.grad for p in ours], 2.0),
+                         f"{algo} step {step} norm")    # the strided grad is not dense either
+            fusedopt.clip_grad_norm_(theirs, 1.0)
             opt.step()
             opt_ref.step()
         compare(ours, theirs, opt, opt_ref, f"{algo} after 4 steps")

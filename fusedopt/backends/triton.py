@@ -81,7 +81,9 @@ class _Handle:
                 group_index=[spec.group_index[i] for i in rest])
         self.tensors = [spec.params[i] for i in walk + rest] + list(spec.pending)
         self.num_walk = len(walk)
-        self.contiguous = [p.is_contiguous() for p in self.tensors]
+        # (is contiguous, strides) a walked tensor's grad must have, None for norm-only ones
+        self.layout = [(p.is_contiguous(), p.stride()) if i < len(walk) else None
+                       for i, p in enumerate(self.tensors)]
         self.block = table.block_size(self.dtype)
         numels = [p.numel() for p in self.tensors]
         rows = [table.meta_row(spec.params[i].numel(), spec.group_index[i], spec.params[i],
@@ -124,12 +126,14 @@ class _Handle:
             if g.dtype is not self.dtype or g.shape != p.shape:
                 raise RuntimeError(f"grad of shape {tuple(g.shape)}, dtype {g.dtype} does not "
                                    f"match its parameter ({tuple(p.shape)}, {p.dtype})")
-            if not (g.is_contiguous() if self.contiguous[i] else g.stride() == p.stride()):
-                if i < self.num_walk:
-                    g = torch.empty_strided(p.shape, p.stride(), dtype=p.dtype,
-                                            device=p.device).copy_(g)
-                elif not _dense(g):           # norm only: any dense order will do
+            want = self.layout[i]
+            if want is None:                  # norm only: any dense order will do
+                if not _dense(g):
                     g = g.contiguous()
+                    self.copies.append(g)
+            elif not (g.is_contiguous() if want[0] else g.stride() == want[1]):
+                g = torch.empty_strided(p.shape, want[1], dtype=p.dtype,
+                                        device=p.device).copy_(g)
                 self.copies.append(g)         # alive until the next refresh, past the launch
             addresses.append(g.data_ptr())
         if addresses != self.addresses:
@@ -157,7 +161,7 @@ def adam_step(handle, hp, *, amsgrad, maximize, decoupled, clip_coef=None, inv_s
             handle.blocks, handle.meta, handle.grads, handle.counters, hp, inv_scale, clip_coef,
             found_inf, DTYPE=dtype, CT=compute, AMSGRAD=amsgrad, MAXIMIZE=maximize,
             DECOUPLED=decoupled, ALIGNED=handle.aligned, BLOCK=handle.block,
-            num_warps=table.NUM_WARPS)
+            num_warps=table.NUM_WARPS, enable_fp_fusion=table.FP_FUSION)
     if handle.fallback is not None:
         reference.adam_step(handle.fallback, hp, amsgrad=amsgrad, maximize=maximize,
                             decoupled=decoupled, clip_coef=clip_coef, inv_scale=inv_scale,
@@ -172,7 +176,7 @@ def sgd_step(handle, hp, *, nesterov, maximize, clip_coef=None, inv_scale=None, 
             handle.blocks, handle.meta, handle.grads, handle.counters, hp, inv_scale, clip_coef,
             found_inf, DTYPE=dtype, CT=compute, HAS_BUFFER=len(handle.spec.states) == 1,
             NESTEROV=nesterov, MAXIMIZE=maximize, ALIGNED=handle.aligned, BLOCK=handle.block,
-            num_warps=table.NUM_WARPS)
+            num_warps=table.NUM_WARPS, enable_fp_fusion=table.FP_FUSION)
     if handle.fallback is not None:
         reference.sgd_step(handle.fallback, hp, nesterov=nesterov, maximize=maximize,
                            clip_coef=clip_coef, inv_scale=inv_scale, found_inf=found_inf)
@@ -184,7 +188,8 @@ def _launch_norm(blocks, meta, grads, num_blocks, dtype, aligned, norm_type, par
         blocks, meta, grads, partials, counter, out, num_blocks,
         DTYPE=table.triton_dtype(dtype), ACC=table.compute_dtype(dtype),
         INF=norm_type == float("inf"), ALIGNED=aligned, BLOCK=table.block_size(dtype),
-        MAX_PROGRAMS=norm_launch.MAX_PROGRAMS, num_warps=table.NUM_WARPS)
+        MAX_PROGRAMS=norm_launch.MAX_PROGRAMS, num_warps=table.NUM_WARPS,
+        enable_fp_fusion=table.FP_FUSION)
     return out
 
 
