@@ -52,9 +52,13 @@ def compute_dtype(dtype):
 
 def block_pairs(numels, block, device):
     """The (tensor, block) pairs: ceil(n / block) per tensor, and one for an empty tensor, whose
-    step counter still advances (torch counts a step of a param with a 0-element grad)."""
-    pairs = [(t, b) for t, n in enumerate(numels) for b in range(max(1, -(-n // block)))]
-    return upload(pairs or [(0, 0)], torch.int32, device).reshape(-1, 2), len(pairs)
+    step counter still advances (torch counts a step of a param with a 0-element grad). Built
+    with tensor ops: a 1 B-parameter bucket has ~490 K pairs."""
+    counts = torch.tensor([max(1, -(-n // block)) for n in numels] or [1], dtype=torch.int64)
+    tensor = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    pairs = torch.stack([tensor, torch.arange(len(tensor)) - first], 1).to(torch.int32)
+    return upload(pairs, torch.int32, device), len(pairs) if numels else 0
 
 
 def meta_row(numel, group, param=None, step=None, states=()):
@@ -69,10 +73,10 @@ def meta_row(numel, group, param=None, step=None, states=()):
 
 
 def upload(values, dtype, device):
-    """A non-empty host list as a device tensor without a host sync: CUDA copies from pageable
+    """A non-empty host list or tensor as a device tensor without a host sync: CUDA copies from pageable
     memory wait for the stream, so stage through pinned memory (the caching host allocator
     reuses it and keeps it alive until the copy is done)."""
-    host = torch.tensor(values, dtype=dtype)
+    host = values.contiguous() if torch.is_tensor(values) else torch.tensor(values, dtype=dtype)
     if device.type == "cpu":
         return host
     return host.pin_memory().to(device, non_blocking=True)

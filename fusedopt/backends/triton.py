@@ -63,7 +63,8 @@ class _Handle:
     The kernels walk a param, its grad and its states as flat arrays, which needs the param dense
     and every state laid out like it (torch's zeros_like keeps the layout; a state_dict loaded from
     another layout may not). Params failing that, rare, step through the reference backend in the
-    same call, and their grads still count in the bucket's norm. Table order: walkable params,
+    same call (which reads found_inf on the host: a sync), and their grads still count in the
+    bucket's norm. Table order: walkable params,
     then the other params, then ``spec.pending`` (norm only, no state yet).
     """
 
