@@ -73,9 +73,9 @@ def meta_row(numel, group, param=None, step=None, states=()):
 
 
 def upload(values, dtype, device):
-    """A non-empty host list or tensor as a device tensor without a host sync: CUDA copies from pageable
-    memory wait for the stream, so stage through pinned memory (the caching host allocator
-    reuses it and keeps it alive until the copy is done)."""
+    """A non-empty host list or tensor on ``device`` without a host sync: CUDA copies from
+    pageable memory wait for the stream, so stage through pinned memory (the caching host
+    allocator reuses it and keeps it alive until the copy is done)."""
     host = values.contiguous() if torch.is_tensor(values) else torch.tensor(values, dtype=dtype)
     if device.type == "cpu":
         return host
