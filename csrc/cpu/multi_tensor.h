@@ -5,22 +5,24 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
 namespace fusedopt::cpu {
 
 // Note [work items]: a tensor is cut into chunks of at most kChunkElems elements (256 KB of
-// fp32 per stream: long enough for the hardware prefetchers to stay ahead, short enough that
-// splitting by whole chunks balances threads to within one chunk). The total is split into
-// one contiguous run of elements per thread, so each thread streams through memory in order.
+// fp32 per stream: long enough for the hardware prefetchers to stay ahead, ~30 us of work at
+// 2 threads, so the last chunk leaves little imbalance). Threads claim chunks in order from one
+// atomic counter instead of a fixed share each: on a shared machine a thread of the team may
+// be descheduled for a scheduler tick (4 ms here) and the others then do its share.
 // Below kMinElemsPerThread elements per thread no parallel region is opened: one core steps
 // 2^18 fp32 Adam elements in ~0.1 ms from cache, while a parallel region costs ~5-20 us to
-// open and, on a shared machine whose other cores are busy, can wait a scheduler slice
-// (measured: median 16 ms instead of 60 us for 143K elements at 2 threads under load 5).
-// So a bucket of 1000 x 16 elements runs on the calling thread. Chunk boundaries depend
-// only on the tensor sizes, never on the thread count, so per-chunk norm partials summed in
-// chunk order give the same bits for any torch.set_num_threads.
+// open and, on a machine whose other cores are busy, can wait a tick (measured: median 16 ms
+// instead of 60 us for 143K elements at 2 threads under load 5). So a bucket of 1000 x 16
+// elements runs on the calling thread. Chunk boundaries depend only on the tensor sizes, never
+// on the thread count or the claiming order, so per-chunk norm partials summed in chunk order
+// give the same bits for any torch.set_num_threads.
 constexpr int64_t kChunkElems = int64_t{1} << 16;
 constexpr int64_t kMinElemsPerThread = int64_t{1} << 18;
 
@@ -28,7 +30,6 @@ struct Chunk {
   int64_t tensor;   // index into the caller's list
   int64_t begin;    // element range inside that tensor
   int64_t end;
-  int64_t offset;   // first element's position in the whole bucket
 };
 
 class WorkPlan {
@@ -41,7 +42,7 @@ class WorkPlan {
     for (size_t t = 0; t < numels.size(); ++t) {
       for (int64_t b = 0; b < numels[t]; b += kChunkElems) {
         int64_t e = std::min(numels[t], b + kChunkElems);
-        chunks_.push_back({static_cast<int64_t>(t), b, e, total_});
+        chunks_.push_back({static_cast<int64_t>(t), b, e});
         total_ += e - b;
       }
     }
@@ -58,15 +59,11 @@ class WorkPlan {
       for (int64_t i = 0; i < num_chunks(); ++i) f(chunks_[i], i);
       return;
     }
-    at::parallel_for(0, threads, 1, [&](int64_t first_thread, int64_t last_thread) {
-      for (int64_t t = first_thread; t < last_thread; ++t) {
-        // this thread's chunks: those starting in [total*t/threads, total*(t+1)/threads)
-        auto starts_before = [](const Chunk& c, int64_t pos) { return c.offset < pos; };
-        auto lo = std::lower_bound(chunks_.begin(), chunks_.end(), total_ * t / threads,
-                                   starts_before);
-        auto hi = std::lower_bound(lo, chunks_.end(), total_ * (t + 1) / threads,
-                                   starts_before);
-        for (auto c = lo; c != hi; ++c) f(*c, c - chunks_.begin());
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+      for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < num_chunks();
+           i = next.fetch_add(1, std::memory_order_relaxed)) {
+        f(chunks_[i], i);
       }
     });
   }
