@@ -83,6 +83,9 @@ CASES = [
                                      end=24, by_epoch=False), 30, "lr"),
     ("PolyLR", dict(type="PolyLR", eta_min=1e-4, power=2.0, begin=1, end=17, by_epoch=False),
      20, "lr"),
+    ("PolyLR-default", dict(type="PolyLR", end=12, by_epoch=False), 14, "lr"),
+    ("CosineAnnealingLR-default", dict(type="CosineAnnealingLR", T_max=6, by_epoch=False), 20,
+     "lr"),
     ("OneCycleLR", dict(type="OneCycleLR", eta_max=0.5, total_steps=20, by_epoch=False), 20,
      "lr"),
     ("OneCycleLR-3phase-linear", dict(type="OneCycleLR", eta_max=[0.5, 0.2, 0.9], pct_start=0.25,
@@ -710,7 +713,11 @@ def _count_ops(fn):
     return Count.n
 
 
-@pytest.mark.parametrize("cfg", [CASES[6][1], CASES[1][1], CASES[11][1], CASES[9][1]],
+CASE = {c[0]: c[1] for c in CASES}
+
+
+@pytest.mark.parametrize("cfg", [CASE["CosineAnnealingLR"], CASE["LinearLR"],
+                                 CASE["CosineRestartLR"], CASE["OneCycleLR"]],
                          ids=["cosine", "linear", "restart", "onecycle"])
 def test_step_costs_o1_tensor_ops(cfg):
     """A scheduler step on a fusedopt optimizer: the same few tensor ops for 4 or 512 groups."""

@@ -32,6 +32,15 @@ def _f64(t):
     return t.to(torch.float64)
 
 
+def _anneal_to(v, m, r):
+    """v = (v - m) * r + m in place: mmengine's ``r * (v - m) + m``, bit for bit. With m == 0
+    (the default eta_min) that is one multiplication."""
+    if not torch.is_tensor(m) and m == 0:
+        v.mul_(r)
+    else:
+        v.sub_(m).mul_(r).add_(m)
+
+
 def _where(cond, a, b):
     """torch.where in float64 (Python numbers become float64 fills on cond's device: a fill is
     a kernel, not a host-to-device copy, so it is capturable)."""
@@ -212,7 +221,7 @@ class CosineAnnealingParamScheduler(_EtaMin, ParamScheduler):
             return
         m = self._eta_min(v.device)
         r = (1 + math.cos(math.pi * t / T)) / (1 + math.cos(math.pi * (t - 1) / T))
-        v.sub_(m).mul_(r).add_(m)
+        _anneal_to(v, m, r)
 
     def _device_update(self, v, t):
         T = self.T_max
@@ -240,7 +249,7 @@ class PolyParamScheduler(ParamScheduler):
         if t == 0:
             return False
         a = (1 - 1 / (self.total_iters - t + 1)) ** self.power
-        v.sub_(self.eta_min).mul_(a).add_(self.eta_min)
+        _anneal_to(v, self.eta_min, a)
 
     def _device_update(self, v, t):
         tf = _f64(t)
@@ -384,7 +393,7 @@ class CosineRestartParamScheduler(_EtaMin, ParamScheduler):
             return
         m = self._eta_min(v.device)
         r = (1 + math.cos(math.pi * step / period)) / (1 + math.cos(math.pi * (step - 1) / period))
-        v.sub_(m).mul_(r).add_(m)
+        _anneal_to(v, m, r)
 
     def _device_update(self, v, t):
         dev = t.device
