@@ -198,7 +198,8 @@ class ParamScheduler:
         slot = self._slot
         devs, host = slot.current()
         slot.claim(self)
-        changed = self._update(host, t)
+        view = slot.host_np
+        changed = self._update(view if view is not None and view.t is host else host, t)
         self._last_host = host
         if changed is not False:
             for v in devs:

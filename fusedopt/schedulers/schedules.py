@@ -13,7 +13,7 @@ from collections import Counter
 
 import torch
 
-from fusedopt.schedulers._slot import raw_optimizer
+from fusedopt.schedulers._slot import NumpyView, raw_optimizer
 from fusedopt.schedulers.base import INF, ParamScheduler, Scalar
 
 _GENERIC = ["ConstantParamScheduler", "LinearParamScheduler", "StepParamScheduler",
@@ -512,6 +512,8 @@ class ReduceOnPlateauParamScheduler(ParamScheduler):
         self._record_last()
 
     def _update(self, v, t):
+        if isinstance(v, NumpyView):       # torch ops on its tensor
+            v = v.t
         if isinstance(v, Scalar):
             new = max(float(v.x) * self.factor, self._pick(self.min_values)[0])
             if v.x - new > self.eps:
