@@ -18,10 +18,6 @@ const char* capability_name(Capability c);
 // double (docs/internals.md, "Step semantics").
 enum DType : int { kFloat = 0, kDouble = 1, kHalf = 2, kBFloat16 = 3, kNumDTypes = 4 };
 
-// One parameter's Adam/AdamW update. The pointers address dense memory laid out identically
-// (Note [dense fast path] in ops.cpp), so element j of one is element j of the others.
-// Scalars are in double here; a kernel rounds them to its compute type once per chunk, as
-// torch rounds a Python float to the tensor's dtype.
 struct AdamTensor;
 struct SgdTensor;
 using AdamFn = void (*)(const AdamTensor&, int64_t begin, int64_t end);
@@ -29,6 +25,10 @@ using SgdFn = void (*)(const SgdTensor&, int64_t begin, int64_t end);
 // Returns the chunk's sum of squares (norm 2) or max |x| (norm inf), NaN if it holds one.
 using NormFn = double (*)(const void* data, int64_t begin, int64_t end);
 
+// One parameter's Adam/AdamW update. The pointers address dense memory laid out identically
+// (Note [dense fast path] in ops.cpp), so element j of one is element j of the others.
+// Scalars are in double here; a kernel rounds them to its compute type once per chunk, as
+// torch rounds a Python float to the tensor's dtype.
 struct AdamTensor {
   AdamFn fn;
   void* param;
@@ -48,6 +48,7 @@ struct AdamTensor {
   double eps;
 };
 
+// One parameter's SGD update; same conventions as AdamTensor.
 struct SgdTensor {
   SgdFn fn;
   void* param;
