@@ -678,8 +678,11 @@ def test_mixed_with_mmengine_base_for_param_scheduler_hook():
     fusedopt's behaviour and receives them."""
     from mmengine.hooks import ParamSchedulerHook
     from mmengine.optim import _ParamScheduler
-    mixed = {n: type(n, (getattr(S, n), _ParamScheduler), {}) for n in ("LinearLR",
-                                                                        "ReduceOnPlateauLR")}
+
+    from fusedopt.schedulers.compat import mixed_with
+    mixed = mixed_with(_ParamScheduler)
+    assert set(mixed) == set(S._schedules.__all__)
+    assert all(issubclass(c, (getattr(S, n), _ParamScheduler)) for n, c in mixed.items())
     opt = make_opt("FusedSGD")
     scheds = [mixed["LinearLR"](opt, start_factor=0.5, end=3),
               mixed["ReduceOnPlateauLR"](opt, patience=0, factor=0.5)]
@@ -694,6 +697,9 @@ def test_mixed_with_mmengine_base_for_param_scheduler_hook():
     # LinearLR: 0.5 -> 0.75 -> 1.0 of base; plateau: halves once per epoch after the first
     assert read(opt, "lr") == pytest.approx([b * 0.25 for b in LRS], rel=1e-12)
     assert table_column(opt, "lr") == read(opt, "lr")
+    clone = pickle.loads(pickle.dumps(scheds[0].state_dict()))
+    assert clone["last_step"] == scheds[0].last_step
+    assert type(pickle.loads(pickle.dumps(scheds[0]))) is type(scheds[0])
 
 
 def _count_ops(fn):
