@@ -9,6 +9,8 @@ semantics: ``begin``/``end`` windows with milestones and periods counted from ``
 work on any torch optimizer; on fusedopt optimizers a step is O(1) tensor operations on the
 device hyper-parameter table and no host sync (Note [scheduler writes], _slot.py). Graph mode:
 ``DeviceSchedule`` (device.py). Config: ``build_param_scheduler(optim_wrapper, cfg, epoch_length)``.
+In an mmengine Runner register ``compat.mixed_with(mmengine.optim._ParamScheduler)``: the Runner
+(resume) and its ParamSchedulerHook (validation metrics) check that base class.
 
 Resume
 ------
