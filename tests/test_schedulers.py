@@ -777,3 +777,22 @@ def test_device_schedule_step_reads_nothing_back(kind):
                                epoch_length=5)
         counts.append(_count_ops(dev.step))
     assert counts[0] == counts[1], counts
+
+
+@pytest.mark.parametrize("kind", ["FusedSGD", "FusedAdam"])
+def test_write_through_a_kept_group_reference_wins(kind):
+    opt = make_opt(kind)
+    (lr, mom) = S.build_param_scheduler(opt, [dict(type="ExponentialLR", gamma=0.5,
+                                                   by_epoch=False),
+                                              dict(type="ExponentialMomentum", gamma=0.9,
+                                                   by_epoch=False)])
+    kept = opt.param_groups[1]
+    lr.step()
+    mom.step()                                  # pending, not in the dicts yet
+    kept["lr"] = 0.777
+    assert read(opt, "lr") == [LRS[0] * 0.5, 0.777, LRS[2] * 0.5]
+    assert read(opt, "momentum") == [0.9 * 0.9] * 3
+    assert table_column(opt, "lr") == read(opt, "lr")
+    lr.step()
+    assert read(opt, "lr") == [LRS[0] * 0.5 * 0.5, 0.777 * 0.5, LRS[2] * 0.5 * 0.5]
+    assert table_column(opt, "lr") == read(opt, "lr")

@@ -26,7 +26,7 @@ equal mmengine's bit for bit (the device path adds nothing but IEEE float64 +, -
 """
 from collections import deque
 from itertools import repeat
-from operator import itemgetter, setitem
+from operator import is_, itemgetter, setitem
 
 import torch
 
@@ -150,6 +150,12 @@ class LazyGroups(list):
         return list.__repr__(self)
 
 
+def _replace(pair, index, value):
+    out = list(pair)
+    out[index] = value
+    return out if isinstance(pair, list) else tuple(out)
+
+
 class Slot:
     """One hyper-parameter of every group of one optimizer (Note [scheduler writes])."""
 
@@ -176,6 +182,7 @@ class Slot:
         self.direct = True        # vectors are views of float64 tables: updated in place
         self.owner = None         # scheduler whose last values are the live vectors
         self.host_np = None       # NumpyView of ``host`` when it is a CPU table column
+        self.written = None       # the objects the last lazy write put into the dicts
 
     # ---- group dicts ------------------------------------------------------------------------
     def groups(self):
@@ -197,16 +204,21 @@ class Slot:
             return torch.tensor([float(v) for v in vals], dtype=torch.float64)
 
     def write_dicts(self, groups):
+        """Write the host values into the dicts (C loops). A dict entry written by someone else
+        since our last write (through a dict reference kept from before) keeps its value: the
+        write marked the tables stale, so the table follows it on the next step."""
         key, index = self.key, self.index
+        groups = list(groups)
         values = self.host.tolist()
-        setitem = dict.__setitem__
-        if index is None:       # a C loop: ~40 ns a group
-            deque(map(setitem, groups, repeat(key), values), maxlen=0)
-        else:
-            for g, v in zip(groups, values):
-                pair = list(g[key])
-                pair[index] = v
-                setitem(g, key, type(g[key])(pair) if isinstance(g[key], list) else tuple(pair))
+        current = list(map(itemgetter(key), groups))
+        if index is not None:
+            values = [_replace(c, index, v) for c, v in zip(current, values)]
+        written = self.written
+        if (written is not None and len(written) == len(current)
+                and not all(map(is_, current, written))):
+            values = [v if c is w else c for c, w, v in zip(current, written, values)]
+        deque(map(dict.__setitem__, groups, repeat(key), values), maxlen=0)
+        self.written = values
 
     def _lazy_groups(self):
         opt = self.optimizer
@@ -263,6 +275,8 @@ class Slot:
             self.host = self.read_dicts()
             self.devs = views
         self.tables_seen = tables
+        # the dicts are current here (a rebuild read them): remember what they hold
+        self.written = list(map(itemgetter(self.key), self.groups()))
 
     def claim(self, scheduler):
         """``scheduler`` is about to update the live vectors: a scheduler that kept them as its
