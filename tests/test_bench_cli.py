@@ -42,6 +42,7 @@ def test_short_cpu_run_json_schema_and_plot(tmp_path, capsys):
         assert r["launches_per_step"] is None            # CPU
         assert r["host_overhead_us"] > 0 and r["peak_mem_bytes"] > 0
         assert r["samples"] == 2
+        assert r["min_ms"] <= r["median_ms"] and r["roofline_frac_best"] > 0
     fused = next(r for r in data["results"] if r["impl"] == "torch-fused")
     assert fused["vs_torch_fused"] == pytest.approx(1.0)
     out = capsys.readouterr().out
