@@ -12,7 +12,10 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
     "$PY" -m pip install -q torch==2.13.0   # a plain 'torch' would pull the CUDA wheels
   fi
 fi
-# The extension is built against the torch above (no build isolation). MAX_JOBS: 2-core machines.
+# No build isolation (the extension must be built against the torch above), so the build tools
+# come first: setuptools >= 70.1 carries bdist_wheel, ninja makes the C++ build parallel.
+"$PY" -m pip install -q "setuptools>=70.1" wheel ninja
+# MAX_JOBS: 2-core machines.
 MAX_JOBS=${MAX_JOBS:-2} FUSEDOPT_REQUIRE_EXT=${FUSEDOPT_REQUIRE_EXT:-1} \
   "$PY" -m pip install -q --no-build-isolation -e ".[test,bench]"
 "$PY" -c "import fusedopt; print('fusedopt backends available:', fusedopt.available_backends())"
