@@ -1,28 +1,27 @@
 // Norm reductions of one chunk. Included inside namespace fusedopt::cpu::FUSEDOPT_ISA.
 //
-// Note [norm accumulation]: squares are summed in the compute type by 4 independent vector
-// accumulators (for the adds' latency) over blocks of kNormBlock elements, and each block's
-// partial is added into a double. A float lane thus sums at most 16 products before
-// widening (relative error ~16 * 6e-8 = 1e-6, under fp32's 2e-5 tolerance), while the
-// double total keeps a 2^30-element grad accurate; the widening costs a few cycles per
-// kNormBlock elements. Chunk partials are combined in chunk order (ops.cpp), so the result
-// does not depend on the number of threads.
-constexpr int64_t kNormBlock = 1024;
-
+// Note [norm accumulation]: a chunk is read as four streams at once (its quarters, one vector
+// accumulator each): one core then keeps more reads in flight, 31-36 GB/s instead of 22-30
+// GB/s for one stream (fp32, 80 MB, 1 thread, runs alternated). Squares are summed in the
+// compute type over blocks of 16 vectors per quarter, and each block's partial is added into
+// a double: a float lane sums 16 products before widening (relative error <= 16 * 6e-8 =
+// 1e-6, under fp32's 2e-5 tolerance), the double total keeps a 2^30-element grad accurate,
+// and the widening costs a few cycles per block. Chunk partials are combined in chunk order
+// (ops.cpp), so the result does not depend on the number of threads.
 template <class S>
 double sum_squares_kernel(const void* data, int64_t begin, int64_t end) {
   using C = compute_t<S>;
   using V = Vec<C>;
-  constexpr int64_t kStep = 4 * V::kLanes;
-  const S* x = static_cast<const S*>(data);
+  constexpr int64_t kBlock = 16 * V::kLanes;   // elements per quarter between widenings
+  const S* x = static_cast<const S*>(data) + begin;
+  const int64_t n = end - begin;
+  const int64_t quarter = n / (4 * V::kLanes) * V::kLanes;
   double total = 0;
-  int64_t i = begin;
-  while (i + kStep <= end) {
+  for (int64_t j = 0; j < quarter;) {
     V acc[4] = {V::set1(0), V::set1(0), V::set1(0), V::set1(0)};
-    int64_t block_end = std::min(end, i + kNormBlock);
-    for (; i + kStep <= block_end; i += kStep) {
+    for (int64_t block_end = std::min(quarter, j + kBlock); j < block_end; j += V::kLanes) {
       for (int k = 0; k < 4; ++k) {
-        V a = V::load(x + i + k * V::kLanes);
+        V a = V::load(x + k * quarter + j);
         acc[k] = fma(a, a, acc[k]);
       }
     }
@@ -30,7 +29,7 @@ double sum_squares_kernel(const void* data, int64_t begin, int64_t end) {
     ((acc[0] + acc[1]) + (acc[2] + acc[3])).to_array(lanes);
     for (C lane : lanes) total += static_cast<double>(lane);
   }
-  for (; i < end; ++i) {
+  for (int64_t i = 4 * quarter; i < n; ++i) {
     double a = static_cast<double>(ScalarVec<C>::load(x + i).v);
     total += a * a;
   }
