@@ -104,7 +104,8 @@ def write_column(tables, column, values):
     """Write one column of every table: one copy per device, whatever the number of groups."""
     for device, table in tables.items():
         if torch.is_tensor(values):
-            table[:, column].copy_(values.to(device=device, dtype=torch.float64), non_blocking=True)
+            table[:, column].copy_(values.to(device=device, dtype=torch.float64, non_blocking=True),
+                                   non_blocking=True)
         else:
             table[:, column].copy_(_to_device(torch.tensor(values, dtype=torch.float64), device),
                                    non_blocking=True)

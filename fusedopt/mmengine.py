@@ -125,11 +125,16 @@ _register(OPTIM_WRAPPERS, AmpOptimWrapper)
 _register(OPTIM_WRAPPER_CONSTRUCTORS, DefaultOptimWrapperConstructor)
 _register(HOOKS, LazyScalarLogHook)
 
-# fusedopt's schedulers (whatever fusedopt.schedulers registers) under their own names
-from fusedopt.config import PARAM_SCHEDULERS as _FO_SCHEDULERS  # noqa: E402
+# fusedopt's schedulers under their own names, as classes that are also mmengine's
+# _ParamScheduler: Runner.resume and ParamSchedulerHook (ReduceOnPlateau's metrics) check for it.
+from mmengine.optim.scheduler.param_scheduler import _ParamScheduler  # noqa: E402
 
+from fusedopt.config import PARAM_SCHEDULERS as _FO_SCHEDULERS  # noqa: E402
+from fusedopt.schedulers.compat import mixed_with  # noqa: E402
+
+_MIXED = mixed_with(_ParamScheduler)
 for _name, _cls in list(_FO_SCHEDULERS.module_dict.items()):
-    _register(PARAM_SCHEDULERS, _cls, _name)
+    _register(PARAM_SCHEDULERS, _MIXED.get(_name, _cls), _name)
 
 __all__ = ["SCOPE", "OPTIMIZERS", "OPTIM_WRAPPERS", "OPTIM_WRAPPER_CONSTRUCTORS",
            "PARAM_SCHEDULERS", "HOOKS", "OptimWrapper", "AmpOptimWrapper",
