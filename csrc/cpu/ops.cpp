@@ -95,8 +95,8 @@ float scalar_or(const std::optional<at::Tensor>& t, float fallback) {
 }
 
 // torch's 1 - beta**step (and its **0.5), remembered for the last (beta, step): the params
-// of a model share betas and step count, and pow was the largest per-tensor cost of a step
-// of 1000 tiny tensors (~25% of it).
+// of a model share betas and step count, and pow was the largest single cost in a profile
+// of steps of 1000 16-element tensors (13% of all samples, Python included).
 class BiasCorrection {
  public:
   explicit BiasCorrection(bool root) : root_(root) {}
@@ -126,7 +126,8 @@ void adam_step(Bucket& b, const at::Tensor& hp, bool amsgrad, bool maximize, boo
                const std::optional<at::Tensor>& inv_scale,
                const std::optional<at::Tensor>& found_inf) {
   if (skipped(found_inf)) return;
-  c10::AutoGradMode no_grad(false);   // the slow path's copies of leaf params (Note [dense fast path])
+  // the slow path copies into leaf params that require grad (Note [dense fast path])
+  c10::AutoGradMode no_grad(false);
   const KernelTable& kernels = kernel_table();
   Scratch& s = scratch();
   const double* table = hp.data_ptr<double>();
