@@ -74,7 +74,8 @@ def make_spec(algo, flags, dtype, shapes=SHAPES, transposed=TRANSPOSED, seed=0):
     torch.manual_seed(seed)
     params = make_params(shapes, dtype, transposed)
     if algo == "adam":
-        states = [[torch.zeros_like(p) for p in params] for _ in range(3 if flags["amsgrad"] else 2)]
+        count = 3 if flags["amsgrad"] else 2
+        states = [[torch.zeros_like(p) for p in params] for _ in range(count)]
         rows = ADAM_ROWS
     else:
         states = [[torch.zeros_like(p) for p in params]] if flags["momentum"] else []
@@ -144,7 +145,8 @@ def run_backend(backend, spec, hp, algo, flags, steps=STEPS, others=()):
 def tensors_of(spec):
     """(name, tensor) of everything a step may change."""
     out = [(f"params[{i}] {tuple(p.shape)}", p.detach()) for i, p in enumerate(spec.params)]
-    out += [(f"states[{k}][{i}]", s) for k, lst in enumerate(spec.states) for i, s in enumerate(lst)]
+    out += [(f"states[{k}][{i}]", s)
+            for k, lst in enumerate(spec.states) for i, s in enumerate(lst)]
     out += [(f"steps[{i}]", s) for i, s in enumerate(spec.steps)]
     return out
 
@@ -261,7 +263,8 @@ def test_mixed_layouts_take_the_copy_path(level, layout):
     flags = CONFIGS[1][1]
 
     def build():
-        spec, hp = make_spec("adam", flags, torch.float32, shapes=[(40, 30), (64,)], transposed=(0,))
+        spec, hp = make_spec("adam", flags, torch.float32, shapes=[(40, 30), (64,)],
+                             transposed=(0,))
         if layout == "param-sliced":
             base = torch.randn(40, 60)
             spec.params[0] = torch.nn.Parameter(base[:, ::2])
@@ -416,7 +419,8 @@ def test_low_precision_error_bound_at_each_level(level, dtype, algo, kwargs):
             opt.step()
     err_ours, err_torch = max_error(low_ours, oracle), max_error(low_torch, oracle)
     assert err_ours <= LOW_PRECISION_FACTOR * err_torch, (
-        f"{level} {dtype}: error {err_ours:.3g} > {LOW_PRECISION_FACTOR} x torch fused {err_torch:.3g}")
+        f"{level} {dtype}: error {err_ours:.3g} > {LOW_PRECISION_FACTOR} x torch fused "
+        f"{err_torch:.3g}")
 
 
 # ---- bad input: a clear error naming the argument, nothing changed ----------------------------
@@ -434,6 +438,14 @@ def _adam(spec, hp, amsgrad=False, **scalars):
                 scalars.get("inv_scale"), scalars.get("found_inf"))
 
 
+def _sparse_grad(spec):
+    spec.params[2].grad = torch.randn(5).to_sparse()
+
+
+def _double_step(spec):
+    spec.steps[2] = torch.zeros((), dtype=torch.float64)
+
+
 def _double_grad(spec):
     spec.params[2].grad_dtype = None        # torch refuses a grad of another dtype otherwise
     spec.params[2].grad = torch.randn(5, dtype=torch.float64)
@@ -447,7 +459,7 @@ def _set(spec, fn):
 # (case id, how to spoil a valid spec / call, exception, message pattern). The spoiled tensor
 # is the last param's where possible: the first params must still be untouched.
 BAD_STEPS = [
-    ("sparse-grad", lambda s, hp: (_set(s, lambda s: setattr(s.params[2], "grad", torch.randn(5).to_sparse())), hp),
+    ("sparse-grad", lambda s, hp: (_set(s, _sparse_grad), hp),
      RuntimeError, "sparse gradients are not supported"),
     ("grad-dtype", lambda s, hp: (_set(s, _double_grad), hp),
      TypeError, r"grad of params\[2\] has dtype Double"),
@@ -455,11 +467,12 @@ BAD_STEPS = [
      RuntimeError, r"grad of params\[1\] has shape"),
     ("state-resized", lambda s, hp: (_set(s, lambda s: s.states[1][2].resize_(6)), hp),
      RuntimeError, r"states\[1\]\[2\] has shape"),
-    ("step-dtype", lambda s, hp: (_set(s, lambda s: s.steps.__setitem__(2, torch.zeros((), dtype=torch.float64))), hp),
+    ("step-dtype", lambda s, hp: (_set(s, _double_step), hp),
      RuntimeError, r"steps\[2\]"),
     ("hp-float32", lambda s, hp: (s, hp.float()), RuntimeError, "hp must be"),
     ("hp-columns", lambda s, hp: (s, hp[:, :4].contiguous()), RuntimeError, "hp must be"),
-    ("hp-noncontiguous", lambda s, hp: (s, torch.cat([hp, hp], 1)[:, ::2]), RuntimeError, "hp must be"),
+    ("hp-noncontiguous", lambda s, hp: (s, torch.cat([hp, hp], 1)[:, ::2]), RuntimeError,
+     "hp must be"),
     ("group-out-of-range", lambda s, hp: (_set(s, lambda s: s.group_index.__setitem__(2, 3)), hp),
      RuntimeError, r"group_index\[2\] = 3 is out of range"),
 ]
@@ -544,7 +557,8 @@ def test_bad_norm_input():
     spec, _ = _valid()
     spec.params[1].grad = torch.ones(4, 2).to_sparse()
     bucket = C.Bucket(spec.params, spec.states, spec.steps, spec.group_index, spec.pending)
-    with pytest.raises(RuntimeError, match=r"sparse gradients are not supported \(grad of params\[1\]"):
+    with pytest.raises(RuntimeError,
+                       match=r"sparse gradients are not supported \(grad of params\[1\]"):
         C.bucket_norm(bucket, 2.0)
 
 

@@ -39,9 +39,13 @@ struct ScalarVec {
   static ScalarVec sub(ScalarVec a, ScalarVec b) { return {a.v - b.v}; }
   static ScalarVec mul(ScalarVec a, ScalarVec b) { return {a.v * b.v}; }
   static ScalarVec div(ScalarVec a, ScalarVec b) { return {a.v / b.v}; }
-  static ScalarVec fmadd(ScalarVec a, ScalarVec b, ScalarVec c) { return {std::fma(a.v, b.v, c.v)}; }
+  static ScalarVec fmadd(ScalarVec a, ScalarVec b, ScalarVec c) {
+    return {std::fma(a.v, b.v, c.v)};
+  }
   static ScalarVec sqrt(ScalarVec a) { return {std::sqrt(a.v)}; }
   static ScalarVec abs(ScalarVec a) { return {std::fabs(a.v)}; }
-  static ScalarVec max_nan(ScalarVec a, ScalarVec b) { return {(a.v != a.v || a.v > b.v) ? a.v : b.v}; }
+  static ScalarVec max_nan(ScalarVec a, ScalarVec b) {
+    return {(a.v != a.v || a.v > b.v) ? a.v : b.v};
+  }
   void to_array(C* out) const { out[0] = v; }
 };
