@@ -40,9 +40,14 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     coefficient as it reads each grad. Otherwise the grads are scaled in place, as torch does.
     ``foreach`` is accepted for compatibility.
     """
-    from fusedopt.optimizer import OWNERS
     norm_type = check_clip_args(max_norm, norm_type)
     params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+    owner = _exclusive_owner(params)
+    if owner is not None:
+        # one reduction per bucket, from compiled code: no per-tensor Python work
+        total = owner.grad_norm(norm_type)
+        owner._defer_clip(clip_coefficient(total, max_norm, norm_type, error_if_nonfinite), total)
+        return total
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
@@ -54,18 +59,26 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         [_distributed.reduce_norm(backends.tensors_norm(local, norm_type), norm_type, key)
          for key, local in by_placement.items()], norm_type)
     coef = clip_coefficient(total, max_norm, norm_type, error_if_nonfinite)
-    owner = OWNERS.get(params[0])
-    if (owner is not None and owner._buckets is not None and len(params) == owner._num_params
-            and all(OWNERS.get(p) is owner for p in params)):
-        owner._defer_clip(coef, total)
-    else:
-        by_device = {}
-        for local in by_placement.values():
-            for g in local:
-                by_device.setdefault((g.device, g.dtype), []).append(g)
-        for (device, _), gs in by_device.items():
-            torch._foreach_mul_(gs, coef.to(device))
+    by_device = {}
+    for local in by_placement.values():
+        for g in local:
+            by_device.setdefault((g.device, g.dtype), []).append(g)
+    for (device, _), gs in by_device.items():
+        torch._foreach_mul_(gs, coef.to(device))
     return total
+
+
+def _exclusive_owner(params):
+    """The fusedopt optimizer whose parameters are exactly ``params`` (any order), else None."""
+    from fusedopt.optimizer import OWNERS
+    owner = OWNERS.get(params[0]) if params else None
+    if owner is None or owner._buckets is None:
+        return None
+    ids = [id(p) for p in params]
+    if ids == owner._param_ids or (len(ids) == len(owner._param_ids)
+                                   and set(ids) == set(owner._param_ids)):
+        return owner
+    return None
 
 
 __all__ = ["clip_grad_norm_"]

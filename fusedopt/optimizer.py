@@ -191,7 +191,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             backend = backends.resolve(self.backend, spec.device)
             buckets.append(_engine.Bucket(spec, backend, backend.make_bucket(spec), dict(spec.flags)))
         self._buckets = buckets
-        self._num_params = sum(len(g["params"]) for g in self.param_groups)
+        # clip_grad_norm_'s test "are these exactly my params?" (Note [clip inside the step])
+        self._param_ids = [id(p) for g in self.param_groups for p in g["params"]]
         return buckets
 
     def _current_buckets(self):
