@@ -77,7 +77,8 @@ def set_grads(param_sets, step, none_every=4):
             if g is None:
                 p.grad = None
             else:
-                p.grad = torch.empty_strided(p.shape, p.stride(), dtype=p.dtype).copy_(g)
+                p.grad = torch.empty_strided(p.shape, p.stride(), dtype=p.dtype,
+                                             device=p.device).copy_(g)
 
 
 def build_pair(algo, kwargs, params, overrides, backend, torch_kwargs=None):

@@ -9,7 +9,8 @@ import torch
 
 import fusedopt
 from fusedopt import backends
-from helpers import CASES, CASE_IDS, FUSED, TORCH, group_overrides, make_params, split_groups
+from helpers import (CASES, CASE_IDS, FUSED, TORCH, group_overrides, make_params, set_grads,
+                     split_groups)
 from tolerances import LOW_PRECISION_FACTOR, assert_close, max_error
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -40,18 +41,6 @@ def on_cuda(params, dtype=None):
         c.copy_(p.detach())
         out.append(torch.nn.Parameter(c))
     return out
-
-
-def set_grads(param_sets, step, none_every=4):
-    """helpers.set_grads on any device: the same fp64 grads cast to each set's dtype; some None."""
-    gen = torch.Generator().manual_seed(1000 + step)
-    for i, p0 in enumerate(param_sets[0]):
-        none = none_every and (step + i) % none_every == none_every - 1
-        g = None if none else torch.randn(p0.shape, generator=gen, dtype=torch.float64)
-        for params in param_sets:
-            p = params[i]
-            p.grad = None if g is None else torch.empty_strided(
-                p.shape, p.stride(), dtype=p.dtype, device=p.device).copy_(g)
 
 
 def compare(ours, theirs, opt_ours, opt_theirs, where):

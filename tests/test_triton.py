@@ -15,7 +15,8 @@ import torch
 
 import fusedopt
 from fusedopt import backends
-from helpers import CASES, CASE_IDS, FUSED, TORCH, group_overrides, make_params, split_groups
+from helpers import (CASES, CASE_IDS, FUSED, TORCH, group_overrides, make_params, set_grads,
+                     split_groups)
 from tolerances import LOW_PRECISION_FACTOR, assert_close, max_error
 
 AVAILABLE = "triton" in fusedopt.available_backends()
@@ -43,18 +44,6 @@ def on_device(params, dtype=None):
         c = torch.empty_strided(p.shape, p.stride(), dtype=dtype or p.dtype, device=DEVICE)
         out.append(torch.nn.Parameter(c.copy_(p.detach())))
     return out
-
-
-def set_grads(param_sets, step, none_every=4):
-    """The same grads (made in fp64) on every set, laid out like each param; some are None."""
-    gen = torch.Generator().manual_seed(1000 + step)
-    for i, p0 in enumerate(param_sets[0]):
-        none = none_every and (step + i) % none_every == none_every - 1
-        g = None if none else torch.randn(p0.shape, generator=gen, dtype=torch.float64)
-        for params in param_sets:
-            p = params[i]
-            p.grad = None if g is None else torch.empty_strided(
-                p.shape, p.stride(), dtype=p.dtype, device=p.device).copy_(g)
 
 
 def torch_norm(tensors, norm_type):

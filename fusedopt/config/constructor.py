@@ -14,7 +14,6 @@ import logging
 import numbers
 from typing import Optional
 
-import torch
 from torch import nn
 
 from fusedopt.config.errors import ConfigTypeError, ConfigValueError, UnknownTypeError
