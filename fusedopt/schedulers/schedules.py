@@ -13,6 +13,7 @@ from collections import Counter
 
 import torch
 
+from fusedopt.config.errors import ConfigValueError
 from fusedopt.schedulers._slot import NumpyView, raw_optimizer
 from fusedopt.schedulers.base import INF, ParamScheduler, Scalar
 
@@ -85,9 +86,11 @@ class LinearParamScheduler(ParamScheduler):
     def __init__(self, optimizer, param_name, start_factor=1.0 / 3, end_factor=1.0, begin=0,
                  end=INF, last_step=-1, by_epoch=True, verbose=False):
         if start_factor > 1.0 or start_factor < 0:
-            raise ValueError("Starting multiplicative factor should between 0 and 1.")
+            raise ValueError(f"Invalid start_factor: {start_factor!r}; the starting multiplicative "
+                             "factor should be in [0, 1]")
         if end_factor > 1.0 or end_factor < 0:
-            raise ValueError("Ending multiplicative factor should between 0 and 1.")
+            raise ValueError(f"Invalid end_factor: {end_factor!r}; the ending multiplicative factor "
+                             "should be in [0, 1]")
         self.start_factor = start_factor
         self.end_factor = end_factor
         self.total_iters = end - begin - 1
@@ -196,7 +199,8 @@ class CosineAnnealingParamScheduler(_EtaMin, ParamScheduler):
         if eta_min is None and eta_min_ratio is None:
             eta_min = 0.
         if not ((eta_min is None) ^ (eta_min_ratio is None)):
-            raise AssertionError("Either `eta_min` or `eta_min_ratio should be specified")
+            raise ConfigValueError("Either eta_min or eta_min_ratio should be specified, not both "
+                                   f"(eta_min={eta_min!r}, eta_min_ratio={eta_min_ratio!r})")
         self.T_max = T_max or (end - begin)
         self.eta_min = eta_min
         self.eta_min_ratio = eta_min_ratio
@@ -363,7 +367,8 @@ class CosineRestartParamScheduler(_EtaMin, ParamScheduler):
                  eta_min_ratio=None, begin=0, end=INF, last_step=-1, by_epoch=True,
                  verbose=False):
         if not ((eta_min is None) ^ (eta_min_ratio is None)):
-            raise AssertionError("Either `eta_min` or `eta_min_ratio should be specified")
+            raise ConfigValueError("Either eta_min or eta_min_ratio should be specified, not both "
+                                   f"(eta_min={eta_min!r}, eta_min_ratio={eta_min_ratio!r})")
         self.periods = periods
         self.eta_min = eta_min
         self.eta_min_ratio = eta_min_ratio
@@ -454,9 +459,9 @@ class ReduceOnPlateauParamScheduler(ParamScheduler):
         if threshold < 0:
             raise ValueError(f"threshold {threshold} should be >= 0.")
         if rule not in {"less", "greater"}:
-            raise ValueError(f"mode {rule} is unknown!")
+            raise ValueError(f"Invalid rule: {rule!r}; expected 'less' or 'greater'")
         if threshold_rule not in {"rel", "abs"}:
-            raise ValueError(f"threshold mode {threshold_rule} is unknown!")
+            raise ValueError(f"Invalid threshold_rule: {threshold_rule!r}; expected 'rel' or 'abs'")
         self.rule = rule
         self.threshold = threshold
         self.threshold_rule = threshold_rule

@@ -1,0 +1,94 @@
+"""The bad-input battery across the whole API (issue #8): every case raises an error of the
+right type whose message names the culprit, and leaves parameters, state and hyper-parameters
+exactly as they were."""
+import pytest
+import torch
+
+import fusedopt
+from fusedopt import schedulers as S
+
+
+def model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+
+
+def trained():
+    """A model and fusedopt optimizer that have stepped once (so state exists)."""
+    m = model()
+    opt = fusedopt.FusedAdamW(m.parameters(), lr=0.1)
+    m(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    return m, opt
+
+
+def snapshot(m, opt):
+    return ([p.detach().clone() for p in m.parameters()],
+            [{k: v.clone() for k, v in s.items()} for s in opt.state.values()],
+            [(g["lr"], g["betas"], g["weight_decay"]) for g in opt.param_groups])
+
+
+def unchanged(before, after):
+    (p0, s0, h0), (p1, s1, h1) = before, after
+    return (all(torch.equal(a, b) for a, b in zip(p0, p1)) and h0 == h1 and
+            all(all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(s0, s1)))
+
+
+def grad_of_wrong_dtype(m, opt):
+    for p in m.parameters():
+        p.grad = torch.ones_like(p)
+    list(m.parameters())[1].grad = torch.ones(4, dtype=torch.float64)
+    opt.step()
+
+
+CASES = {
+    # schedulers
+    "LinearLR start_factor": (lambda m, o: S.LinearLR(o, start_factor=2.0), ValueError, "start_factor"),
+    "empty window": (lambda m, o: S.StepLR(o, step_size=1, begin=5, end=5), ValueError, "begin"),
+    "unknown scheduler": (lambda m, o: fusedopt.build_param_scheduler(o, dict(type="NoSuchLR")),
+                          KeyError, "NoSuchLR"),
+    "convert without epoch_length": (
+        lambda m, o: fusedopt.build_param_scheduler(
+            o, dict(type="LinearLR", by_epoch=True, convert_to_iter_based=True)),
+        Exception, "epoch_length"),
+    "eta_min and eta_min_ratio": (
+        lambda m, o: S.CosineAnnealingLR(o, T_max=5, eta_min=0.1, eta_min_ratio=0.1),
+        ValueError, "eta_min"),
+    "plateau rule": (lambda m, o: S.ReduceOnPlateauLR(o, rule="sideways"), ValueError, "rule"),
+    # config layer
+    "optimizer lr": (lambda m, o: fusedopt.build_optim_wrapper(
+        m, dict(optimizer=dict(type="FusedAdam", lr=-1.0))), ValueError, "lr"),
+    "optimizer kwarg": (lambda m, o: fusedopt.build_optim_wrapper(
+        m, dict(optimizer=dict(type="FusedAdam", lr=0.1, momentun=0.9))), TypeError, "momentun"),
+    "unknown optimizer": (lambda m, o: fusedopt.build_optim_wrapper(
+        m, dict(optimizer=dict(type="FusedAdamm"))), KeyError, "FusedAdam"),
+    "paramwise key": (lambda m, o: fusedopt.build_optim_wrapper(
+        m, dict(optimizer=dict(type="FusedSGD", lr=0.1), paramwise_cfg=dict(norm_decay=0.0))),
+        ValueError, "norm_decay"),
+    "accumulative_counts": (lambda m, o: fusedopt.build_optim_wrapper(
+        m, dict(optimizer=dict(type="FusedSGD", lr=0.1), accumulative_counts=0)),
+        ValueError, "accumulative_counts"),
+    "clip_grad type": (lambda m, o: fusedopt.build_optim_wrapper(
+        m, dict(optimizer=dict(type="FusedSGD", lr=0.1), clip_grad=dict(type="scale", max_norm=1))),
+        ValueError, "clip_grad"),
+    # optimizer and clipping
+    "set_hparam length": (lambda m, o: o.set_hparam("lr", [0.1, 0.2]), ValueError, "param groups"),
+    "set_hparam name": (lambda m, o: o.set_hparam("momentum_", [0.1]), ValueError, "momentum_"),
+    "grad dtype": (grad_of_wrong_dtype, RuntimeError, "dtype"),
+    "clip max_norm": (lambda m, o: fusedopt.clip_grad_norm_(m.parameters(), -1.0),
+                      ValueError, "max_norm"),
+    "bad lr from a scheduler": (
+        lambda m, o: (o.param_groups[0].__setitem__("lr", -0.5), o.step()), ValueError, "lr"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_named_and_changes_nothing(name):
+    call, exc, culprit = CASES[name]
+    m, opt = trained()
+    before = snapshot(m, opt)
+    with pytest.raises(exc, match=culprit):
+        call(m, opt)
+    if name == "bad lr from a scheduler":
+        opt.param_groups[0]["lr"] = 0.1   # the write itself is the user's; the step refused it
+    assert unchanged(before, snapshot(m, opt)), f"{name}: something changed"
