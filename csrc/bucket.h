@@ -18,9 +18,9 @@ struct Bucket {
   // steps[i]: 0-d float32 tensor on the parameter's device. For Adam it *is* state['step'];
   // for SGD it is internal (0 means "momentum buffer not yet seeded", as torch's first step).
   std::vector<at::Tensor> steps;
-  // Row of the hyper-parameter table for params[i]; host copy and device copy (int32).
+  // Row of the hyper-parameter table for params[i] (the GPU backends upload their own copy
+  // inside their tensor tables).
   std::vector<int32_t> group_index;
-  at::Tensor group_index_device;
   // Parameters of this bucket without state yet (never had a grad). A step first scans them:
   // if any has a grad now, the step touches nothing and reports them so Python can create
   // their state and rebuild the bucket (torch creates state lazily, at a param's first grad).

@@ -28,7 +28,6 @@ class BucketSpec:
     pending: List[torch.Tensor] = field(default_factory=list)
     pending_group: List[int] = field(default_factory=list)
     pending_source: List[torch.Tensor] = field(default_factory=list)  # user-facing param of each
-    group_index_device: Any = None
     placement: Any = None                              # (mesh, placements) of DTensor params
 
 

@@ -14,14 +14,13 @@ from fusedopt import _distributed, _engine, backends
 OWNERS = WeakIdKeyDictionary()
 
 
-def check_hparam(name, value, low=0.0, high=None, *, low_open=False):
+def check_hparam(name, value, low=0.0, high=None):
     """Raise ValueError naming ``name`` unless low <= value (< high)."""
     v = value.item() if torch.is_tensor(value) and value.numel() == 1 else value
     if not isinstance(v, (int, float)) or isinstance(v, bool):
         raise TypeError(f"Invalid {name}: {value!r}; expected a number")
-    bad_low = v <= low if low_open else v < low
-    if bad_low or (high is not None and v >= high) or v != v:
-        rng = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'})"
+    if v < low or (high is not None and v >= high) or v != v:
+        rng = f"[{low}, {high if high is not None else 'inf'})"
         raise ValueError(f"Invalid {name}: {value!r}; expected a value in {rng}")
 
 
@@ -186,8 +185,6 @@ class FusedOptimizer(torch.optim.Optimizer):
                 OWNERS[p] = self
         buckets = []
         for spec in specs.values():
-            spec.group_index_device = torch.tensor(spec.group_index, dtype=torch.int32,
-                                                   device=spec.device)
             backend = backends.resolve(self.backend, spec.device)
             buckets.append(_engine.Bucket(spec, backend, backend.make_bucket(spec), dict(spec.flags)))
         self._buckets = buckets
