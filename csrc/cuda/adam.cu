@@ -108,13 +108,7 @@ template <typename T, bool kMasterCopy> struct AdamFunctor {
 
 cudaError_t launch_adam(const Table& table, DType dtype, bool master, const double* hp,
                         AdamFlags flags, StepScalars scalars, cudaStream_t stream) {
-  return dispatch(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    if constexpr (sizeof(T) == 2) {   // master copies accompany fp16/bf16 params only
-      if (master) return launch_over(table, AdamFunctor<T, true>{hp, flags, scalars}, stream);
-    }
-    return launch_over(table, AdamFunctor<T, false>{hp, flags, scalars}, stream);
-  });
+  return launch_update<AdamFunctor>(table, dtype, master, stream, hp, flags, scalars);
 }
 
 }  // namespace cuda

@@ -172,5 +172,19 @@ template <typename F> __host__ __device__ auto dispatch(DType d, F f) -> decltyp
   }
 }
 
+// One launch of an update functor Update<T, kMasterCopy>{args...} for the bucket's dtype:
+// the dtype and master-copy dispatch shared by every algorithm's launcher.
+template <template <typename, bool> class Update, typename... Args>
+cudaError_t launch_update(const Table& table, DType dtype, bool master, cudaStream_t stream,
+                          const Args&... args) {
+  return dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (sizeof(T) == 2) {   // master copies accompany fp16/bf16 params only
+      if (master) return launch_over(table, Update<T, true>{args...}, stream);
+    }
+    return launch_over(table, Update<T, false>{args...}, stream);
+  });
+}
+
 }  // namespace cuda
 }  // namespace fusedopt

@@ -81,13 +81,7 @@ template <typename T, bool kMasterCopy> struct SgdFunctor {
 
 cudaError_t launch_sgd(const Table& table, DType dtype, bool master, const double* hp,
                        SgdFlags flags, StepScalars scalars, cudaStream_t stream) {
-  return dispatch(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    if constexpr (sizeof(T) == 2) {   // master copies accompany fp16/bf16 params only
-      if (master) return launch_over(table, SgdFunctor<T, true>{hp, flags, scalars}, stream);
-    }
-    return launch_over(table, SgdFunctor<T, false>{hp, flags, scalars}, stream);
-  });
+  return launch_update<SgdFunctor>(table, dtype, master, stream, hp, flags, scalars);
 }
 
 }  // namespace cuda
