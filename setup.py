@@ -6,18 +6,33 @@ Environment flags:
   FUSEDOPT_REQUIRE_EXT=1  make a failed extension build fail the install (CI sets it); by
                           default a failed build only warns, and ``import fusedopt`` still works.
   FUSEDOPT_NO_CUDA=1      build the CPU kernels only, even where torch has CUDA and nvcc exists.
+  FUSEDOPT_REQUIRE_CUDA=1 fail unless the CUDA kernels are built (scripts/gpu_check.sh sets it);
+                          FUSEDOPT_REQUIRE_EXT=1 with a CUDA torch implies it.
   FUSEDOPT_CUDA_ARCHS     e.g. "8.0;9.0" (sets TORCH_CUDA_ARCH_LIST for the CUDA sources).
   MAX_JOBS                parallel compile jobs (honoured by torch's ninja build).
 """
 import glob
 import os
-import shutil
 
 from setuptools import setup
 
 
 def _flag(name):
     return os.environ.get(name, "0") not in ("", "0", "false", "False")
+
+
+def _why_no_cuda(cpp_extension):
+    """None when the CUDA kernels can be built here, else the reason."""
+    if _flag("FUSEDOPT_NO_CUDA"):
+        return "FUSEDOPT_NO_CUDA is set"
+    if __import__("torch").version.cuda is None:
+        return f"torch {__import__('torch').__version__} is built without CUDA"
+    home = cpp_extension.CUDA_HOME
+    if home is None:
+        return "no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH)"
+    if not os.path.exists(os.path.join(home, "bin", "nvcc")):
+        return f"{home}/bin/nvcc does not exist (CUDA_HOME={home})"
+    return None
 
 
 def _extensions():
@@ -28,12 +43,14 @@ def _extensions():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     cxx = ["-O3", "-fopenmp"]   # cpp_extension adds the -std= torch needs (c++20 for 2.13)
     include_dirs = [os.path.abspath("csrc")]
-    with_cuda = (
-        not _flag("FUSEDOPT_NO_CUDA")
-        and cpp_extension.CUDA_HOME is not None
-        and shutil.which("nvcc") is not None
-        and __import__("torch").version.cuda is not None
-    )
+    why_not = _why_no_cuda(cpp_extension)
+    with_cuda = why_not is None
+    torch_has_cuda = __import__("torch").version.cuda is not None
+    if why_not and (_flag("FUSEDOPT_REQUIRE_CUDA") or (
+            _flag("FUSEDOPT_REQUIRE_EXT") and torch_has_cuda and not _flag("FUSEDOPT_NO_CUDA"))):
+        raise RuntimeError(f"fusedopt: the CUDA kernels cannot be built: {why_not} "
+                           "(FUSEDOPT_REQUIRE_CUDA, or FUSEDOPT_REQUIRE_EXT with a CUDA torch; "
+                           "FUSEDOPT_NO_CUDA=1 builds the CPU kernels only)")
     if with_cuda:
         if os.environ.get("FUSEDOPT_CUDA_ARCHS"):
             os.environ["TORCH_CUDA_ARCH_LIST"] = os.environ["FUSEDOPT_CUDA_ARCHS"]

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Compile-check every CUDA source under csrc/ for sm_80 and sm_90 with the machine's nvcc
-# (`nvcc -c`, objects into a temporary directory that is removed). The kernels include only CUDA
-# headers, so this needs no CUDA build of torch. Exits 0 with a message when there is no nvcc,
-# non-zero on any compile error or warning.
+# (`nvcc -c`, objects into a temporary directory that is removed), with the flags the real build
+# passes (setup.py's plus torch.utils.cpp_extension's COMMON_NVCC_FLAGS, read from the installed
+# torch: -D__CUDA_NO_HALF_OPERATORS__ and the rest, --expt-relaxed-constexpr). The kernels
+# include only CUDA headers, so this needs no CUDA build of torch. Exits 0 with a message when
+# there is no nvcc, non-zero on any compile error or warning.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,13 +24,22 @@ if [ "${#SOURCES[@]}" -eq 0 ]; then
   exit 0
 fi
 
+PY=${PYTHON:-python3}
+mapfile -t TORCH_FLAGS < <("$PY" -c \
+  "from torch.utils.cpp_extension import COMMON_NVCC_FLAGS as f; print(*f, sep='\n')")
+if [ "${#TORCH_FLAGS[@]}" -eq 0 ]; then
+  echo "compile_cuda: could not read torch's COMMON_NVCC_FLAGS"
+  exit 1
+fi
+
 OBJ=$(mktemp -d)
 trap 'rm -rf "$OBJ"' EXIT
 echo "compile_cuda: $("$NVCC" --version | tail -n 1)"
 status=0
 for src in "${SOURCES[@]}"; do
   obj="$OBJ/$(echo "$src" | tr '/' '_').o"
-  if "$NVCC" -std=c++17 -O3 -Icsrc -Werror all-warnings -Xcompiler -Wall,-Werror \
+  if "$NVCC" -std=c++17 -O3 -DFUSEDOPT_WITH_CUDA=1 "${TORCH_FLAGS[@]}" -Xcompiler -fPIC \
+      -Icsrc -Werror all-warnings -Xcompiler -Wall,-Werror \
       -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
       -c "$src" -o "$obj"; then
     echo "compile_cuda: ok    $src (sm_80, sm_90)"

@@ -90,7 +90,7 @@ def build_tables(groups, row_of, devices):
                         dtype=torch.float64).reshape(len(rows), _hparams.NUM_COLS)
     tables = {}
     for device in devices:
-        table = _to_device(host, device)
+        table = to_device(host, device)
         for g, row in enumerate(rows):
             for c, v in enumerate(row):
                 if torch.is_tensor(v):
@@ -106,11 +106,12 @@ def write_column(tables, column, values):
             table[:, column].copy_(values.to(device=device, dtype=torch.float64, non_blocking=True),
                                    non_blocking=True)
         else:
-            table[:, column].copy_(_to_device(torch.tensor(values, dtype=torch.float64), device),
+            table[:, column].copy_(to_device(torch.tensor(values, dtype=torch.float64), device),
                                    non_blocking=True)
 
 
-def _to_device(host, device):
+def to_device(host, device):
+    """A copy of the CPU tensor ``host`` on ``device`` with no host sync."""
     if device.type == "cpu":
         return host.clone()
     # pinned source: the copy is truly asynchronous, no host sync on the step path

@@ -36,15 +36,15 @@ class FusedAdam(FusedOptimizer):
         super().__init__(params, defaults, backend)
 
     @staticmethod
-    def _check_group(group):
-        check_hparam("lr", group["lr"])
-        check_hparam("eps", group["eps"])
+    def _check_group(group, sync=True):
+        check_hparam("lr", group["lr"], sync=sync)
+        check_hparam("eps", group["eps"], sync=sync)
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"Invalid betas: {betas!r}; expected a pair (beta1, beta2)")
-        check_hparam("betas[0]", betas[0], 0.0, 1.0)
-        check_hparam("betas[1]", betas[1], 0.0, 1.0)
-        check_hparam("weight_decay", group["weight_decay"])
+        check_hparam("betas[0]", betas[0], 0.0, 1.0, sync=sync)
+        check_hparam("betas[1]", betas[1], 0.0, 1.0, sync=sync)
+        check_hparam("weight_decay", group["weight_decay"], sync=sync)
 
     @staticmethod
     def _row(group):

@@ -14,9 +14,23 @@ from fusedopt import _distributed, _engine, backends
 OWNERS = WeakIdKeyDictionary()
 
 
-def check_hparam(name, value, low=0.0, high=None):
-    """Raise ValueError naming ``name`` unless low <= value (< high)."""
-    v = value.item() if torch.is_tensor(value) and value.numel() == 1 else value
+def host_number(value, sync=True):
+    """A hyper-parameter as a Python number. A 1-element tensor is read with ``.item()``, which
+    for a device tensor waits for the device: with ``sync=False`` such a value gives None."""
+    if torch.is_tensor(value) and value.numel() == 1:
+        return value.item() if sync or value.device.type == "cpu" else None
+    return value
+
+
+def check_hparam(name, value, low=0.0, high=None, sync=True):
+    """Raise ValueError naming ``name`` unless low <= value (< high).
+
+    ``sync=False`` (table rebuilds on the step path) leaves a device tensor's value unchecked:
+    it was checked when it entered a group (constructor, add_param_group), with one host sync
+    there as torch's own constructors have, and a step must never wait for the device."""
+    v = host_number(value, sync)
+    if v is None:
+        return
     if not isinstance(v, (int, float)) or isinstance(v, bool):
         raise TypeError(f"Invalid {name}: {value!r}; expected a number")
     if v < low or (high is not None and v >= high) or v != v:
@@ -144,7 +158,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         if self._buckets is not None and flags != self._packed_flags:
             self._buckets = None                 # an algorithm flag changed: repack
         for g in self.param_groups:
-            self._check_group(g)
+            self._check_group(g, sync=False)
         devices = {p.device for g in self.param_groups for p in g["params"]}
         self._tables = _engine.build_tables(self.param_groups, self._row, devices)
         self._packed_flags = flags
@@ -266,7 +280,9 @@ class FusedOptimizer(torch.optim.Optimizer):
                 norm = self._global_norm(buckets, 2.0)
             bad = (~torch.isfinite(norm)).float()
             found_inf = bad if found_inf is None else torch.maximum(found_inf, bad.to(found_inf))
-            self._skipped_steps = self._skipped_steps.to(bad.device) + bad
+            if self._skipped_steps.device != bad.device:   # once; pinned: no host sync
+                self._skipped_steps = _engine.to_device(self._skipped_steps, bad.device)
+            self._skipped_steps = self._skipped_steps + bad
         return {"clip_coef": clip_coef, "inv_scale": inv_scale, "found_inf": found_inf}
 
     @property

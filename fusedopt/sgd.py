@@ -2,7 +2,7 @@
 import torch
 
 from fusedopt import _hparams, functional
-from fusedopt.optimizer import FusedOptimizer, check_hparam
+from fusedopt.optimizer import FusedOptimizer, check_hparam, host_number
 
 __all__ = ["FusedSGD"]
 
@@ -33,12 +33,14 @@ class FusedSGD(FusedOptimizer):
         super().__init__(params, defaults, backend)
 
     @staticmethod
-    def _check_group(group):
-        check_hparam("lr", group["lr"])
-        check_hparam("momentum", group["momentum"])
-        check_hparam("dampening", group["dampening"], -float("inf"))
-        check_hparam("weight_decay", group["weight_decay"])
-        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+    def _check_group(group, sync=True):
+        check_hparam("lr", group["lr"], sync=sync)
+        check_hparam("momentum", group["momentum"], sync=sync)
+        check_hparam("dampening", group["dampening"], -float("inf"), sync=sync)
+        check_hparam("weight_decay", group["weight_decay"], sync=sync)
+        momentum, dampening = (host_number(group[k], sync) for k in ("momentum", "dampening"))
+        if group["nesterov"] and momentum is not None and dampening is not None and (
+                momentum <= 0 or dampening != 0):
             raise ValueError("Invalid nesterov=True: Nesterov momentum requires momentum > 0 "
                              "and dampening == 0")
 
@@ -71,6 +73,8 @@ class FusedSGD(FusedOptimizer):
         return [state["momentum_buffer"]], self._counter(p, seeded=True)
 
     def _new_state(self, p, group):
+        # a fresh counter: one kept from momentum-free steps would mark the new buffer seeded
+        self._seeded.pop(p, None)
         self._counter(p, seeded=False)
         if group["momentum"] != 0:
             self.state[p]["momentum_buffer"] = torch.zeros_like(

@@ -9,8 +9,8 @@ import triton.language as tl
 
 from fusedopt import _hparams
 from fusedopt.kernels.table import (GROUP, META_COLS, NO_GRAD, NUMEL, PARAM, STATES, STEP,
-                                    block_done, div_rn, load_grad, locate, rounded, skipped,
-                                    sqrt_rn, typed)
+                                    aligned16, block_done, div_rn, load_grad, locate, rounded,
+                                    skipped, sqrt_rn, typed)
 
 _LR = tl.constexpr(_hparams.LR)
 _WD = tl.constexpr(_hparams.WEIGHT_DECAY)
@@ -29,8 +29,7 @@ _STEP, _STATES = tl.constexpr(STEP), tl.constexpr(STATES)
                                "clip_coef", "found_inf"])
 def adam_kernel(blocks, meta, grads, counters, hp, inv_scale, clip_coef, found_inf,
                 DTYPE: tl.constexpr, CT: tl.constexpr, AMSGRAD: tl.constexpr,
-                MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr, ALIGNED: tl.constexpr,
-                BLOCK: tl.constexpr):
+                MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr, BLOCK: tl.constexpr):
     if skipped(found_inf):
         return
     t, b = locate(blocks, tl.program_id(0))
@@ -50,20 +49,28 @@ def adam_kernel(blocks, meta, grads, counters, hp, inv_scale, clip_coef, found_i
     step_size = lr / (1.0 - tl.exp(step64 * tl.log(beta1)))
     bias_correction2_sqrt = sqrt_rn(1.0 - tl.exp(step64 * tl.log(beta2)))
 
-    g_ptr = typed(g_address, DTYPE, ALIGNED)
-    p_ptr = typed(tl.load(row + _PARAM), DTYPE, ALIGNED)
-    m_ptr = typed(tl.load(row + _STATES), DTYPE, ALIGNED)
-    v_ptr = typed(tl.load(row + _STATES + 1), DTYPE, ALIGNED)
-    vmax_ptr = typed(tl.load(row + _STATES + 2), DTYPE, ALIGNED)
+    p_address, m_address = tl.load(row + _PARAM), tl.load(row + _STATES)
+    v_address, vmax_address = tl.load(row + _STATES + 1), tl.load(row + _STATES + 2)
     offs = b.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     # Full blocks run unmasked: a mask built from a numel read from memory has unknown
-    # divisibility, which would forbid the 16-byte vector accesses ALIGNED allows.
+    # divisibility, which would forbid the 16-byte vector accesses (Note [alignment per tensor]).
     if b.to(tl.int64) * BLOCK + BLOCK <= n:
-        _adam_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, offs, None, inv_scale, clip_coef,
-                    lr, wd, beta1, beta2, eps, step_size, bias_correction2_sqrt,
-                    DTYPE, CT, AMSGRAD, MAXIMIZE, DECOUPLED)
+        if aligned16(g_address, p_address, m_address, v_address, vmax_address):
+            _adam_block(typed(p_address, DTYPE, True), typed(g_address, DTYPE, True),
+                        typed(m_address, DTYPE, True), typed(v_address, DTYPE, True),
+                        typed(vmax_address, DTYPE, True), offs, None, inv_scale, clip_coef,
+                        lr, wd, beta1, beta2, eps, step_size, bias_correction2_sqrt,
+                        DTYPE, CT, AMSGRAD, MAXIMIZE, DECOUPLED)
+        else:
+            _adam_block(typed(p_address, DTYPE, False), typed(g_address, DTYPE, False),
+                        typed(m_address, DTYPE, False), typed(v_address, DTYPE, False),
+                        typed(vmax_address, DTYPE, False), offs, None, inv_scale, clip_coef,
+                        lr, wd, beta1, beta2, eps, step_size, bias_correction2_sqrt,
+                        DTYPE, CT, AMSGRAD, MAXIMIZE, DECOUPLED)
     else:
-        _adam_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, offs, offs < n, inv_scale, clip_coef,
+        _adam_block(typed(p_address, DTYPE, False), typed(g_address, DTYPE, False),
+                    typed(m_address, DTYPE, False), typed(v_address, DTYPE, False),
+                    typed(vmax_address, DTYPE, False), offs, offs < n, inv_scale, clip_coef,
                     lr, wd, beta1, beta2, eps, step_size, bias_correction2_sqrt,
                     DTYPE, CT, AMSGRAD, MAXIMIZE, DECOUPLED)
     block_done(counters, t, n, step_ptr, step, BLOCK)

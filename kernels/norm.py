@@ -10,7 +10,8 @@ NaN propagates like torch.linalg.vector_norm: the inf-norm's max keeps NaN.
 import triton
 import triton.language as tl
 
-from fusedopt.kernels.table import META_COLS, NO_GRAD, NUMEL, locate, sqrt_rn, typed
+from fusedopt.kernels.table import (META_COLS, NO_GRAD, NUMEL, aligned16, locate, sqrt_rn,
+                                    typed)
 
 MAX_PROGRAMS = 1024
 _META_COLS, _NUMEL = tl.constexpr(META_COLS), tl.constexpr(NUMEL)
@@ -26,7 +27,7 @@ def num_programs(num_blocks):
                                "num_blocks"])
 def norm_kernel(blocks, meta, grads, partials, counter, out, num_blocks,
                 DTYPE: tl.constexpr, ACC: tl.constexpr, INF: tl.constexpr,
-                ALIGNED: tl.constexpr, BLOCK: tl.constexpr, MAX_PROGRAMS: tl.constexpr):
+                BLOCK: tl.constexpr, MAX_PROGRAMS: tl.constexpr):
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
     acc = tl.zeros([BLOCK], ACC)
@@ -35,12 +36,15 @@ def norm_kernel(blocks, meta, grads, partials, counter, out, num_blocks,
         g_address = tl.load(grads + t)
         if g_address != _NO_GRAD:          # grad None: contributes nothing
             n = tl.load(meta + t * _META_COLS + _NUMEL)
-            g_ptr = typed(g_address, DTYPE, ALIGNED)
             offs = b.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
             if b.to(tl.int64) * BLOCK + BLOCK <= n:  # unmasked full block: vector loads
-                x = tl.load(g_ptr + offs).to(ACC)
+                if aligned16(g_address, 0, 0, 0, 0):     # Note [alignment per tensor]
+                    x = tl.load(typed(g_address, DTYPE, True) + offs).to(ACC)
+                else:
+                    x = tl.load(typed(g_address, DTYPE, False) + offs).to(ACC)
             else:
-                x = tl.load(g_ptr + offs, mask=offs < n, other=0).to(ACC)
+                x = tl.load(typed(g_address, DTYPE, False) + offs, mask=offs < n,
+                            other=0).to(ACC)
             if INF:
                 acc = tl.maximum(acc, tl.abs(x), propagate_nan=tl.PropagateNan.ALL)
             else:

@@ -9,7 +9,8 @@ import triton.language as tl
 
 from fusedopt import _hparams
 from fusedopt.kernels.table import (GROUP, META_COLS, NO_GRAD, NUMEL, PARAM, STATES, STEP,
-                                    block_done, load_grad, locate, rounded, skipped, typed)
+                                    aligned16, block_done, load_grad, locate, rounded, skipped,
+                                    typed)
 
 _LR = tl.constexpr(_hparams.LR)
 _WD = tl.constexpr(_hparams.WEIGHT_DECAY)
@@ -26,8 +27,7 @@ _STEP, _STATES = tl.constexpr(STEP), tl.constexpr(STATES)
                                "clip_coef", "found_inf"])
 def sgd_kernel(blocks, meta, grads, counters, hp, inv_scale, clip_coef, found_inf,
                DTYPE: tl.constexpr, CT: tl.constexpr, HAS_BUFFER: tl.constexpr,
-               NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr, ALIGNED: tl.constexpr,
-               BLOCK: tl.constexpr):
+               NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr, BLOCK: tl.constexpr):
     if skipped(found_inf):
         return
     t, b = locate(blocks, tl.program_id(0))
@@ -42,16 +42,22 @@ def sgd_kernel(blocks, meta, grads, counters, hp, inv_scale, clip_coef, found_in
     step_ptr = tl.load(row + _STEP).to(tl.pointer_type(tl.float32))
     step = tl.load(step_ptr)
 
-    g_ptr = typed(g_address, DTYPE, ALIGNED)
-    p_ptr = typed(tl.load(row + _PARAM), DTYPE, ALIGNED)
-    buf_ptr = typed(tl.load(row + _STATES), DTYPE, ALIGNED)
+    p_address, buf_address = tl.load(row + _PARAM), tl.load(row + _STATES)
     offs = b.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     if b.to(tl.int64) * BLOCK + BLOCK <= n:          # unmasked full block: see adam.py
-        _sgd_block(p_ptr, g_ptr, buf_ptr, offs, None, inv_scale, clip_coef, lr, wd, momentum,
-                   dampening, step == 0, DTYPE, CT, HAS_BUFFER, NESTEROV, MAXIMIZE)
+        if aligned16(g_address, p_address, buf_address, 0, 0):
+            _sgd_block(typed(p_address, DTYPE, True), typed(g_address, DTYPE, True),
+                       typed(buf_address, DTYPE, True), offs, None, inv_scale, clip_coef, lr, wd,
+                       momentum, dampening, step == 0, DTYPE, CT, HAS_BUFFER, NESTEROV, MAXIMIZE)
+        else:
+            _sgd_block(typed(p_address, DTYPE, False), typed(g_address, DTYPE, False),
+                       typed(buf_address, DTYPE, False), offs, None, inv_scale, clip_coef, lr,
+                       wd, momentum, dampening, step == 0, DTYPE, CT, HAS_BUFFER, NESTEROV,
+                       MAXIMIZE)
     else:
-        _sgd_block(p_ptr, g_ptr, buf_ptr, offs, offs < n, inv_scale, clip_coef, lr, wd, momentum,
-                   dampening, step == 0, DTYPE, CT, HAS_BUFFER, NESTEROV, MAXIMIZE)
+        _sgd_block(typed(p_address, DTYPE, False), typed(g_address, DTYPE, False),
+                   typed(buf_address, DTYPE, False), offs, offs < n, inv_scale, clip_coef, lr, wd,
+                   momentum, dampening, step == 0, DTYPE, CT, HAS_BUFFER, NESTEROV, MAXIMIZE)
     block_done(counters, t, n, step_ptr, step + 1.0, BLOCK)
 
 

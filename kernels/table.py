@@ -94,13 +94,26 @@ def locate(blocks, pid):
 
 @triton.jit
 def typed(address, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
-    """An int64 address as a DTYPE pointer. ALIGNED (the host checked every address of the launch
-    is a multiple of 16 bytes) lets Triton emit 16-byte vector loads/stores; without the hint a
-    pointer read from memory gets 4-byte ones (checked in the PTX of an sm_90 build)."""
+    """An int64 address as a DTYPE pointer. ALIGNED (the caller checked, on the device, that the
+    addresses it walks are multiples of 16 bytes: ``aligned16``) lets Triton emit 16-byte vector
+    loads/stores; without the hint a pointer read from memory gets 4-byte ones (checked in the
+    PTX of an sm_90 build)."""
     ptr = address.to(tl.pointer_type(DTYPE))
     if ALIGNED:
         ptr = tl.multiple_of(ptr, 16)
     return ptr
+
+
+@triton.jit
+def aligned16(a, b, c, d, e):
+    """Every one of these addresses (0 for an unused slot) is a multiple of 16 bytes.
+
+    Note [alignment per tensor]: decided per tensor, on the device, from the addresses the
+    kernel reads anyway, like the CUDA engine's per-chunk check: one misaligned tensor (a view at
+    an odd offset) walks with scalar accesses alone, every other tensor of the launch keeps its
+    vector accesses, and alignment never enters a kernel's compile-time key (no second variant).
+    """
+    return ((a | b | c | d | e) % 16) == 0
 
 
 @triton.jit
@@ -113,6 +126,10 @@ def block_done(counters, t, n, step_ptr, new_step, BLOCK: tl.constexpr):
     for the next launch (so a captured CUDA graph replays correctly).
     """
     num_blocks = tl.maximum((n + BLOCK - 1) // BLOCK, 1)
+    # every thread of this program has read the old counter before it is counted done: without
+    # the barrier a fast warp's increment could let the last block's store overtake a slow
+    # warp's read of the same program
+    tl.debug_barrier()
     if tl.atomic_add(counters + t, 1) == num_blocks - 1:
         tl.store(step_ptr, new_step)
         tl.store(counters + t, 0)

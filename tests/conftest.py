@@ -1,3 +1,7 @@
+import faulthandler
+import os
+import sys
+
 import pytest
 import torch
 
@@ -15,3 +19,32 @@ def _seed():
 
 def pytest_report_header(config):
     return f"fusedopt backends available: {fusedopt.available_backends()}"
+
+
+# FUSEDOPT_TEST_TIMEOUT=S (scripts/gpu_check.sh sets it): a test still running after S seconds
+# dumps every thread's stack into FUSEDOPT_TEST_TIMEOUT_LOG (default: stderr) and ends the pytest
+# process, so a hung kernel costs S seconds of a GPU lease, not all of it. faulthandler's watchdog
+# thread fires even while the main thread waits inside a CUDA call, where a Python signal handler
+# would never run (and pytest-timeout is not on every machine). A file, because pytest's capture
+# owns file descriptor 2 while a test runs.
+_TIMEOUT = float(os.environ.get("FUSEDOPT_TEST_TIMEOUT", "0") or 0)
+_TIMEOUT_LOG = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if _TIMEOUT > 0:
+        if not _TIMEOUT_LOG:
+            path = os.environ.get("FUSEDOPT_TEST_TIMEOUT_LOG")
+            _TIMEOUT_LOG.append(open(path, "a") if path else sys.stderr)
+            _TIMEOUT_LOG[0].write(f"tests in the order they started; a stack dump after one: it "
+                                  f"ran past {_TIMEOUT:.0f} s\n")
+        log = _TIMEOUT_LOG[0]
+        log.write(f"{item.nodeid}\n")
+        log.flush()
+        faulthandler.dump_traceback_later(_TIMEOUT, exit=True, file=log)
+    try:
+        yield
+    finally:
+        if _TIMEOUT > 0:
+            faulthandler.cancel_dump_traceback_later()

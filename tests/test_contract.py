@@ -191,6 +191,48 @@ def test_grad_scaler_unscales_inline_and_skips_inf(backend):
     assert [fused.state[p]["step"].item() for p in ours] == [5.0] * len(ours)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_grad_scaler_leaves_grads_scaled(backend):
+    """README "Differences from torch.optim": the fused step unscales each grad as it reads it
+    and does not write it back (4 B/param saved for fp32), so after ``scaler.step`` the grads
+    still hold the scaled values; torch's unscale_ leaves them unscaled."""
+    params = make_params(SHAPES[:2])
+    fused, ours, reference, theirs = build_pair("AdamW", {}, params, [{}], backend)
+    set_grads([ours, theirs], 0, none_every=0)
+    scalers = [torch.amp.GradScaler("cpu", init_scale=64.0) for _ in range(2)]
+    for ps, scaler in ((ours, scalers[0]), (theirs, scalers[1])):
+        scaler.scale(torch.ones(()))
+        for p in ps:
+            p.grad.mul_(64.0)
+    scaled = [p.grad.clone() for p in ours]
+    scalers[0].step(fused)
+    scalers[1].step(reference)
+    for p, q, g in zip(ours, theirs, scaled):
+        assert torch.equal(p.grad, g), "fusedopt changed a grad"
+        assert_close(q.grad * 64.0, g, "torch's grad is the unscaled one")
+    assert_same_params(ours, theirs, "one scaled step")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dampening", [0.0, 0.3])
+def test_sgd_momentum_switched_on_later(backend, dampening):
+    """A group stepped without momentum, then given momentum: the first momentum step seeds
+    the buffer with the grad (torch's clone), whatever the momentum-free steps counted."""
+    params = make_params(SHAPES)
+    fused, ours, reference, theirs = build_pair("SGD", dict(lr=0.05), params, [{}], backend)
+    for step in range(5):
+        if step == 2:
+            for opt in (fused, reference):
+                opt.param_groups[0].update(momentum=0.9, dampening=dampening)
+        set_grads([ours, theirs], step, none_every=0)
+        fused.step()
+        reference.step()
+        assert_same_params(ours, theirs, f"step {step}")
+    for p, q in zip(ours, theirs):
+        assert_close(fused.state[p]["momentum_buffer"], reference.state[q]["momentum_buffer"],
+                     "momentum_buffer")
+
+
 @pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "reference"])
 def test_python_work_per_step_does_not_grow(backend):
     """Note [pack once]: after the first step, the Python calls made by a step are the same for

@@ -167,8 +167,11 @@ def test_scale_in_place_mixed_dtypes():
     tensors = [torch.randn(70_003, device="cuda"), torch.randn(12, 10, device="cuda").t(),
                torch.randn(100, device="cuda", dtype=torch.float16)[::2],        # a view with gaps
                torch.randn(64, device="cuda", dtype=torch.float64)]
-    expected = [t * 0.3 for t in tensors]     # what torch._foreach_mul_ gives
-    ext().cuda_tensors_scale_(tensors, torch.full((), 0.3, device="cuda"))
+    # the factor is a float32 0-d tensor: fp64 tensors are multiplied by double(0.3f), as
+    # torch's type promotion does for t * factor
+    factor = torch.full((), 0.3, device="cuda")
+    expected = [t * factor for t in tensors]
+    ext().cuda_tensors_scale_(tensors, factor)
     for i, (t, e) in enumerate(zip(tensors, expected)):
         torch.testing.assert_close(t, e, rtol=0, atol=0, msg=lambda m: f"tensor {i}: {m}")
 
@@ -259,7 +262,9 @@ def test_graph_capture_of_clip_and_step_equals_eager(algo, kwargs):
     for step in range(1, 8):
         lrs = [1e-2 * 0.8 ** step, 3e-3 * 1.1 ** step]
         _fill_grads(graphed, step)
-        opt_g.set_hparam("lr", torch.tensor(lrs, device="cuda"))
+        # float64, as the table and the eager side's Python floats: a float32 tensor would
+        # round each lr to float32 first
+        opt_g.set_hparam("lr", torch.tensor(lrs, dtype=torch.float64, device="cuda"))
         graph.replay()
         _fill_grads(eager, step)
         opt_e.set_hparam("lr", lrs)

@@ -92,7 +92,7 @@ template <typename T, bool kMasterCopy> struct AdamFunctor {
           second = vmax[k];
         }
         const C denom = div_rn(sqrt_rn(second), r.bc2_sqrt) + r.eps;
-        p[k] += div_rn(r.neg_step_size * m[k], denom);
+        p[k] += r.neg_step_size * div_rn(m[k], denom);   // torch's addcdiv_: value * (m / d)
       }
       if (kMasterCopy) store(master_ptr, p, i, c.n, v_ok);
       store(p_ptr, p, i, c.n, v_ok);

@@ -131,13 +131,16 @@ __device__ __forceinline__ bool skip_step(const float* found_inf) {
 // finish_steps() then counts finished blocks in table.done, and the last block, which knows
 // every other block has read its counter, increments all of them. table.done starts at 0 in
 // every upload (table.h write()), including each replay of a captured upload. A skipped step
-// (found_inf) returns before both, so counters stay untouched.
+// (found_inf) returns before both, so counters stay untouched. The fences make the count a
+// release (this block's reads of the counters come before its increment) and, in the last
+// block, an acquire (every other block's reads come before the last block's writes).
 __device__ __forceinline__ void finish_steps(const Table& table) {
   __shared__ bool last;
   __syncthreads();
   if (threadIdx.x == 0) {
     __threadfence();
     last = atomicAdd(table.done, 1u) == gridDim.x - 1;
+    if (last) __threadfence();
   }
   __syncthreads();
   if (last) {

@@ -87,34 +87,51 @@ class _Handle:
                        for i, p in enumerate(self.tensors)]
         self.block = table.block_size(self.dtype)
         numels = [p.numel() for p in self.tensors]
-        rows = [table.meta_row(spec.params[i].numel(), spec.group_index[i], spec.params[i],
-                               spec.steps[i], [s[i] for s in spec.states]) for i in walk]
-        rows += [table.meta_row(spec.params[i].numel(), spec.group_index[i]) for i in rest]
-        rows += [table.meta_row(p.numel(), g) for p, g in zip(spec.pending, spec.pending_group)]
-        self.meta = table.upload(rows or [table.meta_row(0, 0)], torch.int64, self.device)
+        self.walk, self.rest = walk, rest
+        # the tensors whose addresses the meta rows hold: checked every step (refresh)
+        self.watched = [spec.params[i] for i in walk] + [s[i] for s in spec.states for i in walk]
+        self.meta = None
         self.blocks, self.num_blocks = table.block_pairs(numels, self.block, self.device)
         self.update_blocks = sum(max(1, -(-n // self.block)) for n in numels[:len(walk)])
         self.counters = torch.zeros(max(1, len(self.tensors)), dtype=torch.int32,
                                     device=self.device)
-        walked = [spec.params[i] for i in walk] + [s[i] for s in spec.states for i in walk]
-        self.static_aligned = all(t.data_ptr() % 16 == 0 for t in walked)
         self.grads = torch.zeros(max(1, len(self.tensors)), dtype=torch.int64,
                                  device=self.device)
-        self.addresses, self.aligned, self.copies = None, False, []
+        self.addresses, self.watched_addresses, self.copies = None, None, []
         self.dtypes = (table.triton_dtype(self.dtype), table.compute_dtype(self.dtype))
         self.partials = torch.empty(norm_launch.MAX_PROGRAMS, device=self.device,
                                     dtype=torch.float64 if self.dtype == torch.float64
                                     else torch.float32)
         self.norm_counter = torch.zeros(1, dtype=torch.int32, device=self.device)
 
-    def refresh_grads(self):
-        """Point the table at this step's grads (autograd may have made new ones).
+    def _upload_meta(self):
+        """The meta rows, with the params' and states' addresses as they are now."""
+        spec = self.spec
+        rows = [table.meta_row(spec.params[i].numel(), spec.group_index[i], spec.params[i],
+                               spec.steps[i], [s[i] for s in spec.states]) for i in self.walk]
+        rows += [table.meta_row(spec.params[i].numel(), spec.group_index[i]) for i in self.rest]
+        rows += [table.meta_row(p.numel(), g) for p, g in zip(spec.pending, spec.pending_group)]
+        meta = table.upload(rows or [table.meta_row(0, 0)], torch.int64, self.device)
+        if self.meta is None:
+            self.meta = meta
+        else:   # in place: a captured CUDA graph keeps reading this address
+            self.meta.copy_(meta, non_blocking=True)
 
-        Cost: O(tensors) Python, ~0.4 us per tensor on a 2-core CPU (1000 tensors: ~0.4 ms),
-        with no host sync, so it overlaps the previous step's kernels; the device copy (8 B per
-        tensor, one async H2D copy) happens only when an address changed. A grad laid out unlike
-        its param is copied into the param's layout first (one extra pass over that grad).
+    def refresh_grads(self):
+        """Point the table at this step's grads (autograd may have made new ones), and at the
+        params' and states' storage if it moved (``p.data = ...`` frees the old one: a table
+        still pointing there would write into freed memory).
+
+        Cost: O(tensors) Python, ~0.4 us per tensor on a 2-core CPU (1000 tensors: ~0.4 ms) plus
+        ~0.07 us per param and state address read, with no host sync, so it overlaps the previous
+        step's kernels; the device copies (one async H2D copy each) happen only when an address
+        changed. A grad laid out unlike its param is copied into the param's layout first (one
+        extra pass over that grad).
         """
+        watched = [t.data_ptr() for t in self.watched]
+        if watched != self.watched_addresses:
+            self._upload_meta()
+            self.watched_addresses = watched
         self.copies = []
         addresses = []
         for i, p in enumerate(self.tensors):
@@ -141,8 +158,6 @@ class _Handle:
             host = addresses or [table.NO_GRAD]
             self.grads.copy_(table.upload(host, torch.int64, self.device), non_blocking=True)
             self.addresses = addresses
-            self.aligned = self.static_aligned and all(a % 16 == 0 for a in addresses
-                                                       if a != table.NO_GRAD)
 
 
 def make_bucket(spec):
@@ -161,7 +176,7 @@ def adam_step(handle, hp, *, amsgrad, maximize, decoupled, clip_coef=None, inv_s
         adam_kernel[(handle.update_blocks,)](
             handle.blocks, handle.meta, handle.grads, handle.counters, hp, inv_scale, clip_coef,
             found_inf, DTYPE=dtype, CT=compute, AMSGRAD=amsgrad, MAXIMIZE=maximize,
-            DECOUPLED=decoupled, ALIGNED=handle.aligned, BLOCK=handle.block,
+            DECOUPLED=decoupled, BLOCK=handle.block,
             num_warps=table.NUM_WARPS, enable_fp_fusion=table.FP_FUSION)
     if handle.fallback is not None:
         reference.adam_step(handle.fallback, hp, amsgrad=amsgrad, maximize=maximize,
@@ -176,19 +191,19 @@ def sgd_step(handle, hp, *, nesterov, maximize, clip_coef=None, inv_scale=None, 
         sgd_kernel[(handle.update_blocks,)](
             handle.blocks, handle.meta, handle.grads, handle.counters, hp, inv_scale, clip_coef,
             found_inf, DTYPE=dtype, CT=compute, HAS_BUFFER=len(handle.spec.states) == 1,
-            NESTEROV=nesterov, MAXIMIZE=maximize, ALIGNED=handle.aligned, BLOCK=handle.block,
+            NESTEROV=nesterov, MAXIMIZE=maximize, BLOCK=handle.block,
             num_warps=table.NUM_WARPS, enable_fp_fusion=table.FP_FUSION)
     if handle.fallback is not None:
         reference.sgd_step(handle.fallback, hp, nesterov=nesterov, maximize=maximize,
                            clip_coef=clip_coef, inv_scale=inv_scale, found_inf=found_inf)
 
 
-def _launch_norm(blocks, meta, grads, num_blocks, dtype, aligned, norm_type, partials, counter):
+def _launch_norm(blocks, meta, grads, num_blocks, dtype, norm_type, partials, counter):
     out = torch.empty((), dtype=torch.float32, device=grads.device)
     norm_kernel[(norm_launch.num_programs(num_blocks),)](
         blocks, meta, grads, partials, counter, out, num_blocks,
         DTYPE=table.triton_dtype(dtype), ACC=table.compute_dtype(dtype),
-        INF=norm_type == float("inf"), ALIGNED=aligned, BLOCK=table.block_size(dtype),
+        INF=norm_type == float("inf"), BLOCK=table.block_size(dtype),
         MAX_PROGRAMS=norm_launch.MAX_PROGRAMS, num_warps=table.NUM_WARPS,
         enable_fp_fusion=table.FP_FUSION)
     return out
@@ -199,7 +214,7 @@ def bucket_norm(handle, norm_type):
     if not handle.tensors:
         return torch.zeros((), dtype=torch.float32, device=handle.device)
     return _launch_norm(handle.blocks, handle.meta, handle.grads, handle.num_blocks,
-                        handle.dtype, handle.aligned, norm_type, handle.partials,
+                        handle.dtype, norm_type, handle.partials,
                         handle.norm_counter)
 
 
@@ -220,7 +235,6 @@ def tensors_norm(tensors, norm_type):
         grads = table.upload(addresses, torch.int64, device)
         partials = torch.empty(norm_launch.MAX_PROGRAMS, device=device,
                                dtype=torch.float64 if dtype == torch.float64 else torch.float32)
-        norms.append(_launch_norm(blocks, meta, grads, num_blocks, dtype,
-                                  all(a % 16 == 0 for a in addresses), norm_type, partials,
+        norms.append(_launch_norm(blocks, meta, grads, num_blocks, dtype, norm_type, partials,
                                   torch.zeros(1, dtype=torch.int32, device=device)))
     return combine_norms(norms, norm_type)

@@ -1,0 +1,274 @@
+#!/usr/bin/env bash
+# The whole GPU side in one offline run, for a short GPU lease (DEVELOPERS.md, "GPU time"):
+#   build     the extension with its CUDA kernels, against this machine's torch, no network;
+#             fails if the CUDA kernels are missing from it
+#   tests     every GPU test file, each test under a timeout (tests/conftest.py)
+#   stress    scripts/gpu_stress.py: 1200 tensors of random sizes, empty and misaligned ones,
+#             a found_inf step, against torch's fused AdamW, for the cuda and triton backends
+#   sanitize  scripts/sanitize_case.py under compute-sanitizer memcheck, racecheck, initcheck
+#             and synccheck (a one-line note where the tool is missing or refuses the device)
+#   bench     the benchmarks behind the GPU targets (scripts/gpu_targets.py lists them),
+#             JSON + PNG, and the targets met or missed
+# Parts run in that order against one time budget (GPU_CHECK_BUDGET seconds, default 420: under
+# 8 minutes with the machine's start); a part that would not fit in what is left is skipped and
+# the summary says so. OUTDIR gets at most 8 files: summary.md first (each part's status and
+# time), tests.log, sanitize.log, targets.md and results.tar.gz (every log, JSON and PNG).
+#
+# usage: scripts/gpu_check.sh [--dry] [--parts build,tests,stress,sanitize,bench] [OUTDIR]
+#   --dry  the same flow on a CPU machine (cpu backend, Triton's interpreter, tiny sizes): CI
+#          runs it to check this script. Default OUTDIR: ./gpu_check_out.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PYTHON:-python3}
+
+DRY=0
+PARTS=build,tests,stress,sanitize,bench
+OUT=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry) DRY=1 ;;
+    --parts) PARTS=$2; shift ;;
+    --parts=*) PARTS=${1#--parts=} ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -*) echo "gpu_check: unknown option $1 (see --help)" >&2; exit 2 ;;
+    *) OUT=$1 ;;
+  esac
+  shift
+done
+OUT=${OUT:-$ROOT/gpu_check_out}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+mkdir -p "$WORK/results/bench" "$WORK/results/logs"
+LOGS=$WORK/results/logs
+BUDGET=${GPU_CHECK_BUDGET:-420}
+START=$SECONDS
+SUMMARY=$WORK/summary_rows.md
+: >"$SUMMARY"
+STATUS=0
+
+if [ "$DRY" = 1 ]; then
+  DEVICE=cpu
+  export TRITON_INTERPRET=1
+  export FUSEDOPT_TEST_TIMEOUT=${FUSEDOPT_TEST_TIMEOUT:-600}
+else
+  DEVICE=cuda
+  export FUSEDOPT_TEST_TIMEOUT=${FUSEDOPT_TEST_TIMEOUT:-90}
+fi
+export FUSEDOPT_TEST_TIMEOUT_LOG=$LOGS/test_timeouts.log
+
+left() { echo $((BUDGET - (SECONDS - START))); }
+wants() { case ",$PARTS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+
+# row PART STATUS SECONDS NOTE: one line of the summary table
+row() {
+  printf '| %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4" >>"$SUMMARY"
+  echo "gpu_check: $1: $2 (${3}s) $4"
+  case "$2" in FAIL*) STATUS=1 ;; esac
+}
+
+# run_part NAME ESTIMATE_SECONDS FUNCTION: runs FUNCTION if ESTIMATE fits in the time left
+run_part() {
+  local name=$1 estimate=$2 fn=$3
+  if ! wants "$name"; then
+    return
+  fi
+  if [ "$(left)" -lt "$estimate" ]; then
+    row "$name" "skipped" 0 "needs ~${estimate}s, $(left)s of the budget left"
+    return
+  fi
+  local t0=$SECONDS note
+  note=$("$fn" 2>>"$LOGS/$name.log")
+  local rc=$?
+  if [ $rc -eq 0 ]; then
+    row "$name" "pass" $((SECONDS - t0)) "$note"
+  else
+    row "$name" "FAIL (rc $rc)" $((SECONDS - t0)) "$note"
+  fi
+}
+
+# ---- environment ------------------------------------------------------------------------------
+{
+  date -u +"%Y-%m-%d %H:%M UTC"
+  echo "git: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo ' (dirty)')"
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version \
+    --format=csv,noheader
+  "$PY" - <<'EOF'
+import platform, torch
+print(f"python {platform.python_version()}, torch {torch.__version__} (cuda {torch.version.cuda})")
+try:
+    import triton
+    print(f"triton {triton.__version__}")
+except Exception as exc:
+    print(f"triton: not importable ({exc})")
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"gpu: {p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, "
+          f"{p.total_memory / 2**30:.0f} GiB")
+EOF
+  echo "cores: $(nproc)"
+} >"$LOGS/environment.txt" 2>&1
+
+NVCC=$(command -v nvcc || true)
+for d in "${CUDA_HOME:-}" /usr/local/cuda; do
+  if [ -z "$NVCC" ] && [ -n "$d" ] && [ -x "$d/bin/nvcc" ]; then NVCC=$d/bin/nvcc; fi
+done
+if [ -n "$NVCC" ]; then
+  export PATH="$(dirname "$NVCC"):$PATH" CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$NVCC")")}
+fi
+
+# ---- parts ------------------------------------------------------------------------------------
+part_build() {
+  if [ "$DRY" = 1 ]; then
+    # CI built the extension moments ago (scripts/setup.sh); building it again costs a minute
+    "$PY" -c "import fusedopt._C" >&2 || return 1
+    echo "dry: kept the extension scripts/setup.sh built; CPU kernels present"
+    return 0
+  fi
+  [ -n "$NVCC" ] || { echo "nvcc not found (PATH, \$CUDA_HOME/bin, /usr/local/cuda/bin)"; return 1; }
+  local arch
+  arch=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())") || return 1
+  MAX_JOBS=$(nproc) FUSEDOPT_CUDA_ARCHS=$arch FUSEDOPT_REQUIRE_EXT=1 FUSEDOPT_REQUIRE_CUDA=1 \
+    "$PY" -m pip install --no-deps --no-index --no-build-isolation -e . >"$LOGS/build.log" 2>&1 \
+    || { echo "pip install failed: see logs/build.log"; tail -n 30 "$LOGS/build.log" >&2; return 1; }
+  "$PY" -c "from fusedopt import _C; assert hasattr(_C, 'cuda_adam_step'), 'no CUDA kernels'" >&2 \
+    || { echo "fusedopt._C lacks the CUDA kernels"; return 1; }
+  echo "sm_${arch/./}, $(nproc) jobs, nvcc $("$NVCC" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
+}
+
+part_tests() {
+  local files=(tests/test_cuda.py tests/test_schedulers_cuda.py tests/test_triton.py)
+  # a timed-out test ends its pytest process (tests/conftest.py); the next file still runs
+  local rc=0 f notes=()
+  for f in "${files[@]}"; do
+    echo "== $f" >>"$LOGS/tests.log"
+    timeout --kill-after=10 "$(left)" "$PY" -m pytest "$f" -q -rfEs -p no:cacheprovider \
+      >>"$LOGS/tests.log" 2>&1 || rc=1
+    notes+=("$(basename "$f" .py): $(tail -n 1 "$LOGS/tests.log" | tr -d '=' | sed 's/^ *//')")
+  done
+  (IFS=';'; echo "${notes[*]}")
+  return $rc
+}
+
+part_stress() {
+  local rc=0 b
+  local backends=(cuda triton) args=(--device cuda --tensors 1200)
+  if [ "$DRY" = 1 ]; then
+    backends=(cpu triton)
+  fi
+  for b in "${backends[@]}"; do
+    local extra=("${args[@]}")
+    if [ "$DRY" = 1 ]; then
+      extra=(--device cpu --tensors $([ "$b" = cpu ] && echo 300 || echo 40) --max-numel 5000)
+    fi
+    timeout --kill-after=10 120 "$PY" scripts/gpu_stress.py --backend "$b" "${extra[@]}" \
+      >>"$LOGS/stress.jsonl" 2>>"$LOGS/stress.log" || rc=1
+  done
+  "$PY" - "$LOGS/stress.jsonl" <<'EOF'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
+print("; ".join(f"{r['backend']}: {r['tensors']} tensors ({r['empty']} empty, {r['misaligned']} "
+                f"misaligned), {r['problems']} mismatches" for r in rows) or "no result")
+EOF
+  return $rc
+}
+
+part_sanitize() {
+  local backends=(cuda)
+  if [ "$DRY" = 1 ]; then
+    "$PY" scripts/sanitize_case.py --backend cpu --device cpu >"$LOGS/sanitize.log" 2>&1 \
+      || { echo "the case itself failed"; return 1; }
+    echo "dry: the case ran on the cpu backend without a sanitizer"
+    return 0
+  fi
+  local cs
+  cs=$(command -v compute-sanitizer || true)
+  for d in "${CUDA_HOME:-}" /usr/local/cuda; do
+    if [ -z "$cs" ] && [ -n "$d" ] && [ -x "$d/bin/compute-sanitizer" ]; then cs=$d/bin/compute-sanitizer; fi
+  done
+  if [ -z "$cs" ]; then
+    echo "compute-sanitizer not found: not run" | tee "$LOGS/sanitize.log"
+    return 0
+  fi
+  local tool notes=() rc=0 out
+  for tool in memcheck racecheck initcheck synccheck; do
+    local budget=$(( $(left) - 10 ))
+    if [ "$budget" -lt 30 ]; then notes+=("$tool: no time left"); continue; fi
+    [ "$budget" -gt 150 ] && budget=150
+    out=$LOGS/sanitize-$tool.log
+    # only fusedopt's kernels (namespace fusedopt::cuda) are checked: torch's are not ours and
+    # slow the tool down; a tool that rejects the filter runs unfiltered
+    timeout --kill-after=10 "$budget" "$cs" --tool "$tool" --error-exitcode 9 \
+      --kernel-name kns=fusedopt "$PY" scripts/sanitize_case.py --backend cuda >"$out" 2>&1
+    local r=$?
+    if [ $r -ne 0 ] && [ $r -ne 9 ] && [ $r -lt 124 ] && grep -qi "kernel-name\|unrecognized\|invalid" "$out"; then
+      timeout --kill-after=10 "$budget" "$cs" --tool "$tool" --error-exitcode 9 \
+        "$PY" scripts/sanitize_case.py --backend cuda >"$out" 2>&1
+      r=$?
+    fi
+    local summary
+    summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Device not supported" "$out" | tail -n 1)
+    case $r in
+      0) notes+=("$tool: ${summary:-clean}") ;;
+      9) notes+=("$tool: ERRORS ${summary}"); rc=1 ;;
+      124|137) notes+=("$tool: timed out after ${budget}s") ;;
+      *) notes+=("$tool: did not run (rc $r) ${summary}") ;;
+    esac
+    { echo "== $tool (rc $r)"; grep -v "^=========     " "$out" | head -n 60; } >>"$LOGS/sanitize.log"
+  done
+  (IFS=';'; echo "${notes[*]}")
+  return $rc
+}
+
+part_bench() {
+  local target rc=0
+  local list
+  list=$("$PY" scripts/gpu_targets.py --list $([ "$DRY" = 1 ] && echo --dry)) || return 1
+  while IFS='|' read -r target args; do
+    [ -n "$target" ] || continue
+    local budget=$(( $(left) - 5 ))
+    if [ "$budget" -lt 20 ]; then echo "$target: skipped, no time left" >&2; continue; fi
+    # shellcheck disable=SC2086
+    timeout --kill-after=10 "$budget" "$PY" -m fusedopt.bench $args \
+      --json "$WORK/results/bench/$target.json" --plot "$WORK/results/bench/$target.png" \
+      >>"$LOGS/bench.log" 2>&1 || { rc=1; echo "$target: failed" >&2; }
+  done <<<"$list"
+  "$PY" scripts/gpu_targets.py --report "$WORK/results/bench" >"$WORK/targets.md" || rc=1
+  echo "$(grep -c '| met |' "$WORK/targets.md") met, $(grep -c '| MISSED |' "$WORK/targets.md") missed, $(grep -c '| not measured |' "$WORK/targets.md") not measured (targets.md)"
+  return $rc
+}
+
+run_part build 150 part_build
+run_part tests 90 part_tests
+run_part stress 25 part_stress
+run_part bench 60 part_bench
+run_part sanitize 60 part_sanitize
+
+# ---- output: at most 8 files ------------------------------------------------------------------
+{
+  echo "# gpu_check $([ "$DRY" = 1 ] && echo '(dry run, CPU)') — $(( SECONDS - START ))s of a ${BUDGET}s budget"
+  echo
+  echo '```'
+  cat "$LOGS/environment.txt"
+  echo '```'
+  echo
+  echo "| part | status | seconds | note |"
+  echo "| --- | --- | --- | --- |"
+  cat "$SUMMARY"
+  for p in build tests stress sanitize bench; do
+    wants "$p" || echo "| $p | not asked for (--parts $PARTS) | 0 | |"
+  done
+  if [ -s "$LOGS/test_timeouts.log" ] && grep -q "Thread 0x\|Current thread" "$LOGS/test_timeouts.log"; then
+    echo
+    echo "A test ran past ${FUSEDOPT_TEST_TIMEOUT}s: logs/test_timeouts.log has its stack."
+  fi
+} >"$OUT/summary.md"
+[ -f "$LOGS/tests.log" ] && cp "$LOGS/tests.log" "$OUT/tests.log"
+[ -f "$LOGS/sanitize.log" ] && cp "$LOGS/sanitize.log" "$OUT/sanitize.log"
+[ -f "$WORK/targets.md" ] && cp "$WORK/targets.md" "$OUT/targets.md"
+cp "$OUT/summary.md" "$WORK/results/summary.md"
+tar -czf "$OUT/results.tar.gz" -C "$WORK" results
+cat "$OUT/summary.md"
+exit $STATUS
