@@ -31,7 +31,10 @@ def norm_kernel(blocks, meta, grads, partials, counter, out, num_blocks,
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
     acc = tl.zeros([BLOCK], ACC)
-    for i in range(pid, num_blocks, programs):
+    # a while loop, not range() over tensors: Triton 3.6's interpreter turns range() bounds into
+    # Python ints through a conversion numpy >= 2.5 refuses for its 1-element arrays
+    i = pid
+    while i < num_blocks:
         t, b = locate(blocks, i)
         g_address = tl.load(grads + t)
         if g_address != _NO_GRAD:          # grad None: contributes nothing
@@ -49,7 +52,9 @@ def norm_kernel(blocks, meta, grads, partials, counter, out, num_blocks,
                 acc = tl.maximum(acc, tl.abs(x), propagate_nan=tl.PropagateNan.ALL)
             else:
                 acc = acc + x * x
+        i += programs
     tl.store(partials + pid, _reduce(acc, INF))
+    tl.debug_barrier()      # the partial is stored before it is counted (Note [step in one launch])
     if tl.atomic_add(counter, 1) == programs - 1:
         idx = tl.arange(0, MAX_PROGRAMS)
         total = _reduce(tl.load(partials + idx, mask=idx < programs, other=0), INF)

@@ -22,14 +22,14 @@ META_COLS = 8                 # 64-byte rows; STATES..STATES+2 hold Adam's m, v,
 # Launch-size rule (not autotuned: autotuning would re-run an in-place update while timing it and
 # would change BLOCK, hence the block table, per device). One program moves BLOCK elements of
 # every stream. 2048 fp32 elements over 4 warps = 16 per thread = four 16-byte loads per stream
-# and thread (PTX of an sm_90 build: ld.global.v4.b32 on full blocks). ptxas gives fp32 AMSGrad,
-# the largest case, 155 registers and no spills, so 3 programs fit an SM (64 Ki registers):
-# 3 x 4 read streams x 8 KiB = 96 KiB of loads in flight per SM, above the ~15-22 KiB that
-# covers HBM latency (3.35-4.8 TB/s x ~600 ns / 132 SMs on H100/H200). fp64 halves BLOCK to keep
-# the bytes and registers per thread (128 registers); fp16/bf16 keep 2048 and compute in fp32
-# registers (146). The last block of a tensor idles < BLOCK lanes (masked lanes move no bytes):
-# for ResNet-50's 161 tensors, 25.6 M elements, at most 161 x 2047 = 1.3% of the lanes.
-# Unmeasured on a GPU so far: BLOCK 1024 (fewer registers, more programs per SM) may do better.
+# and thread (PTX of an sm_90 build: ld.global.v4.b32 on full blocks). ptxas (Triton 3.9, sm_90)
+# gives fp32 Adam 216 registers per thread and AMSGrad 255, so 2 programs fit an SM (64 Ki
+# registers / (216 x 128 threads)): 2 x 4 read streams x 8 KiB = 64 KiB of loads in flight per
+# SM, still above the ~15-22 KiB that covers HBM latency (3.35-4.8 TB/s x ~600 ns / 132 SMs on
+# H100/H200). fp64 halves BLOCK to keep the bytes and registers per thread; fp16/bf16 keep 2048
+# and compute in fp32 registers. The last block of a tensor idles < BLOCK lanes (masked lanes
+# move no bytes): for ResNet-50's 161 tensors, 25.6 M elements, at most 161 x 2047 = 1.3% of the
+# lanes. bench/triton_blocks.py measures BLOCK x warps on a GPU (scripts/gpu_check.sh runs it).
 NUM_WARPS = 4
 # Contract a*b+c into FMAs, as nvcc does by default (--fmad=true) for the cuda backend and torch's
 # CUDA kernels. Pinned: Triton 3.10 turns its default off (and 3.9 warns when it is unset).

@@ -235,6 +235,13 @@ part_bench() {
       --json "$WORK/results/bench/$target.json" --plot "$WORK/results/bench/$target.png" \
       >>"$LOGS/bench.log" 2>&1 || { rc=1; echo "$target: failed" >&2; }
   done <<<"$list"
+  # the Triton launch-size rule: block size x warps, with registers and programs per SM
+  local blocks_args=(--json "$WORK/results/bench/triton-blocks.json")
+  [ "$DRY" = 1 ] && blocks_args+=(--device cpu --numel 20k --tensors 4)
+  if [ "$(left)" -gt 40 ]; then
+    timeout --kill-after=10 $(( $(left) - 10 )) "$PY" bench/triton_blocks.py "${blocks_args[@]}" \
+      >>"$LOGS/bench.log" 2>&1 || { rc=1; echo "triton_blocks: failed" >&2; }
+  fi
   "$PY" scripts/gpu_targets.py --report "$WORK/results/bench" >"$WORK/targets.md" || rc=1
   echo "$(grep -c '| met |' "$WORK/targets.md") met, $(grep -c '| MISSED |' "$WORK/targets.md") missed, $(grep -c '| not measured |' "$WORK/targets.md") not measured (targets.md)"
   return $rc

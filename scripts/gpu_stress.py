@@ -95,6 +95,26 @@ def groups_of(params):
     return groups
 
 
+def triton_occupancy():
+    """Registers, spills and resident programs per SM of every Triton kernel compiled so far
+    (a GPU only: the interpreter compiles nothing)."""
+    if not torch.cuda.is_available():
+        return None
+    from fusedopt.kernels import adam_kernel, norm_kernel, sgd_kernel
+    props = torch.cuda.get_device_properties(0)
+    regs_per_sm = getattr(props, "regs_per_multiprocessor", 65536)
+    out = []
+    for jit in (adam_kernel, sgd_kernel, norm_kernel):
+        for compiled in jit.device_caches[torch.cuda.current_device()][0].values():
+            compiled._init_handles()
+            threads = compiled.metadata.num_warps * 32
+            out.append(dict(kernel=jit.fn.__name__, regs=compiled.n_regs,
+                            spills=compiled.n_spills, warps=compiled.metadata.num_warps,
+                            programs_per_sm=min(regs_per_sm // max(1, compiled.n_regs * threads),
+                                                2048 // threads)))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", required=True)
@@ -155,6 +175,7 @@ def main():
                 problems.append(f"param {i}: step {got}, torch {int(t['step'].item())}, "
                                 f"expected {expected_steps[i]}")
     report = dict(backend=args.backend, device=str(device), dtype=args.dtype,
+                  occupancy=triton_occupancy() if args.backend == "triton" else None,
                   tensors=len(numels), numel=sum(numels), empty=numels.count(0),
                   misaligned=len(misaligned), steps=args.steps, skipped_step=skipped_step,
                   seconds=round(seconds, 3), problems=len(problems), first=problems[:10],

@@ -115,6 +115,15 @@ def report(folder):
                              + (f", {launches} launches" if launches is not None else ""))
             else:
                 lines.append(f"- {r.get('impl')}: {r.get('status')} ({r.get('reason')})")
+    path = os.path.join(folder, "triton-blocks.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            blocks = json.load(f)
+        lines += ["", f"Triton AdamW launch sizes ({blocks['numel']:,} fp32 params, {blocks['device']}):"]
+        for v in blocks["variants"]:
+            lines.append(f"- BLOCK {v['block']}, {v['warps']} warps{' (current)' if v['default'] else ''}: "
+                         f"{v['median_ms']} ms, {v['gbps']} GB/s, {v['regs']} registers, "
+                         f"{v['spills']} spills, {v['programs_per_sm']} programs/SM")
     return "\n".join(lines)
 
 
