@@ -16,7 +16,7 @@ import fusedopt
 from fusedopt.bench.cli import _count
 from fusedopt.kernels import adam_kernel, table
 
-VARIANTS = [(1024, 4), (2048, 4), (2048, 8), (4096, 4), (4096, 8)]
+VARIANTS = [(512, 2), (512, 4), (1024, 2), (1024, 4), (1024, 8), (2048, 4), (2048, 8)]
 
 
 def time_steps(opt, device, steps):

@@ -85,9 +85,10 @@ const double* hp_ptr(const at::Tensor& hp, const at::Device& device, int32_t max
 class Staging {
  public:
   // Strides every array of a param is walked in: the param's own when dense, else contiguous.
-  static std::vector<int64_t> layout_of(const at::Tensor& p) {
-    if (p.is_non_overlapping_and_dense()) return p.strides().vec();
-    std::vector<int64_t> strides(p.dim());
+  // A DimVector: no heap allocation for up to 5 dimensions (this runs per tensor and step).
+  static at::DimVector layout_of(const at::Tensor& p) {
+    if (p.is_non_overlapping_and_dense()) return at::DimVector(p.strides());
+    at::DimVector strides(p.dim());
     int64_t stride = 1;
     for (int64_t d = p.dim() - 1; d >= 0; --d) {
       strides[d] = stride;
@@ -96,8 +97,8 @@ class Staging {
     return strides;
   }
 
-  void* flat(const at::Tensor& t, const std::vector<int64_t>& strides, bool written) {
-    if (t.is_non_overlapping_and_dense() && t.strides().vec() == strides) return t.data_ptr();
+  void* flat(const at::Tensor& t, at::IntArrayRef strides, bool written) {
+    if (t.is_non_overlapping_and_dense() && t.strides() == strides) return t.data_ptr();
     at::Tensor tmp = at::empty_strided(t.sizes(), strides, t.options());
     tmp.copy_(t);
     if (written) write_back_.emplace_back(t, tmp);
@@ -201,7 +202,7 @@ std::vector<fc::TensorMeta> build_update(const Bucket& b, size_t algo_states, bo
     const at::Tensor& p = b.params[i];
     const at::Tensor& g = p.grad();
     if (!g.defined()) continue;
-    const std::vector<int64_t> strides = Staging::layout_of(p);
+    const at::DimVector strides = Staging::layout_of(p);
     fc::TensorMeta m{};
     m.ptr[fc::kGrad] = staging.flat(g, strides, false);
     m.ptr[fc::kParam] = staging.flat(p, strides, true);

@@ -21,15 +21,17 @@ META_COLS = 8                 # 64-byte rows; STATES..STATES+2 hold Adam's m, v,
 
 # Launch-size rule (not autotuned: autotuning would re-run an in-place update while timing it and
 # would change BLOCK, hence the block table, per device). One program moves BLOCK elements of
-# every stream. 2048 fp32 elements over 4 warps = 16 per thread = four 16-byte loads per stream
-# and thread (PTX of an sm_90 build: ld.global.v4.b32 on full blocks). ptxas (Triton 3.9, sm_90)
-# gives fp32 Adam 216 registers per thread and AMSGrad 255, so 2 programs fit an SM (64 Ki
-# registers / (216 x 128 threads)): 2 x 4 read streams x 8 KiB = 64 KiB of loads in flight per
-# SM, still above the ~15-22 KiB that covers HBM latency (3.35-4.8 TB/s x ~600 ns / 132 SMs on
-# H100/H200). fp64 halves BLOCK to keep the bytes and registers per thread; fp16/bf16 keep 2048
-# and compute in fp32 registers. The last block of a tensor idles < BLOCK lanes (masked lanes
-# move no bytes): for ResNet-50's 161 tensors, 25.6 M elements, at most 161 x 2047 = 1.3% of the
-# lanes. bench/triton_blocks.py measures BLOCK x warps on a GPU (scripts/gpu_check.sh runs it).
+# every stream: 1024 fp32 elements over 4 warps = 8 per thread = two 16-byte loads per stream and
+# thread (PTX of an sm_90 build: ld.global.v4.b32 on full blocks). Measured on an H200
+# (bench/triton_blocks.py, fp32 AdamW, 500M params in 100 tensors, Triton 3.6, 2026-11-27):
+#   BLOCK 1024, 4 warps: 4.84 ms, 128 registers, 4 programs/SM   <- the rule
+#   BLOCK 2048, 4 warps: 6.00 ms, 242 registers, 2 programs/SM   (the rule before)
+#   BLOCK 2048, 8 warps: 5.41 ms, 128 registers, 2 programs/SM
+#   BLOCK 4096, 4 warps: 4.85 ms, 255 registers + 104 B spilled
+# Registers grow with elements per thread, and 2 programs of 4 warps per SM left too few loads in
+# flight. fp64 halves BLOCK to keep the bytes and registers per thread; fp16/bf16 keep 1024 and
+# compute in fp32 registers. The last block of a tensor idles < BLOCK lanes (masked lanes move no
+# bytes): for ResNet-50's 161 tensors, 25.6 M elements, at most 161 x 1023 = 0.6% of the lanes.
 NUM_WARPS = 4
 # Contract a*b+c into FMAs, as nvcc does by default (--fmad=true) for the cuda backend and torch's
 # CUDA kernels. Pinned: Triton 3.10 turns its default off (and 3.9 warns when it is unset).
@@ -37,7 +39,7 @@ FP_FUSION = True
 
 
 def block_size(dtype):
-    return 1024 if dtype == torch.float64 else 2048
+    return 512 if dtype == torch.float64 else 1024
 
 
 def triton_dtype(dtype):

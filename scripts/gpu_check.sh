@@ -3,18 +3,21 @@
 #   build     the extension with its CUDA kernels, against this machine's torch, no network;
 #             fails if the CUDA kernels are missing from it
 #   tests     every GPU test file, each test under a timeout (tests/conftest.py)
+#   bench     the benchmarks behind the GPU targets (scripts/gpu_targets.py lists them) and the
+#             Triton launch-size sweep (bench/triton_blocks.py), JSON + PNG, targets met or missed
+#   diag      scripts/gpu_diag.py: where a step's host time goes; bad input raises, not crashes
 #   stress    scripts/gpu_stress.py: 1200 tensors of random sizes, empty and misaligned ones,
 #             a found_inf step, against torch's fused AdamW, for the cuda and triton backends
-#   sanitize  scripts/sanitize_case.py under compute-sanitizer memcheck, racecheck, initcheck
-#             and synccheck (a one-line note where the tool is missing or refuses the device)
-#   bench     the benchmarks behind the GPU targets (scripts/gpu_targets.py lists them),
-#             JSON + PNG, and the targets met or missed
+#   sanitize  scripts/sanitize_case.py under compute-sanitizer (SANITIZE_TOOLS, default memcheck
+#             racecheck initcheck synccheck; a one-line note where the tool is missing or refuses)
 # Parts run in that order against one time budget (GPU_CHECK_BUDGET seconds, default 420: under
 # 8 minutes with the machine's start); a part that would not fit in what is left is skipped and
-# the summary says so. OUTDIR gets at most 8 files: summary.md first (each part's status and
-# time), tests.log, sanitize.log, targets.md and results.tar.gz (every log, JSON and PNG).
+# the summary says so. Measured on an H200 (run of 2026-11-27): build 50 s, tests 75 s, bench
+# 80 s, stress 25 s, memcheck + racecheck 20 s, initcheck over 100 s. OUTDIR gets at most 8
+# files: summary.md first (each part's status and time), tests.log (with each failure as it
+# happened), sanitize.log, targets.md and results.tar.gz (every log, JSON and PNG).
 #
-# usage: scripts/gpu_check.sh [--dry] [--parts build,tests,stress,sanitize,bench] [OUTDIR]
+# usage: scripts/gpu_check.sh [--dry] [--parts build,tests,bench,diag,stress,sanitize] [OUTDIR]
 #   --dry  the same flow on a CPU machine (cpu backend, Triton's interpreter, tiny sizes): CI
 #          runs it to check this script. Default OUTDIR: ./gpu_check_out.
 set -uo pipefail
@@ -23,14 +26,14 @@ ROOT=$PWD
 PY=${PYTHON:-python3}
 
 DRY=0
-PARTS=build,tests,stress,sanitize,bench
+PARTS=build,tests,bench,diag,stress,sanitize
 OUT=
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry) DRY=1 ;;
     --parts) PARTS=$2; shift ;;
     --parts=*) PARTS=${1#--parts=} ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     -*) echo "gpu_check: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) OUT=$1 ;;
   esac
@@ -57,7 +60,7 @@ else
   DEVICE=cuda
   export FUSEDOPT_TEST_TIMEOUT=${FUSEDOPT_TEST_TIMEOUT:-90}
 fi
-export FUSEDOPT_TEST_TIMEOUT_LOG=$LOGS/test_timeouts.log
+export FUSEDOPT_TEST_TIMEOUT_LOG=$LOGS/tests_live.log
 
 left() { echo $((BUDGET - (SECONDS - START))); }
 wants() { case ",$PARTS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
@@ -193,7 +196,7 @@ part_sanitize() {
     return 0
   fi
   local tool notes=() rc=0 out
-  for tool in memcheck racecheck initcheck synccheck; do
+  for tool in ${SANITIZE_TOOLS:-memcheck racecheck initcheck synccheck}; do
     local budget=$(( $(left) - 10 ))
     if [ "$budget" -lt 30 ]; then notes+=("$tool: no time left"); continue; fi
     [ "$budget" -gt 150 ] && budget=150
@@ -220,6 +223,17 @@ part_sanitize() {
   done
   (IFS=';'; echo "${notes[*]}")
   return $rc
+}
+
+part_diag() {
+  local args=()
+  [ "$DRY" = 1 ] && args=(--device cpu)
+  timeout --kill-after=10 120 "$PY" scripts/gpu_diag.py "${args[@]}" >"$LOGS/diag.log" 2>&1 \
+    || { echo "failed: see logs/diag.log"; return 1; }
+  local crashes
+  crashes=$(grep -c "CRASHED" "$LOGS/diag.log" || true)
+  echo "$crashes crashes on bad input; host times in logs/diag.log"
+  [ "$crashes" = 0 ]
 }
 
 part_bench() {
@@ -249,8 +263,9 @@ part_bench() {
 
 run_part build 150 part_build
 run_part tests 90 part_tests
-run_part stress 25 part_stress
 run_part bench 60 part_bench
+run_part diag 20 part_diag
+run_part stress 25 part_stress
 run_part sanitize 60 part_sanitize
 
 # ---- output: at most 8 files ------------------------------------------------------------------
@@ -264,15 +279,15 @@ run_part sanitize 60 part_sanitize
   echo "| part | status | seconds | note |"
   echo "| --- | --- | --- | --- |"
   cat "$SUMMARY"
-  for p in build tests stress sanitize bench; do
+  for p in build tests bench diag stress sanitize; do
     wants "$p" || echo "| $p | not asked for (--parts $PARTS) | 0 | |"
   done
-  if [ -s "$LOGS/test_timeouts.log" ] && grep -q "Thread 0x\|Current thread" "$LOGS/test_timeouts.log"; then
+  if [ -s "$LOGS/tests_live.log" ] && grep -q "Thread 0x\|Current thread" "$LOGS/tests_live.log"; then
     echo
-    echo "A test ran past ${FUSEDOPT_TEST_TIMEOUT}s: logs/test_timeouts.log has its stack."
+    echo "A test crashed or ran past ${FUSEDOPT_TEST_TIMEOUT}s: logs/tests_live.log has its stack."
   fi
 } >"$OUT/summary.md"
-[ -f "$LOGS/tests.log" ] && cp "$LOGS/tests.log" "$OUT/tests.log"
+[ -f "$LOGS/tests.log" ] && cat "$LOGS/tests.log" "$LOGS/tests_live.log" >"$OUT/tests.log" 2>/dev/null
 [ -f "$LOGS/sanitize.log" ] && cp "$LOGS/sanitize.log" "$OUT/sanitize.log"
 [ -f "$WORK/targets.md" ] && cp "$WORK/targets.md" "$OUT/targets.md"
 cp "$OUT/summary.md" "$WORK/results/summary.md"

@@ -26,7 +26,8 @@ def pytest_report_header(config):
 # process, so a hung kernel costs S seconds of a GPU lease, not all of it. faulthandler's watchdog
 # thread fires even while the main thread waits inside a CUDA call, where a Python signal handler
 # would never run (and pytest-timeout is not on every machine). A file, because pytest's capture
-# owns file descriptor 2 while a test runs.
+# owns file descriptor 2 while a test runs. Failures go into the same file as they happen, so a
+# crash later in the process (a segfault ends it before pytest's summary) loses none of them.
 _TIMEOUT = float(os.environ.get("FUSEDOPT_TEST_TIMEOUT", "0") or 0)
 _TIMEOUT_LOG = []
 
@@ -48,3 +49,10 @@ def pytest_runtest_protocol(item, nextitem):
     finally:
         if _TIMEOUT > 0:
             faulthandler.cancel_dump_traceback_later()
+
+
+def pytest_runtest_logreport(report):
+    if _TIMEOUT > 0 and _TIMEOUT_LOG and report.failed:
+        _TIMEOUT_LOG[0].write(f"FAILED {report.nodeid} ({report.when}):\n"
+                              f"{report.longreprtext[-4000:]}\n")
+        _TIMEOUT_LOG[0].flush()

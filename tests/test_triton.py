@@ -30,7 +30,7 @@ if AVAILABLE:
 else:
     DEVICE, ORACLES = torch.device("cpu"), ["reference"]
 
-# fp32 blocks are 2048 elements, fp64 ones 1024: (2049,) spans 2 resp. 3 blocks with a ragged
+# fp32 blocks are 1024 elements, fp64 ones 512: (2049,) spans 3 resp. 5 blocks with a ragged
 # tail; (0,) still counts a step; (12, 10) is a transposed (non-contiguous, dense) view.
 SHAPES = [(0,), (1,), (2049,), (7,), (3, 5), (12, 10)]
 NONCONTIGUOUS = (5,)

@@ -1,0 +1,123 @@
+"""Diagnostics of scripts/gpu_check.sh that no test asserts: where a CUDA step's host time goes,
+and whether errors raised inside fusedopt._C reach Python as exceptions.
+
+1. Host time of one step (no device sync inside the timed span), per tensor count: the whole
+   ``opt.step()``, the bare extension call, and the cpu backend on CPU tensors of the same
+   counts on the same host (its C++ glue checks the same things per tensor), with torch's fused
+   AdamW for scale; then torch.profiler's CPU ops of the CUDA step.
+2. Bad input to fusedopt._C, each in a subprocess: a Bucket whose state dtype differs from its
+   params (CPU and CUDA tensors), and a step with a malformed hyper-parameter table. Each must
+   raise, not crash.
+Prints plain text (the log is read by a person).
+
+usage: python scripts/gpu_diag.py [--device cuda]
+"""
+import argparse
+import subprocess
+import sys
+import time
+
+import torch
+
+import fusedopt
+
+BAD_INPUT = {
+    "Bucket: float32 state beside float16 params (CPU)": """
+import torch; from fusedopt import _C
+low = [torch.zeros(5, dtype=torch.float16) for _ in range(2)]
+_C.Bucket(low, [[p.float() for p in low]], [torch.zeros(()) for _ in low], [0, 0], [])""",
+    "Bucket: float32 state beside float16 params (CUDA)": """
+import torch; from fusedopt import _C
+low = [torch.zeros(5, dtype=torch.float16, device='cuda') for _ in range(2)]
+_C.Bucket(low, [[p.float() for p in low]], [torch.zeros((), device='cuda') for _ in low], [0, 0], [])""",
+    "cuda_adam_step: hp of the wrong dtype": """
+import torch; from fusedopt import _C
+p = [torch.nn.Parameter(torch.zeros(5, device='cuda'))]; p[0].grad = torch.ones(5, device='cuda')
+b = _C.Bucket(p, [[torch.zeros(5, device='cuda')], [torch.zeros(5, device='cuda')]],
+              [torch.zeros((), device='cuda')], [0], [])
+_C.cuda_adam_step(b, torch.zeros(1, 5, device='cuda'), False, False, True, None, None, None)""",
+}
+
+
+def host_us(fn, rounds=50, sync=None):
+    fn()
+    times = []
+    for _ in range(rounds):
+        if sync:
+            sync()
+        t0 = time.perf_counter_ns()
+        fn()
+        times.append((time.perf_counter_ns() - t0) / 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def make(n, device, per_param, backend):
+    params = [torch.nn.Parameter(torch.zeros(16, device=device)) for _ in range(n)]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    groups = ([{"params": [p], "lr": 1e-3 * (1 + i % 7)} for i, p in enumerate(params)]
+              if per_param else [{"params": params}])
+    if backend == "torch-fused":
+        return torch.optim.AdamW(groups, fused=True)
+    return fusedopt.FusedAdamW(groups, backend=backend)
+
+
+def host_times(device):
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    print("host time of one AdamW step, median us (16-element tensors, grads set)")
+    for n in (100, 465, 1000):
+        for per_param in (False, True):
+            row = [f"  {n:5d} tensors, {'per-param groups' if per_param else '1 group':16s}"]
+            opt = make(n, device, per_param, "cuda")
+            row.append(f"cuda step {host_us(opt.step, sync=sync):8.1f}")
+            b = opt._buckets[0]
+            hp = opt._tables[b.spec.device]
+            ext = b.backend._extension()
+            call = lambda: ext.cuda_adam_step(b.handle, hp, False, False, True, None, None, None)
+            row.append(f"bare cuda_adam_step {host_us(call, sync=sync):8.1f}")
+            cpu = make(n, torch.device("cpu"), per_param, "cpu")
+            row.append(f"cpu backend step {host_us(cpu.step):8.1f}")
+            fused = make(n, device, per_param, "torch-fused")
+            row.append(f"torch fused {host_us(fused.step, rounds=10, sync=sync):8.1f}")
+            print(", ".join(row), flush=True)
+    opt = make(465, device, True, "cuda")
+    opt.step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(20):
+            opt.step()
+    print("torch.profiler, 20 steps of 465 per-param groups (CPU ops):")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+def bad_input():
+    print("bad input to fusedopt._C (each in a subprocess):")
+    for what, code in BAD_INPUT.items():
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=120)
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1][:200]
+        verdict = ("raised" if done.returncode == 1 and "Error" in last
+                   else f"CRASHED (exit {done.returncode})")
+        print(f"  {what}: {verdict}: {last}", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda")
+    args = ap.parse_args()
+    import torch.utils.cpp_extension as ce
+    print(f"torch {torch.__version__}, pybind11 ABI {getattr(torch._C, '_PYBIND11_BUILD_ABI', '?')}"
+          f", compiler type {getattr(torch._C, '_PYBIND11_COMPILER_TYPE', '?')}, "
+          f"CUDA_HOME {ce.CUDA_HOME}")
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        host_times(device)
+        bad_input()
+    else:
+        print("dry: no CUDA device; the CUDA host-time and bad-input checks need one")
+        opt = make(100, device, True, "cpu")
+        print(f"cpu backend, 100 per-param groups: {host_us(opt.step):.1f} us")
+
+
+if __name__ == "__main__":
+    main()
