@@ -95,7 +95,7 @@ run_part() {
 # ---- environment ------------------------------------------------------------------------------
 {
   date -u +"%Y-%m-%d %H:%M UTC"
-  echo "git: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo ' (dirty)')"
+  echo "git: ${FUSEDOPT_GIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo ' (dirty)')}"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version \
     --format=csv,noheader
   "$PY" - <<'EOF'

@@ -58,7 +58,12 @@ def _slug(text):
 
 
 def git_info():
-    """Revision of the checkout fusedopt was imported from (None outside a git checkout)."""
+    """Revision of the checkout fusedopt was imported from (None outside a git checkout).
+    FUSEDOPT_GIT_COMMIT names it where the tree was copied without its history (a GPU lease
+    receives the working tree, whose .git may be stale)."""
+    if os.environ.get("FUSEDOPT_GIT_COMMIT"):
+        commit = os.environ["FUSEDOPT_GIT_COMMIT"]
+        return {"commit": commit, "dirty": False, "describe": commit[:12]}
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
     def git(*args):
