@@ -23,6 +23,7 @@ EXAMPLES = """examples:
   fusedopt-bench --numel 16000 --tensors 1000 --groups per-param --steps 200
   fusedopt-bench --preset vit-b16 --sweep groups
   fusedopt-bench --tensors 100 --sweep numel --optimizer sgd
+  fusedopt-bench e2e --help                        # a video model trained end to end (issue 14)
 """
 
 
@@ -254,6 +255,11 @@ def show(data):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["e2e"]:          # fusedopt-bench e2e ...: a training run (fusedopt/bench/e2e.py)
+        from fusedopt.bench import e2e
+        e2e.main(argv[1:])
+        return
     parser = build_parser()
     args = resolve(parser.parse_args(argv), parser)
     data = run(args)
