@@ -5,6 +5,8 @@
 #   tests     every GPU test file, each test under a timeout (tests/conftest.py)
 #   bench     the benchmarks behind the GPU targets (scripts/gpu_targets.py lists them) and the
 #             Triton launch-size sweep (bench/triton_blocks.py), JSON + PNG, targets met or missed
+#   lowprec   scripts/gpu_lowprec.py: fp16/bf16 error against fp64 vs torch fused's, 200 steps;
+#             GradScaler with injected inf/nan and skip_nonfinite leave everything bitwise as is
 #   diag      scripts/gpu_diag.py: where a step's host time goes; bad input raises, not crashes
 #   stress    scripts/gpu_stress.py: 1200 tensors of random sizes, empty and misaligned ones,
 #             a found_inf step, against torch's fused AdamW, for the cuda and triton backends
@@ -15,9 +17,9 @@
 # the summary says so. Measured on an H200 (run of 2026-11-27): build 50 s, tests 75 s, bench
 # 80 s, stress 25 s, memcheck + racecheck 20 s, initcheck over 100 s. OUTDIR gets at most 8
 # files: summary.md first (each part's status and time), tests.log (with each failure as it
-# happened), sanitize.log, targets.md and results.tar.gz (every log, JSON and PNG).
+# happened), sanitize.log, targets.md, lowprec.md and results.tar.gz (every log, JSON and PNG).
 #
-# usage: scripts/gpu_check.sh [--dry] [--parts build,tests,bench,diag,stress,sanitize] [OUTDIR]
+# usage: scripts/gpu_check.sh [--dry] [--parts build,tests,bench,lowprec,diag,stress,sanitize] [OUTDIR]
 #   --dry  the same flow on a CPU machine (cpu backend, Triton's interpreter, tiny sizes): CI
 #          runs it to check this script. Default OUTDIR: ./gpu_check_out.
 set -uo pipefail
@@ -26,14 +28,14 @@ ROOT=$PWD
 PY=${PYTHON:-python3}
 
 DRY=0
-PARTS=build,tests,bench,diag,stress,sanitize
+PARTS=build,tests,bench,lowprec,diag,stress,sanitize
 OUT=
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry) DRY=1 ;;
     --parts) PARTS=$2; shift ;;
     --parts=*) PARTS=${1#--parts=} ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     -*) echo "gpu_check: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) OUT=$1 ;;
   esac
@@ -225,6 +227,16 @@ part_sanitize() {
   return $rc
 }
 
+part_lowprec() {
+  local args=(--backends cuda,triton --device cuda --steps 200)
+  [ "$DRY" = 1 ] && args=(--backends cpu,triton --device cpu --steps 20 --small)
+  timeout --kill-after=10 $(( $(left) - 5 )) "$PY" scripts/gpu_lowprec.py "${args[@]}" \
+    >"$WORK/lowprec.md" 2>>"$LOGS/lowprec.log"
+  local rc=$?
+  echo "$(grep -c '| yes |\|| pass |' "$WORK/lowprec.md") checks pass, $(grep -c '| NO |\|| FAIL |' "$WORK/lowprec.md") fail (lowprec.md)"
+  return $rc
+}
+
 part_diag() {
   local args=()
   [ "$DRY" = 1 ] && args=(--device cpu)
@@ -264,6 +276,7 @@ part_bench() {
 run_part build 150 part_build
 run_part tests 90 part_tests
 run_part bench 60 part_bench
+run_part lowprec 40 part_lowprec
 run_part diag 20 part_diag
 run_part stress 25 part_stress
 run_part sanitize 60 part_sanitize
@@ -279,7 +292,7 @@ run_part sanitize 60 part_sanitize
   echo "| part | status | seconds | note |"
   echo "| --- | --- | --- | --- |"
   cat "$SUMMARY"
-  for p in build tests bench diag stress sanitize; do
+  for p in build tests bench lowprec diag stress sanitize; do
     wants "$p" || echo "| $p | not asked for (--parts $PARTS) | 0 | |"
   done
   if [ -s "$LOGS/tests_live.log" ] && grep -q "Thread 0x\|Current thread" "$LOGS/tests_live.log"; then
@@ -290,6 +303,7 @@ run_part sanitize 60 part_sanitize
 [ -f "$LOGS/tests.log" ] && cat "$LOGS/tests.log" "$LOGS/tests_live.log" >"$OUT/tests.log" 2>/dev/null
 [ -f "$LOGS/sanitize.log" ] && cp "$LOGS/sanitize.log" "$OUT/sanitize.log"
 [ -f "$WORK/targets.md" ] && cp "$WORK/targets.md" "$OUT/targets.md"
+[ -f "$WORK/lowprec.md" ] && cp "$WORK/lowprec.md" "$OUT/lowprec.md"
 cp "$OUT/summary.md" "$WORK/results/summary.md"
 tar -czf "$OUT/results.tar.gz" -C "$WORK" results
 cat "$OUT/summary.md"
