@@ -240,7 +240,7 @@ part_lowprec() {
 part_diag() {
   local args=()
   [ "$DRY" = 1 ] && args=(--device cpu)
-  timeout --kill-after=10 120 "$PY" scripts/gpu_diag.py "${args[@]}" >"$LOGS/diag.log" 2>&1 \
+  timeout --kill-after=10 240 "$PY" scripts/gpu_diag.py "${args[@]}" >"$LOGS/diag.log" 2>&1 \
     || { echo "failed: see logs/diag.log"; return 1; }
   local crashes
   crashes=$(grep -c "CRASHED" "$LOGS/diag.log" || true)
@@ -277,7 +277,7 @@ run_part build 150 part_build
 run_part tests 90 part_tests
 run_part bench 60 part_bench
 run_part lowprec 40 part_lowprec
-run_part diag 20 part_diag
+run_part diag 60 part_diag
 run_part stress 25 part_stress
 run_part sanitize 60 part_sanitize
 

@@ -7,7 +7,8 @@ and whether errors raised inside fusedopt._C reach Python as exceptions.
    AdamW for scale; then torch.profiler's CPU ops of the CUDA step.
 2. Bad input to fusedopt._C, each in a subprocess: a Bucket whose state dtype differs from its
    params (CPU and CUDA tensors), and a step with a malformed hyper-parameter table. Each must
-   raise, not crash.
+   raise, not crash. On a GPU, a minimal load_inline extension then throws the same two kinds
+   of exception, to tell a crash of every extension built there from one of fusedopt._C alone.
 Prints plain text (the log is read by a person).
 
 usage: python scripts/gpu_diag.py [--device cuda]
@@ -90,6 +91,20 @@ def host_times(device):
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
+MINIMAL_THROW = r'''
+import torch.utils.cpp_extension as ce
+src = """
+#include <torch/extension.h>
+#include <stdexcept>
+void torch_check() { TORCH_CHECK(false, "a TORCH_CHECK from a minimal extension"); }
+void std_throw() { throw std::runtime_error("a std::runtime_error from a minimal extension"); }
+"""
+m = ce.load_inline("fusedopt_diag_throw", cpp_sources=[src],
+                   functions=["torch_check", "std_throw"], verbose=False)
+getattr(m, WHICH)()
+'''
+
+
 def bad_input(cuda):
     print("bad input to fusedopt._C (each in a subprocess):")
     for what, code in BAD_INPUT.items():
@@ -101,6 +116,15 @@ def bad_input(cuda):
         verdict = ("raised" if done.returncode == 1 and "Error" in last
                    else f"CRASHED (exit {done.returncode})")
         print(f"  {what}: {verdict}: {last}", flush=True)
+    if cuda:   # which layer crashes: any extension built there, or only fusedopt._C
+        for which in ("std_throw", "torch_check"):
+            code = MINIMAL_THROW.replace("WHICH", repr(which))
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                  timeout=300)
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1][:200]
+            verdict = ("raised" if done.returncode == 1 and "Error" in last
+                       else f"crashed (exit {done.returncode}; not counted)")
+            print(f"  a minimal load_inline extension, {which}: {verdict}: {last}", flush=True)
 
 
 def build_environment():
