@@ -266,8 +266,9 @@ def specialise(kernel, args, kwargs, target):
 
 @needs_triton
 def test_one_launch_per_bucket_and_no_recompilation(monkeypatch):
-    """Shapes, lrs, group counts and table re-allocations are table contents: after warm-up, one
-    launch per bucket and no new kernel. Counted as the keys Triton's JIT caches kernels under,
+    """Shapes, lrs, weight decays, clip thresholds, group counts and table re-allocations are
+    table contents: after warm-up, one launch per bucket and no new kernel over 100 steps (12
+    under the interpreter) that change lr, weight decay and the clip threshold. Counted as the keys Triton's JIT caches kernels under,
     computed by Triton's own binder from the arguments of each launch: for the current GPU, or
     under the interpreter (which has no cache) for an sm_90 target."""
     import triton
@@ -285,9 +286,10 @@ def test_one_launch_per_bucket_and_no_recompilation(monkeypatch):
         opt = FUSED["AdamW"](split_groups(params, groups), backend="triton", weight_decay=0.1)
         for step in range(steps):
             set_grads([params], step, none_every=0)
-            opt.clip_grad_norm_(1.0)
+            opt.clip_grad_norm_(0.5 + step % 3)                # clip threshold changes
             if step:
-                opt.param_groups[0]["lr"] *= 0.5               # a scheduler's write
+                opt.param_groups[0]["lr"] *= 0.95              # a scheduler's write
+                opt.param_groups[-1]["weight_decay"] = 0.1 * (step % 2)   # on and off
             opt.step()
         return opt
 
@@ -300,8 +302,9 @@ def test_one_launch_per_bucket_and_no_recompilation(monkeypatch):
     warm, warm_cache = keys(), compiled()
     assert len(warm) == 2, warm                               # AdamW update + 2-norm
     launches.clear()
-    opt = run([(2049,), (1,), (0,), (17, 3), (700,)], [{}, {"lr": 0.1}, {"lr": 0.2}], 3)
-    assert len(launches) == 3 * 2, "one update and one norm launch per step and bucket"
+    steps = 100 if DEVICE.type == "cuda" else 12
+    opt = run([(2049,), (1,), (0,), (17, 3), (700,)], [{}, {"lr": 0.1}, {"lr": 0.2}], steps)
+    assert len(launches) == steps * 2, "one update and one norm launch per step and bucket"
     opt.add_param_group({"params": on_device(make_params([(33,)])), "lr": 1e-4})
     set_grads([[p for g in opt.param_groups for p in g["params"]]], 9, none_every=0)
     opt.clip_grad_norm_(1.0)          # a step without it is another flag (clip_coef None)
