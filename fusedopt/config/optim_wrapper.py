@@ -157,9 +157,9 @@ class OptimWrapper(BaseOptimWrapper):
         if clip_grad is not None:
             if not isinstance(clip_grad, dict) or not clip_grad:
                 raise ConfigValueError(
-                    "optim_wrapper.clip_grad: if `clip_grad` is not None, it should be a `dict` "
-                    "which is the arguments of `torch.nn.utils.clip_grad_norm_` or "
-                    f"clip_grad_value_`, but got {clip_grad!r}")
+                    "If `clip_grad` is not None, it should be a `dict` which is the arguments of "
+                    "`torch.nn.utils.clip_grad_norm_` or clip_grad_value_` "
+                    f"(optim_wrapper.clip_grad), but got {clip_grad!r}")
             clip_grad = dict(clip_grad)          # mmengine pops from the caller's dict; we copy
             clip_type = clip_grad.pop("type", "norm")
             if clip_type == "norm":
@@ -175,9 +175,9 @@ class OptimWrapper(BaseOptimWrapper):
                                  f"{clip_type} (optim_wrapper.clip_grad.type)")
             if not clip_grad:
                 raise ConfigValueError(
-                    "optim_wrapper.clip_grad: `clip_grad` should contain other arguments besides "
-                    "`type`. The arguments should match with the "
-                    "`torch.nn.utils.clip_grad_norm_` or clip_grad_value_`")
+                    "`clip_grad` should contain other arguments besides `type`. The arguments "
+                    "should match with the `torch.nn.utils.clip_grad_norm_` or clip_grad_value_` "
+                    "(optim_wrapper.clip_grad)")
             for k in clip_grad:
                 if k not in keys:
                     raise ConfigTypeError(f"optim_wrapper.clip_grad got an unexpected key {k!r} "

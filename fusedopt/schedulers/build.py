@@ -37,6 +37,7 @@ def build_param_scheduler(optim_wrapper, cfg, epoch_length=None):
     ParamSchedulerHook). Unlike mmengine's runner there is no train loop here, so a missing
     ``end`` stays "forever" (set it in the config).
     """
+    from fusedopt.config.errors import ConfigValueError
     from fusedopt.schedulers.base import ParamScheduler
     cfgs = [cfg] if isinstance(cfg, Mapping) or not isinstance(cfg, Sequence) else list(cfg)
     built = []
@@ -53,8 +54,8 @@ def build_param_scheduler(optim_wrapper, cfg, epoch_length=None):
         args.setdefault("optimizer", optim_wrapper)
         if args.pop("convert_to_iter_based", False):
             if epoch_length is None or not args.get("by_epoch", True):
-                raise AssertionError("Only epoch-based parameter scheduler can be converted to "
-                                     "iter-based, and `epoch_length` should be set")
+                raise ConfigValueError("Only epoch-based parameter scheduler can be converted to "
+                                       "iter-based, and `epoch_length` should be set")
             if not hasattr(cls, "build_iter_from_epoch"):
                 raise TypeError(f"{cls.__name__} cannot be converted to iter-based")
             built.append(cls.build_iter_from_epoch(epoch_length=epoch_length, **args))
