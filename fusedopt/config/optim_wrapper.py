@@ -33,8 +33,6 @@ from torch.optim import Optimizer
 from fusedopt.config.errors import ConfigTypeError, ConfigValueError
 from fusedopt.config.registry import OPTIM_WRAPPERS
 
-logger = logging.getLogger("fusedopt.config")
-
 _CLIP_NORM_KEYS = ("max_norm", "norm_type", "error_if_nonfinite", "foreach")
 _CLIP_VALUE_KEYS = ("clip_value", "foreach")
 
@@ -59,6 +57,9 @@ def _has_batch_norm(model: nn.Module) -> bool:
 class BaseOptimWrapper:
     """The part of mmengine's BaseOptimWrapper every wrapper shares: optimizer access,
     ``base_param_settings``, lrs/momenta and (de)serialisation."""
+
+    # where warnings go; fusedopt.mmengine: mmengine's current MMLogger
+    logger = logging.getLogger("fusedopt.config")
 
     def __init__(self, optimizer: Optimizer):
         self.optimizer = optimizer
@@ -286,12 +287,12 @@ class OptimWrapper(BaseOptimWrapper):
         self._inner_count = init_counts
         self._max_counts = max_counts
         if self._inner_count % self._accumulative_counts != 0:
-            logger.warning("Resumed iteration number is not divisible by `_accumulative_counts`, "
-                           "which means the gradient of some iterations is lost and the result "
-                           "may be influenced slightly.")
+            self.logger.warning("Resumed iteration number is not divisible by "
+                                "`_accumulative_counts`, which means the gradient of some "
+                                "iterations is lost and the result may be influenced slightly.")
         if _has_batch_norm(model) and self._accumulative_counts > 1:
-            logger.warning("Gradient accumulative may slightly decrease performance because the "
-                           "model has BatchNorm layers.")
+            self.logger.warning("Gradient accumulative may slightly decrease performance "
+                                "because the model has BatchNorm layers.")
         self._remainder_counts = self._max_counts % self._accumulative_counts
 
     def should_update(self) -> bool:

@@ -343,6 +343,9 @@ class ParamScheduler:
                                                 dtype=torch.float64))
 
     # ---- state ----------------------------------------------------------------------------------
+    def _restored(self):
+        """Re-derive what a subclass reads from the optimizer, after load_state_dict."""
+
     def _config(self):
         return {k: getattr(self, k) for k in
                 ("param_name", "begin", "end", "by_epoch", *self._config_keys)}
@@ -393,6 +396,7 @@ class ParamScheduler:
         if self.param_name != param_name:
             self._slot = get_slot(self._opt, self.param_name)
         self._consts.clear()
+        self._restored()
         self._last_host = self._last_extra = None
         if "values" in state_dict:
             # the saved values win over whatever the constructor's first step (start_factor,

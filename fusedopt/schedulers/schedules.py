@@ -264,6 +264,7 @@ class PolyParamScheduler(ParamScheduler):
 
 class OneCycleParamScheduler(ParamScheduler):
     """The 1cycle policy (not chainable: sets the value from the step alone)."""
+    __slots__ = ("_ends",)      # read from the groups (initial_lr, max_lr, min_lr), not state
     _config_keys = ("eta_max", "total_steps", "pct_start", "anneal_strategy", "div_factor",
                     "final_div_factor", "three_phase")
     _epoch_scaled = ("total_steps",)
@@ -316,11 +317,17 @@ class OneCycleParamScheduler(ParamScheduler):
                 group[f"initial_{param_name}"] = max_values[idx] / div_factor
                 group[f"max_{param_name}"] = max_values[idx]
                 group[f"min_{param_name}"] = group[f"initial_{param_name}"] / final_div_factor
-        # the curve's end points belong to this object's config (they do not follow a
-        # reloaded optimizer state: see "Resume" in the package docstring)
+        self._read_ends(groups, param_name)
+        super().__init__(optimizer, param_name, begin, end, last_step, by_epoch, verbose)
+
+    def _read_ends(self, groups, param_name):
+        """The curve's end points, from the groups as torch and mmengine read them; here at
+        construction and after load_state_dict (not at every step: O(1) steps)."""
         self._ends = {which: [g[f"{which}_{param_name}"] for g in groups]
                       for which in ("initial", "max", "min")}
-        super().__init__(optimizer, param_name, begin, end, last_step, by_epoch, verbose)
+
+    def _restored(self):
+        self._read_ends(self._all_groups(self._opt), self.param_name)
 
     def _vec(self, which, device):
         return self._const(which, device,
