@@ -222,8 +222,8 @@ class Slot:
             values = [v if c is w else c for c, w, v in zip(current, written, values)]
         deque(map(dict.__setitem__, groups, repeat(key), values), maxlen=0)
         if self.mirror is not None:
-            deque(map(dict.__setitem__, groups, repeat(self.mirror), map(itemgetter(index), values)),
-                  maxlen=0)
+            mirrored = map(itemgetter(index), values)
+            deque(map(dict.__setitem__, groups, repeat(self.mirror), mirrored), maxlen=0)
         self.written = values
 
     def _lazy_groups(self):

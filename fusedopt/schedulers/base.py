@@ -282,9 +282,6 @@ class ParamScheduler:
             slot.commit(devs, host)
             if slot.fused and not _in_range(slot, host):
                 slot.optimizer._unchecked = True   # Note [range checks where values are used]
-            if self.verbose:
-                for i, value in enumerate(host.tolist()):
-                    self.print_value(True, i, value)
         extra = self._extra_dict()
         if extra is not None:
             self._part = "extra"
@@ -295,6 +292,9 @@ class ParamScheduler:
                 self._last_extra = x.x
             finally:
                 self._part = None
+        if self.verbose:            # as mmengine: every group, at every step in the window
+            for i, value in enumerate(self.get_last_value()):
+                self.print_value(True, i, value)
 
     def _update(self, v, t):
         raise NotImplementedError

@@ -549,7 +549,8 @@ def _twin(base, param_name, name, doc):
             if "momentum" not in defaults:
                 # the Adam family: mmengine keeps group['momentum'] == betas[0] in every group
                 # (the wrapper's base_param_settings too); the Slot keeps it so after each write
-                extra = getattr(optimizer, "base_param_settings", None) if opt is not optimizer else None
+                extra = (getattr(optimizer, "base_param_settings", None)
+                         if opt is not optimizer else None)
                 for group in list(opt.param_groups) + ([extra] if isinstance(extra, dict) else []):
                     group["momentum"] = group["betas"][0]
         base.__init__(self, optimizer, param_name, *args, **kwargs)
