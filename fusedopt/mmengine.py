@@ -20,8 +20,9 @@ Warnings and ``paramwise_options`` of the wrappers and the constructor go to mme
 
 Nothing is registered in mmengine's root registries (DeepSpeed's strategy registers its own
 ``FusedAdam`` there); every registration below goes into a child with scope ``'fusedopt'``.
-A ``type`` that no registry of the tree knows, looked up through the fusedopt child
-(``'fusedopt.FusedAdamm'``, or any name under ``default_scope='fusedopt'``), raises fusedopt's
+A ``type`` that no registry of the tree knows, looked up through one of the fusedopt children
+fusedopt fills (optimizers, wrappers, constructors, schedulers: ``'fusedopt.FusedAdamm'``,
+or such a name under ``default_scope='fusedopt'``), raises fusedopt's
 "did you mean" ``UnknownTypeError`` (a KeyError and a TypeError) from the lookup itself: mmengine
 returns None there and its constructor fails later with "TypeError: None is not a callable
 object". A plain unknown name outside the fusedopt scope never reaches fusedopt.
@@ -57,7 +58,8 @@ class _Node(_MMRegistry):
             names = list(self.module_dict) + [n for n in self.parent.module_dict
                                               if n not in self.module_dict]
             raise UnknownTypeError(unknown_name_message(
-                key, self.split_scope_key(key)[1], names, f"{SCOPE}::{self.name} (nor mmengine's)"))
+                key, self.split_scope_key(key)[1], names,
+                f"{SCOPE}::{self.name} (nor mmengine's)"))
         return found
 
     def __contains__(self, key):
@@ -67,16 +69,20 @@ class _Node(_MMRegistry):
             return False
 
 
-def _child(parent: _MMRegistry) -> _MMRegistry:
+# the registries fusedopt fills: their nodes answer an unknown name with fusedopt's error
+_OWN = ("OPTIMIZERS", "OPTIM_WRAPPERS", "OPTIM_WRAPPER_CONSTRUCTORS", "PARAM_SCHEDULERS")
+
+
+def _child(name: str, parent: _MMRegistry) -> _MMRegistry:
     existing = parent.children.get(SCOPE)
     if existing is not None:     # re-import / reload: reuse the node already in the tree
         return existing
-    return _Node(parent.name, parent=parent, scope=SCOPE)
+    return (_Node if name in _OWN else _MMRegistry)(parent.name, parent=parent, scope=SCOPE)
 
 
 # one child per root registry, so default_scope='fusedopt' finds a node in every tree (lookups
 # of names fusedopt does not define fall back to mmengine's root entries)
-_CHILDREN = {name: _child(reg) for name, reg in vars(_mm_root).items()
+_CHILDREN = {name: _child(name, reg) for name, reg in vars(_mm_root).items()
              if isinstance(reg, _MMRegistry) and reg.parent is None}
 
 OPTIMIZERS = _CHILDREN["OPTIMIZERS"]

@@ -433,6 +433,9 @@ def test_misspelt_fusedopt_type_in_mmengine_says_did_you_mean():
     assert isinstance(e, TypeError) and isinstance(e, KeyError)   # mmengine's was a TypeError
     assert "Did you mean: 'FusedAdam'" in str(e)
     assert "FusedAdamm" not in fo_mm.OPTIMIZERS and "SGD" in fo_mm.OPTIMIZERS
+    e = _exc(lambda: mm.build_optim_wrapper(Net(), dict(type="fusedopt.OptimWraper",
+                                                        optimizer=dict(type="SGD", lr=0.1))))
+    assert isinstance(e, KeyError) and "Did you mean: 'OptimWrapper'" in str(e)
     # mmengine's root registry is untouched: a plain typo ends as it always did
     e = _exc(lambda: mm.build_optim_wrapper(Net(), dict(optimizer=dict(type="SDG", lr=0.1))))
     assert type(e) is TypeError and "not a callable object" in str(e)

@@ -173,8 +173,7 @@ class DefaultOptimWrapperConstructor:
             # an entry's keys go into the param group: lr_mult, decay_mult and what the
             # optimizer takes per group (lr, momentum, betas...)
             arg_names = self._optimizer_arg_names() if checks_keys and custom_keys else None
-            entry_keys = (None if arg_names is None else
-                          ["lr_mult", "decay_mult"] + [a for a in arg_names[1:]])
+            entry_keys = None if arg_names is None else ["lr_mult", "decay_mult", *arg_names[1:]]
             for key, value in custom_keys.items():
                 if not isinstance(value, dict):
                     raise TypeError(f"paramwise_cfg.custom_keys[{key!r}] should be a dict, "

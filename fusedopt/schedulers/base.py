@@ -9,6 +9,7 @@ between windows. How the update reaches the optimizer: Note [scheduler writes] (
 Resume: Note [scheduler state] below and the package docstring (fusedopt/schedulers/__init__.py).
 """
 import functools
+import math
 import warnings
 import weakref
 from collections import Counter
@@ -16,7 +17,7 @@ from collections import Counter
 import torch
 
 from fusedopt.config.errors import ConfigTypeError, ConfigValueError
-from fusedopt.schedulers._slot import Slot, raw_optimizer
+from fusedopt.schedulers._slot import _np, Slot, raw_optimizer
 
 __all__ = ["ParamScheduler", "INF"]
 
@@ -94,10 +95,9 @@ def count_steps(owner):
 
 
 def warn_step_order(owner):
-    step = getattr(owner, "step", None)
-    if step is None:                         # nothing to count (a duck-typed wrapper)
+    if not hasattr(owner, "_global_step"):   # never counted (no step to wrap)
         return
-    if not getattr(step, "_with_counter", False):
+    if not getattr(getattr(owner, "step", None), "_with_counter", False):
         warnings.warn("`optimizer.step` was replaced after the parameter scheduler was built, so "
                       "the scheduler cannot check that `optimizer.step()` runs before "
                       "`scheduler.step()`. Call them in that order; see " + _ORDER_DOC,
@@ -416,14 +416,18 @@ class ParamScheduler:
 
 def _in_range(slot, host):
     """Whether scheduled values written straight into a fused optimizer's table are valid for
-    its step (the optimizer's own check, with the group's name, runs at the step if not):
-    finite, >= 0 and, for betas, < 1; dampening may be anything. numpy on the CPU mirror: no
-    tensor op, no device read (a few microseconds per scheduler step)."""
+    its step (the optimizer's own check, naming the group, runs at the step if not): >= 0 and
+    not NaN, and < 1 for betas; dampening may be anything. On the CPU copy, no device read.
+    Cost: a CosineAnnealingLR step on FusedSGD goes from 13.6 to 17.3 us with 4 groups and from
+    14.6 to 25.7 us with 465 (best of 3 x 5000 steps, 2-core dev machine), under 1% of the
+    465-group GPU step (1.25 ms, README)."""
     if slot.key == "dampening":
         return True
-    a = host.numpy() if host.device.type == "cpu" else host.cpu().numpy()
-    ok = bool((a >= 0).all())               # False for NaN too
-    return ok and bool((a < (1.0 if slot.key == "betas" else float("inf"))).all())
+    if _np is None:                          # torch without numpy: tensor ops
+        return bool(((host >= 0) & (host < (1.0 if slot.key == "betas" else math.inf))).all())
+    view = slot.host_np
+    a = view.a if view is not None and view.t is host else host.numpy()
+    return bool(a.min() >= 0) and (slot.key != "betas" or bool(a.max() < 1.0))   # NaN: False
 
 
 def _plain(value):
