@@ -220,6 +220,9 @@ def test_warnings_on_an_optim_wrapper():
         ow.step()                       # counted on the wrapper, as mmengine counts it
         s.step()
     assert _kinds(record) == set() and ow._global_step == 0
+    # the counter belongs to this wrapper: copies (and pickles) start without one
+    clone = pickle.loads(pickle.dumps(ow))
+    assert not hasattr(clone.step, "_with_counter") and ow.step._with_counter
 
 
 # ---- momentum schedulers on the Adam family ------------------------------------------------------

@@ -71,6 +71,13 @@ class BaseOptimWrapper:
         else:
             self.base_param_settings = None
 
+    def __getstate__(self):
+        # a scheduler's step counter (Note [step order warnings], schedulers/base.py) wraps this
+        # object's step and counts for it alone: a copy or an unpickled wrapper starts without
+        state = dict(self.__dict__)
+        state.pop("step", None)
+        return state
+
     def update_params(self, *args, **kwargs):
         raise NotImplementedError
 
