@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 _CONFIG_NAMES = ("Registry", "OPTIMIZERS", "OPTIM_WRAPPERS", "OPTIM_WRAPPER_CONSTRUCTORS",
                  "PARAM_SCHEDULERS", "build_optim_wrapper", "DefaultOptimWrapperConstructor",
-                 "OptimWrapper", "AmpOptimWrapper")
+                 "OptimWrapper", "AmpOptimWrapper", "OptimWrapperDict")
 
 
 def __getattr__(name):

@@ -7,7 +7,7 @@ from fusedopt.optimizer import FusedOptimizer, check_hparam
 __all__ = ["FusedAdam", "FusedAdamW"]
 
 
-class FusedAdam(FusedOptimizer):
+class FusedAdam(FusedOptimizer, torch.optim.Adam):
     """torch.optim.Adam's arguments and defaults (L2 weight decay unless
     ``decoupled_weight_decay=True``), plus ``backend``. ``foreach``, ``fused`` and ``capturable``
     are accepted for compatibility: the step is always fused, and capturable by construction
@@ -83,7 +83,7 @@ class FusedAdam(FusedOptimizer):
         functional.adam(bucket, hp, **bucket.kwargs, **scalars)
 
 
-class FusedAdamW(FusedAdam):
+class FusedAdamW(FusedAdam, torch.optim.AdamW):
     """torch.optim.AdamW's arguments and defaults (decoupled weight decay 1e-2), plus ``backend``."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,

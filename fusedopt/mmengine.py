@@ -13,34 +13,76 @@ imports ``fusedopt.registry``, which imports this module) makes these resolvable
 - ``default_scope='fusedopt'``: plain names (``'OptimWrapper'``) resolve to fusedopt's first and
   fall back to mmengine's for everything else.
 
+Also ``OptimWrapperDict`` (fusedopt's, also an ``mmengine.optim.OptimWrapperDict``) and
+``type='fusedopt.ZeroRedundancyOptimizer'`` (its ``optimizer_type`` may be a fusedopt optimizer).
+Warnings and ``paramwise_options`` of the wrappers and the constructor go to mmengine's current
+``MMLogger``, as mmengine's own do.
+
 Nothing is registered in mmengine's root registries (DeepSpeed's strategy registers its own
 ``FusedAdam`` there); every registration below goes into a child with scope ``'fusedopt'``.
+A ``type`` that no registry of the tree knows, looked up through one of the fusedopt children
+fusedopt fills (optimizers, wrappers, constructors, schedulers: ``'fusedopt.FusedAdamm'``,
+or such a name under ``default_scope='fusedopt'``), raises fusedopt's
+"did you mean" ``UnknownTypeError`` (a KeyError and a TypeError) from the lookup itself: mmengine
+returns None there and its constructor fails later with "TypeError: None is not a callable
+object". A plain unknown name outside the fusedopt scope never reaches fusedopt.
 """
 from __future__ import annotations
 
 import mmengine.registry.root as _mm_root
 from mmengine.hooks import Hook as _MMHook
+from mmengine.logging import MMLogger as _MMLogger
 from mmengine.optim import AmpOptimWrapper as _MMAmpOptimWrapper
 from mmengine.optim import OptimWrapper as _MMOptimWrapper
+from mmengine.optim import OptimWrapperDict as _MMOptimWrapperDict
 from mmengine.registry import Registry as _MMRegistry
 
 import fusedopt as _fo
 from fusedopt.config import constructor as _constructor
 from fusedopt.config import optim_wrapper as _wrapper
+from fusedopt.config import optim_wrapper_dict as _wrapper_dict
+from fusedopt.config import zero_optimizer as _zero
+from fusedopt.config.errors import UnknownTypeError
+from fusedopt.config.registry import unknown_name_message
 
 SCOPE = "fusedopt"
 
 
-def _child(parent: _MMRegistry) -> _MMRegistry:
+class _Node(_MMRegistry):
+    """fusedopt's child of one of mmengine's root registries. A name no registry of the tree
+    knows raises fusedopt's "did you mean" error instead of giving None (module docstring)."""
+
+    def get(self, key):
+        found = super().get(key)
+        if found is None:
+            names = list(self.module_dict) + [n for n in self.parent.module_dict
+                                              if n not in self.module_dict]
+            raise UnknownTypeError(unknown_name_message(
+                key, self.split_scope_key(key)[1], names,
+                f"{SCOPE}::{self.name} (nor mmengine's)"))
+        return found
+
+    def __contains__(self, key):
+        try:
+            return super().get(key) is not None
+        except KeyError:
+            return False
+
+
+# the registries fusedopt fills: their nodes answer an unknown name with fusedopt's error
+_OWN = ("OPTIMIZERS", "OPTIM_WRAPPERS", "OPTIM_WRAPPER_CONSTRUCTORS", "PARAM_SCHEDULERS")
+
+
+def _child(name: str, parent: _MMRegistry) -> _MMRegistry:
     existing = parent.children.get(SCOPE)
     if existing is not None:     # re-import / reload: reuse the node already in the tree
         return existing
-    return _MMRegistry(parent.name, parent=parent, scope=SCOPE)
+    return (_Node if name in _OWN else _MMRegistry)(parent.name, parent=parent, scope=SCOPE)
 
 
 # one child per root registry, so default_scope='fusedopt' finds a node in every tree (lookups
 # of names fusedopt does not define fall back to mmengine's root entries)
-_CHILDREN = {name: _child(reg) for name, reg in vars(_mm_root).items()
+_CHILDREN = {name: _child(name, reg) for name, reg in vars(_mm_root).items()
              if isinstance(reg, _MMRegistry) and reg.parent is None}
 
 OPTIMIZERS = _CHILDREN["OPTIMIZERS"]
@@ -50,15 +92,30 @@ PARAM_SCHEDULERS = _CHILDREN["PARAM_SCHEDULERS"]
 HOOKS = _CHILDREN["HOOKS"]
 
 
-class OptimWrapper(_wrapper.OptimWrapper, _MMOptimWrapper):
+class _MMLogging:
+    """Log through mmengine's current MMLogger (its ``print_log(logger='current')``)."""
+
+    @property
+    def logger(self):
+        return _MMLogger.get_current_instance()
+
+
+class OptimWrapper(_MMLogging, _wrapper.OptimWrapper, _MMOptimWrapper):
     """fusedopt's OptimWrapper that is also an ``mmengine.optim.OptimWrapper``."""
 
 
-class AmpOptimWrapper(_wrapper.AmpOptimWrapper, _MMAmpOptimWrapper):
+class AmpOptimWrapper(_MMLogging, _wrapper.AmpOptimWrapper, _MMAmpOptimWrapper):
     """fusedopt's AmpOptimWrapper that is also an ``mmengine.optim.AmpOptimWrapper``."""
 
 
-class DefaultOptimWrapperConstructor(_constructor.DefaultOptimWrapperConstructor):
+class OptimWrapperDict(_wrapper_dict.OptimWrapperDict, _MMOptimWrapperDict):
+    """fusedopt's OptimWrapperDict that is also an ``mmengine.optim.OptimWrapperDict``; holds
+    fusedopt's and mmengine's wrappers."""
+
+    wrapper_types = (_wrapper.OptimWrapper, _MMOptimWrapper)
+
+
+class DefaultOptimWrapperConstructor(_MMLogging, _constructor.DefaultOptimWrapperConstructor):
     """fusedopt's constructor building through mmengine's registries (so optimizers registered
     by mmengine, MMAction2 or user code resolve, and ``type='OptimWrapper'`` means
     fusedopt's wrapper when called from within the fusedopt scope)."""
@@ -120,6 +177,14 @@ def _register(registry: _MMRegistry, module, name=None) -> None:
 
 for _name in ("FusedAdam", "FusedAdamW", "FusedSGD"):
     _register(OPTIMIZERS, getattr(_fo, _name))
+if hasattr(_zero, "ZeroRedundancyOptimizer"):      # torch built with torch.distributed
+    class ZeroRedundancyOptimizer(_zero.ZeroRedundancyOptimizer):
+        """fusedopt's ZeroRedundancyOptimizer resolving ``optimizer_type`` through mmengine's
+        registries (the fusedopt child, then mmengine's root)."""
+
+        optimizers_registry = OPTIMIZERS
+
+    _register(OPTIMIZERS, ZeroRedundancyOptimizer)
 _register(OPTIM_WRAPPERS, OptimWrapper)
 _register(OPTIM_WRAPPERS, AmpOptimWrapper)
 _register(OPTIM_WRAPPER_CONSTRUCTORS, DefaultOptimWrapperConstructor)
@@ -137,5 +202,5 @@ for _name, _cls in list(_FO_SCHEDULERS.module_dict.items()):
     _register(PARAM_SCHEDULERS, _MIXED.get(_name, _cls), _name)
 
 __all__ = ["SCOPE", "OPTIMIZERS", "OPTIM_WRAPPERS", "OPTIM_WRAPPER_CONSTRUCTORS",
-           "PARAM_SCHEDULERS", "HOOKS", "OptimWrapper", "AmpOptimWrapper",
-           "DefaultOptimWrapperConstructor", "LazyScalarLogHook"]
+           "PARAM_SCHEDULERS", "HOOKS", "OptimWrapper", "AmpOptimWrapper", "OptimWrapperDict",
+           "DefaultOptimWrapperConstructor", "ZeroRedundancyOptimizer", "LazyScalarLogHook"]

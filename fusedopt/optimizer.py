@@ -58,7 +58,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._pending_clip = self._pending_norm = None
         self._dtensors = []
         self._skipped_steps = torch.zeros(())
-        super().__init__(params, dict(defaults, backend=backend))
+        self._unchecked = False    # Note [range checks where values are used]
+        # Optimizer.__init__ by name: FusedSGD/FusedAdam/FusedAdamW also derive from torch's
+        # SGD/Adam/AdamW (isinstance), whose __init__ follows this class in their MRO
+        torch.optim.Optimizer.__init__(self, params, dict(defaults, backend=backend))
 
     # GradScaler.step sets self.grad_scale / self.found_inf and lets step() unscale inline
     _step_supports_amp_scaling = True
@@ -96,6 +99,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._stale, self._buckets, self._tables, self._dtensors = [True], None, {}, []
             self._pending_clip = self._pending_norm = None
             self._skipped_steps = torch.zeros(())
+            self._unchecked = False
         self.param_groups = [g if isinstance(g, _engine.TrackedGroup)
                              else _engine.TrackedGroup(self._stale, g) for g in self.param_groups]
         for g in self.param_groups:
@@ -157,8 +161,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         flags = [self._flags(g) for g in self.param_groups]
         if self._buckets is not None and flags != self._packed_flags:
             self._buckets = None                 # an algorithm flag changed: repack
-        for g in self.param_groups:
-            self._check_group(g, sync=False)
+        for i, g in enumerate(self.param_groups):
+            try:
+                self._check_group(g, sync=False)
+            except ValueError:                   # out of range: raised by the step that uses it
+                self._unchecked = True
+            except TypeError as e:               # not a number: no table can hold it
+                raise TypeError(f"param_groups[{i}]: {e}") from None
         devices = {p.device for g in self.param_groups for p in g["params"]}
         self._tables = _engine.build_tables(self.param_groups, self._row, devices)
         self._packed_flags = flags
@@ -249,8 +258,23 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._fused_step()
         return loss
 
+    def _check_groups_in_use(self):
+        """Note [range checks where values are used]: a value written into a group after it was
+        built (a scheduler, user code) is range-checked by the step that would use it, naming
+        the group; a table rebuild for a scheduler's read only flags it. O(groups), and only
+        after a write that failed a check."""
+        for i, g in enumerate(self.param_groups):
+            try:
+                self._check_group(g, sync=False)
+            except ValueError as e:
+                raise ValueError(f"param_groups[{i}]: {e} (a value written into the group after "
+                                 "the optimizer was built, e.g. by a scheduler)") from None
+        self._unchecked = False
+
     def _fused_step(self):
         buckets = self._current_buckets()
+        if self._unchecked:
+            self._check_groups_in_use()
         if self._init_new_states(buckets):
             buckets = self._pack()
             self._attach_shard_grads(buckets)

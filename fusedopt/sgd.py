@@ -7,7 +7,7 @@ from fusedopt.optimizer import FusedOptimizer, check_hparam, host_number
 __all__ = ["FusedSGD"]
 
 
-class FusedSGD(FusedOptimizer):
+class FusedSGD(FusedOptimizer, torch.optim.SGD):
     """torch.optim.SGD's arguments and defaults, plus ``backend`` and ``skip_nonfinite`` (see
     FusedAdam). State is torch's:
     ``momentum_buffer`` for groups with momentum != 0, nothing otherwise."""

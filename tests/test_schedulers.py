@@ -493,7 +493,9 @@ def test_mmengine_pitfall_is_real():
     assert read(new, "lr") != saved_lr
 
 
-def test_resume_with_changed_config_warns_and_uses_new_schedule():
+def test_resume_keep_config_warns_and_uses_new_schedule():
+    """The opt-in: ``keep_config=True`` keeps the built schedule (the default restores the
+    saved one, as mmengine: tests/test_mmengine_parity.py)."""
     opt = make_opt("FusedSGD")
     (s,) = S.build_param_scheduler(opt, dict(type="MultiStepLR", milestones=[3, 6], gamma=0.5,
                                              by_epoch=False))
@@ -504,7 +506,8 @@ def test_resume_with_changed_config_warns_and_uses_new_schedule():
     (s2,) = S.build_param_scheduler(new, dict(type="MultiStepLR", milestones=[3, 8], gamma=0.1,
                                               by_epoch=False))
     with pytest.warns(UserWarning, match="milestones.*gamma|gamma.*milestones"):
-        s2.load_state_dict(state)
+        s2.load_state_dict(state, keep_config=True)
+    assert (s2.milestones, s2.gamma) == ({3: 1, 8: 1}, 0.1)
     assert read(new, "lr") == [b * 0.5 for b in LRS]          # saved values
     for _ in range(4):
         s2.step()

@@ -5,9 +5,12 @@ from fusedopt.config.registry import (OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
 
 _LAZY = {
     "build_optim_wrapper": "fusedopt.config.builder",
+    "TORCH_OPTIMIZERS": "fusedopt.config.builder",
     "DefaultOptimWrapperConstructor": "fusedopt.config.constructor",
     "OptimWrapper": "fusedopt.config.optim_wrapper",
     "AmpOptimWrapper": "fusedopt.config.optim_wrapper",
+    "OptimWrapperDict": "fusedopt.config.optim_wrapper_dict",
+    "ZeroRedundancyOptimizer": "fusedopt.config.zero_optimizer",
 }
 
 

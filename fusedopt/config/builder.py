@@ -5,7 +5,11 @@ import copy
 
 from torch import nn
 
-from fusedopt.config.registry import OPTIM_WRAPPER_CONSTRUCTORS
+from fusedopt.config.registry import OPTIM_WRAPPER_CONSTRUCTORS, torch_optimizer_names
+
+# mmengine's list (mmengine.optim.optimizer.builder.TORCH_OPTIMIZERS): the torch.optim names
+# registered in OPTIMIZERS
+TORCH_OPTIMIZERS = torch_optimizer_names()
 
 
 def build_optim_wrapper(model: nn.Module, cfg: dict, *, constructors=None):
@@ -34,4 +38,4 @@ def build_optim_wrapper(model: nn.Module, cfg: dict, *, constructors=None):
     return optim_wrapper_constructor(model)
 
 
-__all__ = ["build_optim_wrapper"]
+__all__ = ["build_optim_wrapper", "TORCH_OPTIMIZERS"]

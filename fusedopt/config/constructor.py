@@ -2,10 +2,20 @@
 
 The rules (which param gets which lr / weight_decay) follow mmengine 0.10's
 ``DefaultOptimWrapperConstructor`` exactly; see ``add_params``. Differences, all stricter or
-documented in the tutorial: unknown top-level ``paramwise_cfg`` keys raise, unknown optimizer
-keyword arguments raise before the optimizer is built, ``constructor=dict(type=...)`` works, and
-the top-level ``lr_mult`` / ``decay_mult`` keys the tutorial documents ("all parameters") are
-applied (mmengine accepts and ignores them).
+documented in the tutorial: unknown ``paramwise_cfg`` keys (top level and inside a
+``custom_keys`` entry) raise, unknown optimizer keyword arguments raise before the optimizer is
+built, ``constructor=dict(type=...)`` works, and the top-level ``lr_mult`` / ``decay_mult`` keys
+the tutorial documents ("all parameters") are applied (mmengine accepts and ignores them).
+
+Note [paramwise keys of subclasses]: the unknown-key check knows the keys of the default rules
+(``paramwise_keys``). A subclass that reads keys of its own declares them::
+
+    class MyConstructor(DefaultOptimWrapperConstructor):
+        paramwise_keys = DefaultOptimWrapperConstructor.paramwise_keys + ("conv1_lr_mult",)
+
+A subclass that overrides ``__call__`` or ``add_params`` (the methods that read
+``paramwise_cfg``) without declaring ``paramwise_keys`` is not checked, since the keys it
+reads are unknown here: mmengine's custom constructors work unchanged.
 """
 from __future__ import annotations
 
@@ -18,8 +28,6 @@ from torch import nn
 
 from fusedopt.config.errors import ConfigTypeError, ConfigValueError, UnknownTypeError
 from fusedopt.config.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
-
-logger = logging.getLogger("fusedopt.config")
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
                nn.GroupNorm, nn.LayerNorm)
@@ -84,6 +92,10 @@ class DefaultOptimWrapperConstructor:
     # the registries used to build; fusedopt.mmengine points its subclass at mmengine's
     optimizers_registry = OPTIMIZERS
     wrappers_registry = OPTIM_WRAPPERS
+    # the paramwise_cfg keys this class reads (Note [paramwise keys of subclasses])
+    paramwise_keys: tuple = PARAMWISE_KEYS
+    # where warnings and paramwise_options go; fusedopt.mmengine: mmengine's current MMLogger
+    logger = logging.getLogger("fusedopt.config")
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None):
         if not isinstance(optim_wrapper_cfg, dict):
@@ -103,20 +115,49 @@ class DefaultOptimWrapperConstructor:
         self._validate_cfg()
 
     # -- validation ---------------------------------------------------------------------------
+    @classmethod
+    def _checks_keys(cls) -> bool:
+        """Note [paramwise keys of subclasses]: check unless a class below the one declaring
+        ``paramwise_keys`` overrides a method that reads paramwise_cfg."""
+        mro = cls.__mro__
+        declared = next(i for i, c in enumerate(mro) if "paramwise_keys" in vars(c))
+        readers = [next(i for i, c in enumerate(mro) if m in vars(c))
+                   for m in ("__call__", "add_params")]
+        return declared <= min(readers)
+
+    def _optimizer_arg_names(self) -> Optional[list]:
+        """The keyword arguments of the configured optimizer (what a custom_keys entry may set
+        besides lr_mult/decay_mult), or None when they cannot be known here."""
+        opt_type = self.optimizer_cfg.get("type")
+        try:
+            cls = (self.optimizers_registry.get(opt_type) if isinstance(opt_type, str)
+                   else opt_type)
+            params = inspect.signature(cls).parameters.values()
+        except (KeyError, TypeError, ValueError):    # unknown type: __call__ reports it
+            return None
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return None
+        return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+    @staticmethod
+    def _unknown_keys_error(where: str, unknown: list, known) -> ConfigValueError:
+        import difflib
+        msgs = []
+        for k in unknown:
+            close = difflib.get_close_matches(str(k), known, n=1)
+            msgs.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        return ConfigValueError(f"{where} has unknown key(s) {', '.join(msgs)}; "
+                                f"known keys: {', '.join(known)}")
+
     def _validate_cfg(self) -> None:
         cfg = self.paramwise_cfg
         if not isinstance(cfg, dict):
             raise TypeError("paramwise_cfg should be None or a dict, "
                             f"but got {type(cfg)}")
-        unknown = [k for k in cfg if k not in PARAMWISE_KEYS]
-        if unknown:
-            import difflib
-            msgs = []
-            for k in unknown:
-                close = difflib.get_close_matches(str(k), PARAMWISE_KEYS, n=1)
-                msgs.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ConfigValueError(f"paramwise_cfg has unknown key(s) {', '.join(msgs)}; "
-                                   f"known keys: {', '.join(PARAMWISE_KEYS)}")
+        checks_keys = self._checks_keys()
+        unknown = [k for k in cfg if k not in self.paramwise_keys]
+        if unknown and checks_keys:
+            raise self._unknown_keys_error("paramwise_cfg", unknown, self.paramwise_keys)
         for k in _MULT_KEYS:
             v = cfg.get(k)
             if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
@@ -129,10 +170,18 @@ class DefaultOptimWrapperConstructor:
             if not isinstance(custom_keys, dict):
                 raise TypeError("If specified, custom_keys must be a dict, "
                                 f"but got {type(custom_keys)}")
+            # an entry's keys go into the param group: lr_mult, decay_mult and what the
+            # optimizer takes per group (lr, momentum, betas...)
+            arg_names = self._optimizer_arg_names() if checks_keys and custom_keys else None
+            entry_keys = None if arg_names is None else ["lr_mult", "decay_mult", *arg_names[1:]]
             for key, value in custom_keys.items():
                 if not isinstance(value, dict):
                     raise TypeError(f"paramwise_cfg.custom_keys[{key!r}] should be a dict, "
                                     f"but got {type(value)}")
+                unknown = [k for k in value if entry_keys is not None and k not in entry_keys]
+                if unknown:
+                    raise self._unknown_keys_error(f"paramwise_cfg.custom_keys[{key!r}]", unknown,
+                                                   entry_keys)
                 for m in ("lr_mult", "decay_mult"):
                     v = value.get(m)
                     if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
@@ -187,10 +236,11 @@ class DefaultOptimWrapperConstructor:
             full_name = f"{prefix}.{name}" if prefix else name
             group = {"params": [param]}
             if bypass_duplicate and self._is_in(group, params):
-                logger.warning("%s is duplicate. It is skipped since bypass_duplicate=True", prefix)
+                self.logger.warning(f"{prefix} is duplicate. It is skipped since "
+                                    "bypass_duplicate=True")
                 continue
             if not param.requires_grad:
-                logger.warning("%s.%s is skipped since its requires_grad=False", prefix, name)
+                self.logger.warning(f"{prefix}.{name} is skipped since its requires_grad=False")
                 continue
 
             matched = None
@@ -226,10 +276,10 @@ class DefaultOptimWrapperConstructor:
                     elif param.ndim == 1 and not is_dcn_module and flat_decay_mult is not None:
                         group["weight_decay"] = self.base_wd * wd_factor * flat_decay_mult
             params.append(group)
-            if logger.isEnabledFor(logging.INFO):
+            if self.logger.isEnabledFor(logging.INFO):
                 for key, value in group.items():
                     if key != "params":
-                        logger.info("paramwise_options -- %s:%s=%s", full_name, key, value)
+                        self.logger.info(f"paramwise_options -- {full_name}:{key}={value}")
 
         child_is_dcn = is_dcn_module_fn(module)
         for child_name, child in module.named_children():

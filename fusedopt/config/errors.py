@@ -14,7 +14,11 @@ class ConfigTypeError(TypeError, AssertionError):
     """A config value has the wrong type or an unknown key (also an AssertionError)."""
 
 
-__all__ = ["ConfigValueError", "ConfigTypeError"]
+class ConfigKeyError(KeyError, AssertionError):
+    """A name is missing from a container (also an AssertionError, as in mmengine)."""
+
+
+__all__ = ["ConfigValueError", "ConfigTypeError", "ConfigKeyError"]
 
 
 class UnknownTypeError(KeyError, TypeError):

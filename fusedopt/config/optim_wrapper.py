@@ -33,8 +33,6 @@ from torch.optim import Optimizer
 from fusedopt.config.errors import ConfigTypeError, ConfigValueError
 from fusedopt.config.registry import OPTIM_WRAPPERS
 
-logger = logging.getLogger("fusedopt.config")
-
 _CLIP_NORM_KEYS = ("max_norm", "norm_type", "error_if_nonfinite", "foreach")
 _CLIP_VALUE_KEYS = ("clip_value", "foreach")
 
@@ -60,6 +58,9 @@ class BaseOptimWrapper:
     """The part of mmengine's BaseOptimWrapper every wrapper shares: optimizer access,
     ``base_param_settings``, lrs/momenta and (de)serialisation."""
 
+    # where warnings go; fusedopt.mmengine: mmengine's current MMLogger
+    logger = logging.getLogger("fusedopt.config")
+
     def __init__(self, optimizer: Optimizer):
         self.optimizer = optimizer
         # mmengine: with several groups, a dummy group remembers the base hyper-parameters
@@ -69,6 +70,13 @@ class BaseOptimWrapper:
             self.base_param_settings.update(**self.optimizer.defaults)
         else:
             self.base_param_settings = None
+
+    def __getstate__(self):
+        # a scheduler's step counter (Note [step order warnings], schedulers/base.py) wraps this
+        # object's step and counts for it alone: a copy or an unpickled wrapper starts without
+        state = dict(self.__dict__)
+        state.pop("step", None)
+        return state
 
     def update_params(self, *args, **kwargs):
         raise NotImplementedError
@@ -157,9 +165,9 @@ class OptimWrapper(BaseOptimWrapper):
         if clip_grad is not None:
             if not isinstance(clip_grad, dict) or not clip_grad:
                 raise ConfigValueError(
-                    "optim_wrapper.clip_grad: if `clip_grad` is not None, it should be a `dict` "
-                    "which is the arguments of `torch.nn.utils.clip_grad_norm_` or "
-                    f"clip_grad_value_`, but got {clip_grad!r}")
+                    "If `clip_grad` is not None, it should be a `dict` which is the arguments of "
+                    "`torch.nn.utils.clip_grad_norm_` or clip_grad_value_` "
+                    f"(optim_wrapper.clip_grad), but got {clip_grad!r}")
             clip_grad = dict(clip_grad)          # mmengine pops from the caller's dict; we copy
             clip_type = clip_grad.pop("type", "norm")
             if clip_type == "norm":
@@ -175,9 +183,9 @@ class OptimWrapper(BaseOptimWrapper):
                                  f"{clip_type} (optim_wrapper.clip_grad.type)")
             if not clip_grad:
                 raise ConfigValueError(
-                    "optim_wrapper.clip_grad: `clip_grad` should contain other arguments besides "
-                    "`type`. The arguments should match with the "
-                    "`torch.nn.utils.clip_grad_norm_` or clip_grad_value_`")
+                    "`clip_grad` should contain other arguments besides `type`. The arguments "
+                    "should match with the `torch.nn.utils.clip_grad_norm_` or clip_grad_value_` "
+                    "(optim_wrapper.clip_grad)")
             for k in clip_grad:
                 if k not in keys:
                     raise ConfigTypeError(f"optim_wrapper.clip_grad got an unexpected key {k!r} "
@@ -286,12 +294,12 @@ class OptimWrapper(BaseOptimWrapper):
         self._inner_count = init_counts
         self._max_counts = max_counts
         if self._inner_count % self._accumulative_counts != 0:
-            logger.warning("Resumed iteration number is not divisible by `_accumulative_counts`, "
-                           "which means the gradient of some iterations is lost and the result "
-                           "may be influenced slightly.")
+            self.logger.warning("Resumed iteration number is not divisible by "
+                                "`_accumulative_counts`, which means the gradient of some "
+                                "iterations is lost and the result may be influenced slightly.")
         if _has_batch_norm(model) and self._accumulative_counts > 1:
-            logger.warning("Gradient accumulative may slightly decrease performance because the "
-                           "model has BatchNorm layers.")
+            self.logger.warning("Gradient accumulative may slightly decrease performance "
+                                "because the model has BatchNorm layers.")
         self._remainder_counts = self._max_counts % self._accumulative_counts
 
     def should_update(self) -> bool:

@@ -10,8 +10,12 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import sys
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Callable, Optional, Union
+
+from fusedopt.config.errors import ConfigTypeError, ConfigValueError
 
 __all__ = ["Registry", "build_from_cfg", "OPTIMIZERS", "OPTIM_WRAPPERS",
            "OPTIM_WRAPPER_CONSTRUCTORS", "PARAM_SCHEDULERS"]
@@ -35,10 +39,11 @@ def build_from_cfg(cfg: Mapping, registry: "Registry",
     if default_args is not None:
         for key, value in default_args.items():
             args.setdefault(key, value)
-    args.pop("_scope_", None)
+    scope = args.pop("_scope_", None)
     obj_type = args.pop("type")
     if isinstance(obj_type, str):
-        obj_cls = registry.get(obj_type)
+        with registry.switch_scope_and_registry(scope) as registry:
+            obj_cls = registry.get(obj_type)
         if obj_cls is None:
             raise KeyError(registry._unknown_message(obj_type))
     elif callable(obj_type):
@@ -49,24 +54,51 @@ def build_from_cfg(cfg: Mapping, registry: "Registry",
 
 
 class Registry:
-    """A name -> callable table.
+    """A name -> callable table, in a tree of registries (mmengine's ``Registry`` semantics).
 
     ``register_module()`` works as a decorator (``@R.register_module()``,
     ``@R.register_module(name='x', force=True)``) or as a call (``R.register_module(module=C)``).
-    ``build(cfg)`` instantiates ``cfg['type']`` with the other keys. Names may carry the
-    registry's scope as a prefix (``'fusedopt.FusedAdam'``). An unknown name raises ``KeyError``
-    listing the closest registered names.
+    ``build(cfg)`` instantiates ``cfg['type']`` with the other keys. An unknown name raises
+    ``KeyError`` listing the closest registered names.
+
+    Scopes, for downstream packages: ``Registry(name, parent=OPTIMIZERS, scope='mypkg')`` is a
+    child of fusedopt's registry. Its ``get('X')`` looks in the child, then in its ancestors;
+    ``'mypkg.X'`` / ``'fusedopt.X'`` name the registry of that scope (the root or one of the
+    root's children); ``build`` honours a cfg's ``_scope_`` (the registry of that scope in the
+    tree builds it). ``scope`` defaults to the top-level package of the module that creates the
+    registry; ``build_func`` to the parent's. ``locations``: modules imported before the first
+    lookup (mmengine's lazy registration).
     """
 
     def __init__(self, name: str, build_func: Optional[Callable] = None,
-                 scope: str = "fusedopt", populate: Sequence[Union[str, Callable]] = ()):
+                 parent: Optional["Registry"] = None, scope: Optional[str] = None,
+                 locations: Sequence[str] = (), *, populate: Sequence[Union[str, Callable]] = (),
+                 lazy: Optional[Mapping[str, str]] = None):
         self._name = name
-        self._scope = scope
         self._module_dict: dict[str, Any] = {}
-        self._build_func = build_func or build_from_cfg
+        self._children: dict[str, Registry] = {}
+        if scope is None:
+            scope = _infer_scope()
+        elif not isinstance(scope, str):
+            raise ConfigTypeError(f"scope must be a str, but got {type(scope)}")
+        self._scope = scope
+        if parent is not None and not isinstance(parent, Registry):
+            raise ConfigTypeError("parent must be a fusedopt Registry (mmengine's registries have "
+                                  f"their own tree: see fusedopt.mmengine), but got {type(parent)}")
+        self.parent = parent
+        if parent is not None:
+            parent._add_child(self)
+        if build_func is None:
+            build_func = parent.build_func if parent is not None else _build_with_registry
+        self.build_func = build_func
         # module names to import / callables to run once before the first lookup
-        self._populate = list(populate)
+        self._populate = [*locations, *populate]
         self._populating = False
+        # Note [lazy registry entries]: name -> module that registers it, imported when the name
+        # is looked up (or the whole table is listed). ZeroRedundancyOptimizer's module imports
+        # torch.distributed.optim: 0.78 s (python -X importtime, this machine), which the first
+        # build of every other optimizer should not pay.
+        self._lazy = dict(lazy or {})
 
     # -- introspection -----------------------------------------------------------------
     @property
@@ -80,7 +112,23 @@ class Registry:
     @property
     def module_dict(self) -> dict:
         self._ensure_populated()
+        while self._lazy:
+            self._import_lazy(next(iter(self._lazy)))
         return self._module_dict
+
+    def _import_lazy(self, name: str) -> None:
+        importlib.import_module(self._lazy.pop(name))
+
+    @property
+    def children(self) -> dict:
+        return self._children
+
+    @property
+    def root(self) -> "Registry":
+        node = self
+        while node.parent is not None:
+            node = node.parent
+        return node
 
     def keys(self):
         return self.module_dict.keys()
@@ -97,6 +145,29 @@ class Registry:
     def __repr__(self) -> str:
         names = ", ".join(sorted(self._module_dict))
         return f"Registry(name={self._name!r}, scope={self._scope!r}, items=[{names}])"
+
+    # -- the tree -------------------------------------------------------------------------
+    def _add_child(self, registry: "Registry") -> None:
+        if registry.scope in self._children:
+            raise ConfigValueError(f"scope {registry.scope} exists in {self.name} registry")
+        self._children[registry.scope] = registry
+
+    def _search_child(self, scope: str) -> Optional["Registry"]:
+        """The registry of ``scope`` in this subtree (depth first), or None."""
+        if self._scope == scope:
+            return self
+        for child in self._children.values():
+            found = child._search_child(scope)
+            if found is not None:
+                return found
+        return None
+
+    @contextmanager
+    def switch_scope_and_registry(self, scope: Optional[str]):
+        """The registry of ``scope`` in this registry's tree (this one if ``scope`` is None or
+        has no registry here)."""
+        found = None if scope is None else self.root._search_child(scope)
+        yield self if found is None else found
 
     # -- lazy defaults --------------------------------------------------------------------
     def _ensure_populated(self) -> None:
@@ -119,32 +190,53 @@ class Registry:
             self._populating = False
 
     # -- lookup ---------------------------------------------------------------------------
-    def _split(self, key: str) -> tuple[Optional[str], str]:
+    @staticmethod
+    def split_scope_key(key: str) -> tuple[Optional[str], str]:
+        """``'mypkg.X'`` -> ``('mypkg', 'X')``; ``'X'`` -> ``(None, 'X')``."""
         scope, dot, rest = key.partition(".")
-        if dot and scope == self._scope:
-            return scope, rest
-        return None, key
+        return (scope, rest) if dot else (None, key)
 
     def get(self, key: str) -> Optional[Any]:
+        """The object registered as ``key``, or None (mmengine's lookup order, see the class)."""
         if not isinstance(key, str):
             raise TypeError(f"The key argument of `Registry.get` must be a str, got {type(key)}")
-        self._ensure_populated()
-        _, name = self._split(key)
-        return self._module_dict.get(name)
+        scope, name = self.split_scope_key(key)
+        if scope is None or scope == self._scope:
+            node = self
+            while node is not None:
+                node._ensure_populated()
+                if name not in node._module_dict and name in node._lazy:
+                    node._import_lazy(name)
+                found = node._module_dict.get(name)
+                if found is not None or scope is not None:
+                    return found
+                node = node.parent
+            return None
+        if scope in self._children:
+            return self._children[scope].get(name)
+        root = self.root
+        if scope == root._scope or scope in root._children:
+            return root.get(key)
+        return None
+
+    def _visible_names(self, key: str) -> list:
+        """Names a lookup of ``key`` could have found (for "did you mean")."""
+        scope, _ = self.split_scope_key(key)
+        if scope is not None and scope != self._scope:
+            node = self._children.get(scope) or self.root._search_child(scope)
+            return list(node.module_dict) if node is not None else []
+        names, node = [], self
+        while node is not None:
+            names += [n for n in node.module_dict if n not in names]
+            node = node.parent if scope is None else None
+        return names
 
     def _unknown_message(self, key: str) -> str:
-        _, name = self._split(key)
-        close = difflib.get_close_matches(name, list(self.module_dict), n=5, cutoff=0.5)
-        if not close:  # case-insensitive second chance ('adamw' -> 'AdamW')
-            lower = {k.lower(): k for k in self._module_dict}
-            close = [lower[k] for k in difflib.get_close_matches(name.lower(), list(lower), n=5,
-                                                                   cutoff=0.5)]
-        hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
-        return (f"{key} is not in the {self._scope}::{self._name} registry.{hint} "
-                f"Check the spelling, or that the module registering `{key}` was imported.")
+        return unknown_name_message(key, self.split_scope_key(key)[1], self._visible_names(key),
+                                    f"{self._scope}::{self._name}")
 
     def build(self, cfg: Mapping, *args, **kwargs) -> Any:
-        return self._build_func(cfg, *args, **kwargs, registry=self)
+        return self.build_func(cfg, *args, **kwargs, registry=self)
 
     # -- registration ---------------------------------------------------------------------
     def _register_module(self, module: Any, module_name=None, force: bool = False) -> None:
@@ -179,19 +271,44 @@ class Registry:
         return _register
 
 
+def unknown_name_message(key: str, name: str, names, where: str) -> str:
+    """"``key`` is not in the ``where`` registry. Did you mean: ...?" over ``names``."""
+    names = list(names)
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    if not close:  # case-insensitive second chance ('adamw' -> 'AdamW')
+        lower = {k.lower(): k for k in names}
+        close = [lower[k] for k in difflib.get_close_matches(name.lower(), list(lower), n=5,
+                                                               cutoff=0.5)]
+    hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
+    return (f"{key} is not in the {where} registry.{hint} "
+            f"Check the spelling, or that the module registering `{key}` was imported.")
+
+
+def _infer_scope() -> str:
+    """The top-level package of the module that called ``Registry(...)`` (mmengine's rule)."""
+    frame = sys._getframe(2)
+    module = inspect.getmodule(frame)
+    name = module.__name__ if module is not None else frame.f_globals.get("__name__")
+    return (name or "fusedopt").split(".")[0]
+
+
 def _build_with_registry(cfg, default_args=None, *, registry):
     return build_from_cfg(cfg, registry, default_args)
 
 
+def torch_optimizer_names() -> list:
+    """mmengine's ``TORCH_OPTIMIZERS``: the names of the classes in ``torch.optim`` that derive
+    from ``torch.optim.Optimizer`` (the base class included)."""
+    import torch.optim
+    return [name for name in dir(torch.optim) if not name.startswith("__")
+            and inspect.isclass(getattr(torch.optim, name))
+            and issubclass(getattr(torch.optim, name), torch.optim.Optimizer)]
+
+
 def _register_torch_optimizers(registry: Registry) -> None:
     import torch.optim
-    for name in dir(torch.optim):
-        if name.startswith("_"):
-            continue
-        obj = getattr(torch.optim, name)
-        if (inspect.isclass(obj) and issubclass(obj, torch.optim.Optimizer)
-                and obj is not torch.optim.Optimizer and name not in registry._module_dict):
-            registry._module_dict[name] = obj
+    for name in torch_optimizer_names():
+        registry._module_dict.setdefault(name, getattr(torch.optim, name))
     if "Adafactor" in registry._module_dict:     # mmengine's name for torch's Adafactor
         registry._module_dict.setdefault("TorchAdafactor", registry._module_dict["Adafactor"])
 
@@ -204,16 +321,9 @@ def _register_fusedopt_optimizers(registry: Registry) -> None:
             registry._module_dict[name] = obj
 
 
-def _register_wrappers(registry: Registry) -> None:
-    importlib.import_module("fusedopt.config.optim_wrapper")
-
-
-def _register_constructors(registry: Registry) -> None:
-    importlib.import_module("fusedopt.config.constructor")
-
-
 OPTIMIZERS = Registry("optimizer", build_func=_build_with_registry,
-                      populate=[_register_torch_optimizers, _register_fusedopt_optimizers])
+                      populate=[_register_torch_optimizers, _register_fusedopt_optimizers],
+                      lazy={"ZeroRedundancyOptimizer": "fusedopt.config.zero_optimizer"})
 OPTIM_WRAPPERS = Registry("optim_wrapper", build_func=_build_with_registry,
                           populate=["fusedopt.config.optim_wrapper"])
 OPTIM_WRAPPER_CONSTRUCTORS = Registry("optimizer wrapper constructor",

@@ -2,7 +2,8 @@
 
 Every mmengine scheduler (ConstantLR, LinearLR, StepLR, MultiStepLR, ExponentialLR,
 CosineAnnealingLR, PolyLR, OneCycleLR, CosineRestartLR, ReduceOnPlateauLR), the *Momentum
-twins (``betas[0]`` on the Adam family) and the generic *ParamScheduler forms, with mmengine's
+twins (``betas[0]`` on the Adam family, mirrored into ``group['momentum']`` as mmengine keeps
+it) and the generic *ParamScheduler forms, with mmengine's
 semantics: ``begin``/``end`` windows with milestones and periods counted from ``begin``,
 ``by_epoch``, ``build_iter_from_epoch`` / ``convert_to_iter_based``, chaining in list order
 (each scheduler updates the current values; values stay put in gaps between windows). They
@@ -14,31 +15,26 @@ In an mmengine Runner register ``compat.mixed_with(mmengine.optim._ParamSchedule
 
 Resume
 ------
-``state_dict()`` holds the progress (``last_step``, ``_global_step``, ``base_values``,
-ReduceOnPlateau's ``best``/``num_bad_epochs``/``cooldown_counter``), the scheduled parameter's
-current value in every group (``values``) and the schedule's config. ``load_state_dict()``
-restores the progress and writes ``values`` back into the optimizer. So the order of
-"load the optimizer state" and "build the schedulers" does not matter, and the constructor's
-first step (LinearLR's ``start_factor``, ConstantLR's ``factor``, OneCycle's initial value...)
-is never applied twice: mmengine keeps only counters, so building a LinearLR after loading the
-optimizer state multiplies the restored lr by start_factor again; here the saved values win.
+As in torch and mmengine, ``state_dict()`` is every attribute but the optimizer (the schedule's
+arguments, what is derived from them, the progress: ``last_step``, ``_global_step``,
+``base_values``, ReduceOnPlateau's ``best``...), and ``load_state_dict()`` restores every one:
+the checkpoint's schedule replaces the one the object was built with (a ``UserWarning`` lists
+what differs). Two keys are added (Note [scheduler state], base.py): ``_last_value`` and
+``values``, the scheduled parameter's current value in every group, which ``load_state_dict()``
+writes back into the optimizer. So the order of "load the optimizer state" and "build the
+schedulers" does not matter, and the constructor's first step (LinearLR's ``start_factor``,
+ConstantLR's ``factor``...) is never applied twice: with mmengine, building a LinearLR after
+loading the optimizer state multiplies the restored lr by start_factor again.
 
-When the config changes between save and resume:
-* the schedule is the *new* one (the object you built), unlike mmengine where the saved
-  attributes silently replace the new ones. A ``UserWarning`` lists every changed field
-  (begin, end, by_epoch, factors, gamma, milestones, T_max, periods, ...).
-* progress is the *saved* one: the new schedule continues from the saved ``last_step`` and
-  the saved values, with its chainable update. A changed multiplicative schedule
-  (MultiStepLR milestones, StepLR step_size, ExponentialLR gamma) therefore acts from the
-  resume point on, without re-deriving past decays; for CosineAnnealing/Poly/Linear a
-  changed T_max/end bends the curve from the current value (no jump); OneCycle (not
-  chainable) jumps to the new curve's value at the saved step.
-* the base values (``initial_lr``...) are the saved ones: a changed optimizer lr in the config
-  does not rescale a resumed schedule (as in torch and mmengine). To restart a schedule, do
-  not load its state.
-* a different number of param groups is an error (the saved values do not fit).
-A state dict saved by mmengine's scheduler loads too (its counters and base values; its
-attributes are compared with the new config and the warning lists the differences).
+``load_state_dict(state, keep_config=True)`` is the opt-in for a changed config: it restores the
+progress only (counters, base values, the values), the schedule stays the one built, and it
+continues from the saved point with its chainable update. A changed multiplicative schedule
+(MultiStepLR milestones, StepLR step_size, ExponentialLR gamma) then acts from the resume point
+on, without re-deriving past decays; for CosineAnnealing/Poly/Linear a changed T_max/end bends
+the curve from the current value (no jump); OneCycle (not chainable) jumps to the new curve's
+value at the saved step. A different number of param groups is an error either way. A state
+dict saved by mmengine's scheduler loads too (keys that are not attributes here, such as
+OneCycle's ``anneal_func``, are ignored), and mmengine's schedulers load fusedopt's.
 """
 from fusedopt.schedulers import schedules as _schedules
 from fusedopt.schedulers.base import INF, ParamScheduler

@@ -176,6 +176,9 @@ class Slot:
                 self.key, self.index = "betas", 1
             else:
                 self.key, self.index = name, None
+        # mmengine's momentum schedulers on the Adam family keep group['momentum'] beside
+        # betas[0], and code reads either: every write of betas[0] here writes it too
+        self.mirror = "momentum" if name == "momentum" and self.key == "betas" else None
         self.host = None          # CPU float64 [G]: the values the dicts should show
         self.devs = []            # the same values on the other devices of the optimizer
         self.tables_seen = None   # the optimizer's tables dict the vectors belong to
@@ -218,6 +221,9 @@ class Slot:
                 and not all(map(is_, current, written))):
             values = [v if c is w else c for c, w, v in zip(current, written, values)]
         deque(map(dict.__setitem__, groups, repeat(key), values), maxlen=0)
+        if self.mirror is not None:
+            mirrored = map(itemgetter(index), values)
+            deque(map(dict.__setitem__, groups, repeat(self.mirror), mirrored), maxlen=0)
         self.written = values
 
     def _lazy_groups(self):
@@ -298,6 +304,8 @@ class Slot:
                 pair = list(g[key])
                 pair[index] = v
                 g[key] = tuple(pair)
+                if self.mirror is not None:
+                    g[self.mirror] = v
             return
         opt = self.optimizer
         if not self.direct:

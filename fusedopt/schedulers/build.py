@@ -31,12 +31,22 @@ def build_param_scheduler(optim_wrapper, cfg, epoch_length=None):
     """Build the schedulers of ``cfg`` (a dict, a list of dicts, or already built schedulers)
     on ``optim_wrapper`` (an optim wrapper or an optimizer). Returns a list.
 
+    On an ``OptimWrapperDict`` (mmengine's Runner rules): a dict ``{wrapper name: list}``; a
+    ``cfg`` dict without ``type`` gives each wrapper its own entry, any other ``cfg`` is built
+    for every wrapper.
+
     ``convert_to_iter_based=True`` builds through ``cls.build_iter_from_epoch`` and needs
     ``epoch_length`` (iterations per epoch). Step the ``by_epoch=False`` schedulers after every
     iteration and the ``by_epoch=True`` ones after every epoch, in list order (mmengine's
     ParamSchedulerHook). Unlike mmengine's runner there is no train loop here, so a missing
     ``end`` stays "forever" (set it in the config).
     """
+    wrappers = getattr(optim_wrapper, "optim_wrappers", None)
+    if isinstance(wrappers, Mapping):
+        per_wrapper = isinstance(cfg, Mapping) and "type" not in cfg
+        return {name: build_param_scheduler(w, cfg[name] if per_wrapper else cfg, epoch_length)
+                for name, w in wrappers.items()}
+    from fusedopt.config.errors import ConfigValueError
     from fusedopt.schedulers.base import ParamScheduler
     cfgs = [cfg] if isinstance(cfg, Mapping) or not isinstance(cfg, Sequence) else list(cfg)
     built = []
@@ -53,8 +63,8 @@ def build_param_scheduler(optim_wrapper, cfg, epoch_length=None):
         args.setdefault("optimizer", optim_wrapper)
         if args.pop("convert_to_iter_based", False):
             if epoch_length is None or not args.get("by_epoch", True):
-                raise AssertionError("Only epoch-based parameter scheduler can be converted to "
-                                     "iter-based, and `epoch_length` should be set")
+                raise ConfigValueError("Only epoch-based parameter scheduler can be converted to "
+                                       "iter-based, and `epoch_length` should be set")
             if not hasattr(cls, "build_iter_from_epoch"):
                 raise TypeError(f"{cls.__name__} cannot be converted to iter-based")
             built.append(cls.build_iter_from_epoch(epoch_length=epoch_length, **args))

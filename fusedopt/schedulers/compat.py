@@ -10,7 +10,8 @@ instances. An adapter registers ``mixed_with(_ParamScheduler)`` instead of the p
         MM_PARAM_SCHEDULERS.register_module(name=name, module=cls, force=True)
 
 The mixed class runs fusedopt's code only (fusedopt's class comes first in the MRO and never
-calls the base's ``__init__``); the base contributes its type. Importing this module imports
+calls the base's ``__init__``); the base contributes its type, and its ``print_value`` if it
+has one (mmengine's prints ``verbose`` values through its logger). Importing this module imports
 nothing from mmengine.
 """
 import sys
@@ -31,8 +32,10 @@ def mixed_with(base):
         for name in schedules.__all__:
             ours = getattr(schedules, name)
             attr = f"{base.__name__.lstrip('_')}_{name}"
-            cls = type(name, (ours, base), {"__module__": __name__, "__qualname__": attr,
-                                            "__doc__": ours.__doc__})
+            namespace = {"__module__": __name__, "__qualname__": attr, "__doc__": ours.__doc__}
+            if "print_value" in vars(base):
+                namespace["print_value"] = vars(base)["print_value"]
+            cls = type(name, (ours, base), namespace)
             setattr(module, attr, cls)
             out[name] = cls
         _CACHE[base] = out

@@ -264,6 +264,7 @@ class PolyParamScheduler(ParamScheduler):
 
 class OneCycleParamScheduler(ParamScheduler):
     """The 1cycle policy (not chainable: sets the value from the step alone)."""
+    __slots__ = ("_ends",)      # read from the groups (initial_lr, max_lr, min_lr), not state
     _config_keys = ("eta_max", "total_steps", "pct_start", "anneal_strategy", "div_factor",
                     "final_div_factor", "three_phase")
     _epoch_scaled = ("total_steps",)
@@ -272,8 +273,8 @@ class OneCycleParamScheduler(ParamScheduler):
                  anneal_strategy="cos", div_factor=25., final_div_factor=1e4, three_phase=False,
                  begin=0, end=INF, last_step=-1, by_epoch=True, verbose=False):
         if param_name != "lr":
-            raise AssertionError("OneCycle only works for learning rate updating, but got "
-                                 f"param_name as {param_name}")
+            raise ConfigValueError("OneCycle only works for learning rate updating, but got "
+                                   f"param_name as {param_name}")
         self.eta_max = eta_max
         self.div_factor = div_factor
         self.final_div_factor = final_div_factor
@@ -316,11 +317,17 @@ class OneCycleParamScheduler(ParamScheduler):
                 group[f"initial_{param_name}"] = max_values[idx] / div_factor
                 group[f"max_{param_name}"] = max_values[idx]
                 group[f"min_{param_name}"] = group[f"initial_{param_name}"] / final_div_factor
-        # the curve's end points belong to this object's config (they do not follow a
-        # reloaded optimizer state: see "Resume" in the package docstring)
+        self._read_ends(groups, param_name)
+        super().__init__(optimizer, param_name, begin, end, last_step, by_epoch, verbose)
+
+    def _read_ends(self, groups, param_name):
+        """The curve's end points, from the groups as torch and mmengine read them; here at
+        construction and after load_state_dict (not at every step: O(1) steps)."""
         self._ends = {which: [g[f"{which}_{param_name}"] for g in groups]
                       for which in ("initial", "max", "min")}
-        super().__init__(optimizer, param_name, begin, end, last_step, by_epoch, verbose)
+
+    def _restored(self):
+        self._read_ends(self._all_groups(self._opt), self.param_name)
 
     def _vec(self, which, device):
         return self._const(which, device,
@@ -374,7 +381,7 @@ class CosineRestartParamScheduler(_EtaMin, ParamScheduler):
         self.eta_min_ratio = eta_min_ratio
         self.restart_weights = restart_weights
         if len(self.periods) != len(self.restart_weights):
-            raise AssertionError("periods and restart_weights should have the same length.")
+            raise ConfigValueError("periods and restart_weights should have the same length.")
         self.cumulative_periods = [sum(self.periods[0:i + 1]) for i in range(len(self.periods))]
         super().__init__(optimizer, param_name, begin, end, last_step, by_epoch, verbose)
 
@@ -435,7 +442,7 @@ class ReduceOnPlateauParamScheduler(ParamScheduler):
                  patience=10, threshold=1e-4, threshold_rule="rel", cooldown=0, min_value=0.,
                  eps=1e-8, begin=0, end=INF, last_step=-1, by_epoch=True, verbose=False):
         if not by_epoch:
-            raise AssertionError(f"Now {type(self).__name__} only support by_epoch=True")
+            raise ConfigValueError(f"Now {type(self).__name__} only support by_epoch=True")
         if factor >= 1.0:
             raise ValueError("Factor should be < 1.0.")
         self.factor = factor
@@ -535,9 +542,17 @@ def _twin(base, param_name, name, doc):
 
     def __init__(self, optimizer, *args, **kwargs):
         if param_name == "momentum":
-            defaults = getattr(raw_optimizer(optimizer), "defaults", {})
+            opt = raw_optimizer(optimizer)
+            defaults = getattr(opt, "defaults", {})
             if "momentum" not in defaults and "betas" not in defaults:
                 raise ValueError("optimizer must support momentum when using momentum scheduler")
+            if "momentum" not in defaults:
+                # the Adam family: mmengine keeps group['momentum'] == betas[0] in every group
+                # (the wrapper's base_param_settings too); the Slot keeps it so after each write
+                extra = (getattr(optimizer, "base_param_settings", None)
+                         if opt is not optimizer else None)
+                for group in list(opt.param_groups) + ([extra] if isinstance(extra, dict) else []):
+                    group["momentum"] = group["betas"][0]
         base.__init__(self, optimizer, param_name, *args, **kwargs)
 
     return type(name, (base,), {"__init__": __init__, "__doc__": doc,
