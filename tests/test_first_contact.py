@@ -186,9 +186,16 @@ def test_setup_without_torch_builds_the_package_without_the_extension():
 
 
 def test_wheel_carries_the_sources_for_the_first_use_build(tmp_path):
+    tree = tmp_path / "tree"      # a copy: setuptools leaves build/ and egg-info where it builds
+    tree.mkdir()
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), tree / name)
+    for name in ("fusedopt", "kernels", "csrc"):
+        shutil.copytree(os.path.join(ROOT, name), tree / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     env = dict(os.environ, FUSEDOPT_NO_EXT="1")
     res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index",
-                          "--no-build-isolation", "-w", str(tmp_path), ROOT], env=env,
+                          "--no-build-isolation", "-w", str(tmp_path), str(tree)], env=env,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     (wheel,) = tmp_path.glob("fusedopt-*.whl")
