@@ -226,11 +226,11 @@ def test_default_output_location_is_printed(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     slug = json.loads(next(tmp_path.rglob("*.json")).read_text())["device"]["slug"]
     stem = f"{cli.RESULTS_DIR}/{slug}/adamw-clip-4096-4t-per-param"
-    assert f"wrote {stem}.json" in out
+    assert f"wrote {tmp_path / stem}.json\n" in out
     data = json.loads((tmp_path / f"{stem}.json").read_text())
     assert data["options"]["json"] == f"{stem}.json"
     if have_matplotlib():
-        assert f"wrote {stem}.png" in out and (tmp_path / f"{stem}.png").exists()
+        assert f"wrote {tmp_path / stem}.png\n" in out and (tmp_path / f"{stem}.png").exists()
 
 
 def test_default_run_names():

@@ -303,12 +303,12 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
     with open(json_path, "w") as f:
         json.dump(data, f, indent=1)
-    print(f"wrote {json_path}")
+    print(f"wrote {os.path.abspath(json_path)}")   # absolute: scripts/bench.sh runs elsewhere
     from fusedopt.bench import plot
     if plot.have_matplotlib():
         os.makedirs(os.path.dirname(os.path.abspath(plot_path)), exist_ok=True)
         plot.plot(data, plot_path)
-        print(f"wrote {plot_path}")
+        print(f"wrote {os.path.abspath(plot_path)}")
     else:
         print("no plot: matplotlib is not installed (pip install 'fusedopt[bench]')")
     return 0
