@@ -1,10 +1,17 @@
 """Build of fusedopt and its compiled extension ``fusedopt._C``.
 
+The extension is built against the torch this Python already has: ``pip install
+--no-build-isolation -e .`` (scripts/setup.sh) is the fast path. pip's default build isolation
+(``pip install .``, ``pip install git+URL``) builds in a fresh environment without torch; then
+the package installs without the extension, with its C++ sources, and the cpu backend compiles
+them on first use, cached (Note [jit build] in fusedopt/_ext.py).
+
 Environment flags:
   FUSEDOPT_NO_EXT=1       skip the extension (the ``reference`` backend, and ``triton`` where
-                          available, still work).
-  FUSEDOPT_REQUIRE_EXT=1  make a failed extension build fail the install (CI sets it); by
-                          default a failed build only warns, and ``import fusedopt`` still works.
+                          available, still work; set at run time, no JIT build either).
+  FUSEDOPT_REQUIRE_EXT=1  make a failed extension build, or no torch to build it against, fail
+                          the install (CI sets it); by default a failed build only warns, and
+                          ``import fusedopt`` still works.
   FUSEDOPT_NO_CUDA=1      build the CPU kernels only, even where torch has CUDA and nvcc exists.
   FUSEDOPT_REQUIRE_CUDA=1 fail unless the CUDA kernels are built (scripts/gpu_check.sh sets it);
                           FUSEDOPT_REQUIRE_EXT=1 with a CUDA torch implies it.
@@ -13,6 +20,7 @@ Environment flags:
 """
 import glob
 import os
+import sys
 
 from setuptools import setup
 
@@ -38,7 +46,17 @@ def _why_no_cuda(cpp_extension):
 def _extensions():
     if _flag("FUSEDOPT_NO_EXT"):
         return [], {}
-    from torch.utils import cpp_extension
+    try:
+        from torch.utils import cpp_extension
+    except ImportError as exc:   # pip's build isolation: a fresh environment without torch
+        why = (f"torch is not importable here ({exc}): pip builds in an isolated environment "
+               "unless given --no-build-isolation")
+        if _flag("FUSEDOPT_REQUIRE_EXT"):
+            raise RuntimeError(f"fusedopt: cannot build fusedopt._C: {why}")
+        print(f"fusedopt: building without fusedopt._C: {why}. The cpu backend compiles it on "
+              "first use (cached); `pip install --no-build-isolation .` builds it now.",
+              file=sys.stderr)
+        return [], {}
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     cxx = ["-O3", "-fopenmp"]   # cpp_extension adds the -std= torch needs (c++20 for 2.13)
@@ -77,8 +95,11 @@ ext_modules, cmdclass = _extensions()
 
 setup(
     packages=["fusedopt", "fusedopt.backends", "fusedopt.config", "fusedopt.schedulers",
-              "fusedopt.bench", "fusedopt.kernels"],
-    package_dir={"fusedopt.kernels": "kernels"},
+              "fusedopt.bench", "fusedopt.kernels", "fusedopt.csrc"],
+    # the C++/CUDA sources go into the package too: the JIT builds read them (Note [jit build])
+    package_dir={"fusedopt.kernels": "kernels", "fusedopt.csrc": "csrc"},
+    package_data={"fusedopt.csrc": ["*.cpp", "*.h", "cpu/*.cpp", "cpu/*.h", "cuda/*.cu",
+                                    "cuda/*.cuh", "cuda/*.h"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -29,6 +29,18 @@ class BucketSpec:
     pending_group: List[int] = field(default_factory=list)
     pending_source: List[torch.Tensor] = field(default_factory=list)  # user-facing param of each
     placement: Any = None                              # (mesh, placements) of DTensor params
+    groups: Any = None                                 # the optimizer's param_groups: error texts
+
+
+def describe_param(groups, p):
+    """``param_groups[g]['params'][i]`` (with its name where the optimizer was given named
+    parameters), for error messages; found by identity, so it costs O(params) only there."""
+    for g, group in enumerate(groups or ()):
+        for i, q in enumerate(group["params"]):
+            if q is p:
+                names = group.get("param_names")
+                return f"param_groups[{g}]['params'][{i}]" + (f" ({names[i]!r})" if names else "")
+    return f"a parameter of shape {tuple(p.shape)}"
 
 
 @dataclass

@@ -187,7 +187,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                 spec = specs.get(key)
                 if spec is None:
                     spec = specs[key] = _engine.BucketSpec(p.device, p.dtype, flags,
-                                                           placement=placement)
+                                                           placement=placement,
+                                                           groups=self.param_groups)
                 shard = _distributed.local(p)
                 if placement is not None:
                     self._dtensors.append((p, shard))
@@ -245,8 +246,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         if g.is_sparse:
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
-            raise RuntimeError(f"grad of shape {tuple(g.shape)}, dtype {g.dtype} on {g.device} does "
-                               f"not match its parameter ({tuple(p.shape)}, {p.dtype}, {p.device})")
+            raise RuntimeError(f"grad of {_engine.describe_param(self.param_groups, p)}: shape "
+                               f"{tuple(g.shape)}, dtype {g.dtype} on {g.device} does not match the "
+                               f"parameter's ({tuple(p.shape)}, {p.dtype}, {p.device})")
 
     # ---- the step -----------------------------------------------------------------------------
     @torch.no_grad()

@@ -46,7 +46,8 @@ def test_short_cpu_run_json_schema_and_plot(tmp_path, capsys):
     fused = next(r for r in data["results"] if r["impl"] == "torch-fused")
     assert fused["vs_torch_fused"] == pytest.approx(1.0)
     out = capsys.readouterr().out
-    assert "torch-fused" in out and "vs torch-fused" in out
+    assert "torch-fused" in out and "vs torch-fused" in out and "roofline" not in out
+    assert f"vs stream: GB/s / {dev['copy_gbps']:.1f} GB/s" in out
     if have_matplotlib():
         assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
 
@@ -171,9 +172,11 @@ def test_plain_table_without_rich(monkeypatch, capsys):
                p80_ms=2.5, gbps=10.0, roofline_frac=0.5, vs_torch_fused=1.0, launches_per_step=None,
                host_overhead_us=12.0, peak_mem_bytes=2**20)
     skip = dict(rec, impl="apex", status="skipped", reason="apex: CUDA only", median_ms=None)
-    report.print_table("t", [rec, skip])
+    report.print_table("t", [rec, skip], copy_gbps=20.0)
     out = capsys.readouterr().out
-    assert "torch-fused" in out and "1.00x" in out and re.search(r"apex +skipped: apex: CUDA only", out)
+    assert "torch-fused" in out and "1.00x" in out and "50%" in out
+    assert re.search(r"^skipped: apex \(apex: CUDA only\)$", out, re.M)
+    assert "launches" not in out and "GB/s / 20.0 GB/s" in out
 
 
 def test_import_fusedopt_stays_light():
@@ -181,3 +184,122 @@ def test_import_fusedopt_stays_light():
             "'fusedopt.bench') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+# ---- what a newcomer reads (issue 17) ------------------------------------------------------------
+def _table_lines(out):
+    """The lines of the printed tables: from a title line to the first note under it."""
+    lines, inside = [], False
+    for line in out.splitlines():
+        if line.startswith(("results", "numel=", "groups=")):
+            inside = True
+        elif line.startswith(("vs stream:", "vs torch-fused:", "skipped:", "failed:")) or not line:
+            inside = False
+        if inside:
+            lines.append(line)
+    return lines
+
+
+@pytest.mark.parametrize("rich", [True, False])
+def test_table_is_narrow_skips_in_one_line_and_drops_empty_columns(tmp_path, monkeypatch, capsys,
+                                                                  rich):
+    if not rich:
+        for mod in ("rich", "rich.box", "rich.console", "rich.table"):
+            monkeypatch.setitem(sys.modules, mod, None)
+    else:
+        pytest.importorskip("rich")
+    run_cli(tmp_path, "--impl", "fusedopt,fusedopt-reference,torch-forloop,torch-foreach,"
+                      "torch-fused,apex,deepspeed,te")
+    out = capsys.readouterr().out
+    table = _table_lines(out)
+    header = next(line for line in table if "median ms" in line)
+    assert len(table) >= 7 and max(len(line) for line in table) <= 100, "\n".join(table)
+    assert "launches" not in header and "vs stream" in header and "roofline" not in out
+    assert not any(name in line for line in table for name in ("apex", "deepspeed", " te "))
+    skipped = [line for line in out.splitlines() if line.startswith("skipped:")]
+    assert len(skipped) == 1 and all(f"{n} (" in skipped[0] for n in ("apex", "deepspeed", "te"))
+
+
+def test_default_output_location_is_printed(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([*TINY, "--impl", "torch-fused", "--clip", "--groups", "per-param"]) == 0
+    out = capsys.readouterr().out
+    slug = json.loads(next(tmp_path.rglob("*.json")).read_text())["device"]["slug"]
+    stem = f"{cli.RESULTS_DIR}/{slug}/adamw-clip-4096-4t-per-param"
+    assert f"wrote {tmp_path / stem}.json\n" in out
+    data = json.loads((tmp_path / f"{stem}.json").read_text())
+    assert data["options"]["json"] == f"{stem}.json"
+    if have_matplotlib():
+        assert f"wrote {tmp_path / stem}.png\n" in out and (tmp_path / f"{stem}.png").exists()
+
+
+def test_default_run_names():
+    parse = lambda *a: cli.resolve(cli.build_parser().parse_args(["--device", "cpu", *a]),  # noqa
+                                   cli.build_parser())
+    assert cli.default_stem(parse()) == "adamw-resnet50"
+    assert cli.default_stem(parse("--numel", "20M", "--tensors", "200", "--clip")) == \
+        "adamw-clip-20M-200t"
+    assert cli.default_stem(parse("--optimizer", "sgd", "--dtype", "bf16", "--numel", "16000",
+                                  "--tensors", "1000", "--groups", "per-param")) == \
+        "sgd-bf16-16k-1000t-per-param"
+    assert cli.default_stem(parse("--preset", "vit-b16", "--sweep", "groups")) == \
+        "adamw-vit-b16-sweep-groups"
+
+
+def test_sweep_tables_show_each_points_stream(tmp_path, capsys):
+    data, _ = run_cli(tmp_path, "--impl", "fusedopt,torch-fused", "--sweep", "groups", "--steps", "1")
+    out = capsys.readouterr().out
+    for v in data["options"]["sweep_values"]:
+        rs = [r for r in data["results"] if r["sweep_value"] == v]
+        copy = rs[0]["copy_gbps"]
+        assert all(r["roofline_frac"] == pytest.approx(r["gbps"] / copy) for r in rs)
+        title = next(line for line in out.splitlines() if line.startswith(f"groups={v} "))
+        assert title.endswith(f"stream {copy:.1f} GB/s)"), title
+    notes = [line for line in out.splitlines() if line.startswith("vs stream:")]
+    assert notes == [f"vs stream: GB/s / {data['results'][i]['copy_gbps']:.1f} GB/s of torch's "
+                     "in-place add_ timed alongside; a reference, not a ceiling" for i in (0, 2)]
+    first = next(line for line in out.splitlines() if line.startswith("stream: "))
+    assert "timed at each point" in first
+
+
+def _doc(fused_gbps, copy=20.0):
+    rec = dict(status="ok", reason=None, backend=None, launches_per_step=None, host_overhead_us=1.0,
+               peak_mem_bytes=1, copy_gbps=copy)
+    rows = [("fusedopt", 1.0, 0.5, 3.0, fused_gbps), ("torch-forloop", 8.0, 6.0, 9.5, 3.0),
+            ("torch-foreach", 3.0, 2.9, 3.1, 8.0), ("torch-fused", 2.0, 1.0, 4.0, 12.0)]
+    results = [dict(rec, impl=i, median_ms=m, p20_ms=lo, p80_ms=hi, gbps=g, roofline_frac=g / copy,
+                    vs_torch_fused=2.0 / m) for i, m, lo, hi, g in rows]
+    return {"device": {"type": "cpu", "name": "test cpu", "copy_gbps": copy},
+            "torch": {"version": torch.__version__},
+            "options": {"optimizer": "adamw", "dtype": "fp32", "numel": 4096, "tensors": 4,
+                        "groups": "1", "sweep": None, "bytes_per_param": 28},
+            "results": results}
+
+
+@pytest.mark.skipif(not have_matplotlib(), reason="matplotlib is not installed")
+def test_plot_ratio_labels_clear_of_whiskers_and_caption_explains_the_line():
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
+    from fusedopt.bench import plot
+    fig = plot.figure(_doc(fused_gbps=30.0))
+    renderer = fig.canvas.get_renderer()
+    ax_t = fig.axes[0]
+    labels = [t for t in ax_t.texts if "x\nvs torch-fused" in t.get_text()]
+    assert len(labels) == 4
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    whiskers = [seg for c in ax_t.collections if isinstance(c, LineCollection)
+                for seg in c.get_segments()]
+    assert whiskers
+    for box in boxes:
+        assert ax_t.get_window_extent(renderer).contains(box.x0, box.y1)     # inside the axes
+        for seg in whiskers:
+            (x0, y0), (x1, y1) = ax_t.transData.transform(seg)
+            assert not box.overlaps(type(box).from_extents(min(x0, x1) - 1, min(y0, y1) - 1,
+                                                          max(x0, x1) + 1, max(y0, y1) + 1))
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    text = "\n".join(t.get_text() for t in fig.texts)
+    assert "in-place add_ stream" in text and "fusedopt rises above it (up to 150%)" in text
+    plt.close(fig)
+    fig = plot.figure(_doc(fused_gbps=15.0))
+    assert "above it" not in "\n".join(t.get_text() for t in fig.texts)
+    plt.close(fig)

@@ -13,12 +13,14 @@ import torch
 
 import fusedopt
 from fusedopt import _engine
+from fusedopt.backends import cpu as cpu_backend
 from fusedopt.backends import reference
 from helpers import clone_params, make_params, set_grads
 from tolerances import LOW_PRECISION_FACTOR, assert_close, max_error
 
-C = fusedopt._ext.C
-pytestmark = pytest.mark.skipif(C is None, reason="fusedopt._C is not built")
+# the module the cpu backend steps with: fusedopt._C, or its JIT build (Note [jit build])
+C = cpu_backend._extension() if cpu_backend.unavailable_reason() is None else None
+pytestmark = pytest.mark.skipif(C is None, reason=f"cpu backend: {cpu_backend.unavailable_reason()}")
 
 LEVELS = ["scalar", "avx2", "avx512"]
 ORDER = {name: i for i, name in enumerate(LEVELS)}

@@ -8,7 +8,7 @@ template <class S> using compute_t = typename Compute<S>::type;
 
 // Runs f(grad, x) on elements [begin, end): x[0..K) are the read-write streams (param, then its
 // states), loaded before and stored after the call. Every stream is read and written once, the
-// 28 B/param of fp32 AdamW (design.md, "Bytes per parameter").
+// 28 B/param of fp32 AdamW (bench/README.md, "Effective bandwidth").
 template <class S, int K, class F>
 void elementwise(const F& f, const S* grad, S* const (&rw)[K], int64_t begin, int64_t end) {
   using C = compute_t<S>;

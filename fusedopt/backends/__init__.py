@@ -46,28 +46,31 @@ def available_backends():
     return [name for name in ORDER if unavailable_reason(name) is None]
 
 
-def check_backend(name):
-    """Validate a ``backend=`` argument at construction time (before any state exists)."""
+def check_backend(name, source=""):
+    """Validate a ``backend=`` argument at construction time (before any state exists).
+    ``source``: where the name came from, when not the argument (said in the errors)."""
     if name == "auto":
         return
     if not isinstance(name, str) or name not in ORDER:
-        raise ValueError(f"Invalid backend: {name!r}; expected 'auto' or one of {list(ORDER)} "
-                         f"(available here: {available_backends()})")
+        raise ValueError(f"Invalid backend: {name!r}{source}; expected 'auto' or one of "
+                         f"{list(ORDER)} (available here: {available_backends()})")
     reason = unavailable_reason(name)
     if reason is not None:
-        raise RuntimeError(f"backend={name!r} is not available: {reason}. "
+        raise RuntimeError(f"backend={name!r}{source} is not available: {reason}. "
                            f"Available backends: {available_backends()}")
 
 
 def resolve(name, device):
     """The backend module that steps tensors on ``device`` for ``backend=name``."""
-    if name == "auto":
-        name = os.environ.get("FUSEDOPT_BACKEND", "auto")
+    source = ""
+    if name == "auto" and os.environ.get("FUSEDOPT_BACKEND", "auto") != "auto":
+        name = os.environ["FUSEDOPT_BACKEND"]
+        source = " (from the environment variable FUSEDOPT_BACKEND)"
     if name != "auto":
-        check_backend(name)
+        check_backend(name, source)
         module = _module(name)
         if not module.supports(device):
-            raise RuntimeError(f"backend={name!r} cannot step tensors on device {device}. "
+            raise RuntimeError(f"backend={name!r}{source} cannot step tensors on device {device}. "
                                f"Available backends: {available_backends()}")
         return module
     # triton on CPU tensors exists only under TRITON_INTERPRET=1, for tests: never picked by auto

@@ -1,12 +1,42 @@
-"""The CPU backend: OpenMP + SIMD C++ kernels of fusedopt._C (csrc/cpu/)."""
+"""The CPU backend: OpenMP + SIMD C++ kernels of fusedopt._C (csrc/cpu/), or of the same sources
+built on first use where the install did not build fusedopt._C (Note [jit build] in
+fusedopt/_ext.py, the mechanism the CUDA backend uses for its kernels)."""
+import os
+import threading
+
 from fusedopt import _ext
 
 NAME = "cpu"
 
+_lock = threading.Lock()
+_jit = {}          # "module" -> the JIT-built extension, or "error" -> why it is not there
+
+
+def _extension():
+    if _ext.C is not None:
+        return _ext.C
+    with _lock:
+        if not _jit:
+            if os.environ.get("FUSEDOPT_NO_EXT", "0") not in ("", "0"):
+                _jit["error"] = "FUSEDOPT_NO_EXT is set"
+            else:
+                try:
+                    _jit["module"] = _ext.jit_build(
+                        "fusedopt_cpu_jit", cuda=False,
+                        what="the C++ CPU kernels (fusedopt._C was not built at install)")
+                except Exception as exc:  # a failed build leaves the backend unavailable
+                    _jit["error"] = f"JIT build failed: {type(exc).__name__}: {exc}"
+        if "error" in _jit:
+            raise RuntimeError(f"the compiled extension fusedopt._C could not be loaded "
+                               f"({_ext.LOAD_ERROR}), and {_jit['error']}")
+        return _jit["module"]
+
 
 def unavailable_reason():
-    if _ext.C is None:
-        return f"the compiled extension fusedopt._C could not be loaded ({_ext.LOAD_ERROR})"
+    try:
+        _extension()
+    except RuntimeError as exc:
+        return str(exc)
     return None
 
 
@@ -15,25 +45,26 @@ def supports(device):
 
 
 def make_bucket(spec):
-    return _ext.C.Bucket(spec.params, spec.states, spec.steps, spec.group_index, spec.pending)
+    return _extension().Bucket(spec.params, spec.states, spec.steps, spec.group_index, spec.pending)
 
 
 def pending_with_grad(handle):
-    return _ext.C.pending_with_grad(handle)
+    return _extension().pending_with_grad(handle)
 
 
 def adam_step(handle, hp, *, amsgrad, maximize, decoupled, clip_coef=None, inv_scale=None,
               found_inf=None):
-    _ext.C.adam_step(handle, hp, amsgrad, maximize, decoupled, clip_coef, inv_scale, found_inf)
+    _extension().adam_step(handle, hp, amsgrad, maximize, decoupled, clip_coef, inv_scale,
+                           found_inf)
 
 
 def sgd_step(handle, hp, *, nesterov, maximize, clip_coef=None, inv_scale=None, found_inf=None):
-    _ext.C.sgd_step(handle, hp, nesterov, maximize, clip_coef, inv_scale, found_inf)
+    _extension().sgd_step(handle, hp, nesterov, maximize, clip_coef, inv_scale, found_inf)
 
 
 def bucket_norm(handle, norm_type):
-    return _ext.C.bucket_norm(handle, norm_type)
+    return _extension().bucket_norm(handle, norm_type)
 
 
 def tensors_norm(tensors, norm_type):
-    return _ext.C.tensors_norm(list(tensors), norm_type)
+    return _extension().tensors_norm(list(tensors), norm_type)

@@ -4,15 +4,12 @@ sources where the installed extension has none.
 Note [cuda jit build]: setup.py compiles the CUDA kernels into fusedopt._C only where torch has
 CUDA and nvcc exists at install time. Otherwise, on a machine with a GPU, a CUDA torch and nvcc,
 the first question about this backend (``unavailable_reason``, asked by ``backend='auto'`` and
-``available_backends()``) builds every source of fusedopt._C with the CUDA kernels through
-torch.utils.cpp_extension.load (ninja; cached under torch's extension directory, so later
-processes only load it). The JIT module is compiled with ``-Dfusedopt=fusedopt_jit``: its C++
-types then differ from those of the already loaded CPU-only fusedopt._C, which pybind11 would
-otherwise refuse to register twice. Buckets of this backend are made by the module that steps
-them. A failed build makes the backend unavailable with the build's error as the reason.
+``available_backends()``) builds every source of fusedopt._C with the CUDA kernels (Note [jit
+build] in fusedopt/_ext.py: cached, so later processes only load it; its own C++ namespace, so
+it loads beside a CPU-only fusedopt._C). Buckets of this backend are made by the module that
+steps them. A failed build makes the backend unavailable with the build's error as the reason.
 Importing this module never builds and never fails (Note [import never fails]).
 """
-import glob
 import os
 import shutil
 import threading
@@ -23,8 +20,6 @@ from fusedopt import _ext
 
 NAME = "cuda"
 
-_CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                     "csrc")
 _lock = threading.Lock()
 _jit = {}          # "module" -> the JIT-built extension, or "error" -> why it is not there
 
@@ -42,23 +37,11 @@ def _nvcc():
 
 def _build():
     """The extension with CUDA kernels, built on first call (Note [cuda jit build])."""
-    from torch.utils import cpp_extension
     if _nvcc() is None:
         raise RuntimeError("fusedopt._C has no CUDA kernels and nvcc was not found to build them "
                            "(set CUDA_HOME or put nvcc on PATH)")
-    bindings = os.path.join(_CSRC, "bindings.cpp")
-    if not os.path.exists(bindings):
-        raise RuntimeError(f"fusedopt._C has no CUDA kernels and the sources to build them are not "
-                           f"installed ({_CSRC} is missing; install from a source checkout)")
-    sources = ([bindings] + sorted(glob.glob(os.path.join(_CSRC, "cpu", "*.cpp")))
-               + sorted(glob.glob(os.path.join(_CSRC, "cuda", "*.cu"))))
-    if os.environ.get("FUSEDOPT_CUDA_ARCHS"):          # as setup.py
-        os.environ["TORCH_CUDA_ARCH_LIST"] = os.environ["FUSEDOPT_CUDA_ARCHS"]
-    defines = ["-DFUSEDOPT_WITH_CUDA=1", "-Dfusedopt=fusedopt_jit"]
-    return cpp_extension.load(
-        name="fusedopt_cuda_jit", sources=sources, extra_include_paths=[_CSRC],
-        extra_cflags=["-O3", "-fopenmp", *defines], extra_cuda_cflags=["-O3", *defines],
-        extra_ldflags=["-fopenmp"], verbose=os.environ.get("FUSEDOPT_JIT_VERBOSE") == "1")
+    return _ext.jit_build("fusedopt_cuda_jit", cuda=True,
+                          what="the CUDA kernels (fusedopt._C was installed without them)")
 
 
 def _extension():

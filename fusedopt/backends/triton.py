@@ -10,6 +10,7 @@ makes ``unavailable_reason()`` say why.
 """
 import torch
 
+from fusedopt import _engine
 from fusedopt.backends import combine_norms, reference
 
 try:
@@ -142,8 +143,9 @@ class _Handle:
             if g.layout is not torch.strided:
                 raise RuntimeError("sparse gradients are not supported")
             if g.dtype is not self.dtype or g.shape != p.shape:
-                raise RuntimeError(f"grad of shape {tuple(g.shape)}, dtype {g.dtype} does not "
-                                   f"match its parameter ({tuple(p.shape)}, {p.dtype})")
+                raise RuntimeError(f"grad of {_engine.describe_param(self.spec.groups, p)}: "
+                                   f"shape {tuple(g.shape)}, dtype {g.dtype} does not match the "
+                                   f"parameter's ({tuple(p.shape)}, {p.dtype})")
             want = self.layout[i]
             if want is None:                  # norm only: any dense order will do
                 if not _dense(g):

@@ -1,6 +1,7 @@
 """fusedopt-bench: time fusedopt against torch's optimizers (and apex / DeepSpeed / Transformer
-Engine where importable) in one process on one device, with the device's copy bandwidth measured
-in the same run as the roofline. See ``fusedopt-bench --help`` and design.md "Benchmark CLI".
+Engine where importable) in one process on one device, beside a bandwidth stream of the same
+device timed in the same rounds (the "vs stream" column). See ``fusedopt-bench --help`` and
+bench/README.md.
 """
 import argparse
 import gc
@@ -16,8 +17,9 @@ from fusedopt.bench import impls as _impls
 from fusedopt.bench import measure, presets, report
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+RESULTS_DIR = "fusedopt-bench-results"   # default home of a run's JSON and plot, under the cwd
 EXAMPLES = """examples:
-  fusedopt-bench                                   # resnet50 AdamW, fusedopt vs torch, table + plot
+  fusedopt-bench                                   # resnet50 AdamW, fusedopt vs torch: table, JSON, plot
   fusedopt-bench --numel 20M --tensors 200 --impl fusedopt,torch-fused --json r.json --plot r.png
   fusedopt-bench --numel 20M --tensors 200 --clip
   fusedopt-bench --numel 16000 --tensors 1000 --groups per-param --steps 200
@@ -84,8 +86,9 @@ def build_parser():
     p = argparse.ArgumentParser(
         prog="fusedopt-bench", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Time one optimizer step of fusedopt and of torch's implementations side by "
-                    "side (same process, same params and grads, interleaved), against the copy "
-                    "bandwidth of the same device measured in the same run.")
+                    "side (same process, same params and grads, interleaved), beside a bandwidth "
+                    "stream of the same device timed in the same rounds. Writes the table, a JSON "
+                    f"and a plot ({RESULTS_DIR}/<device>/ unless --json/--plot say otherwise).")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None,
                    help="device to run on (default: cuda if available, else cpu)")
     p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adamw",
@@ -111,9 +114,11 @@ def build_parser():
     p.add_argument("--warmup", type=_nonneg, default=5, help="untimed steps first, interleaved too (default 5)")
     p.add_argument("--sweep", choices=["numel", "groups"], default=None,
                    help="repeat over parameter counts (synthetic sets) or group counts")
-    p.add_argument("--json", metavar="PATH", default=None, help="write the results as JSON")
+    p.add_argument("--json", metavar="PATH", default=None,
+                   help=f"where to write the results as JSON; default "
+                        f"{RESULTS_DIR}/<device>/<run>.json in the current directory")
     p.add_argument("--plot", metavar="PATH", default=None,
-                   help="write the plot (PNG); default fusedopt-bench-<device>.png here")
+                   help=f"where to write the plot (PNG); default {RESULTS_DIR}/<device>/<run>.png")
     return p
 
 
@@ -240,18 +245,52 @@ def run(args):
 
 
 def show(data):
-    d = data["device"]
-    print(f"roofline: {d['copy_gbps']:.1f} GB/s median, {d['copy_gbps_best']:.1f} best "
-          f"({d['copy_method']})" if d.get("copy_gbps") else
-          "roofline: not measured")
-    sweep = data["options"].get("sweep")
-    values = data["options"].get("sweep_values") or [None]
-    for v in values:
+    d, o = data["device"], data["options"]
+    sweep = o.get("sweep")
+    per_point = [r["copy_gbps"] for r in data["results"] if r.get("copy_gbps")]
+    if not d.get("copy_gbps"):
+        print("stream: not measured")
+    elif sweep and per_point:
+        print(f"stream: {min(per_point):.1f}-{max(per_point):.1f} GB/s, timed at each point "
+              f"alongside its steps (each point's \"vs stream\" uses its own): {d['copy_method']}")
+    else:
+        print(f"stream: {d['copy_gbps']:.1f} GB/s median ({d['copy_gbps_best']:.1f} best): "
+              f"{d['copy_method']}")
+    for v in o.get("sweep_values") or [None]:
         rs = [r for r in data["results"] if r.get("sweep_value") == v]
         title = f"{sweep}={v}" if sweep else "results"
+        copy = rs[0].get("copy_gbps") if rs else d.get("copy_gbps")
         if rs:
-            title += f" ({rs[0]['numel']:,} params, {rs[0]['tensors']} tensors, {rs[0]['groups']} groups)"
-        report.print_table(title, rs)
+            title += f" ({rs[0]['numel']:,} params, {rs[0]['tensors']} tensors, {rs[0]['groups']} groups"
+            title += f"; stream {copy:.1f} GB/s)" if sweep and copy else ")"
+        print()
+        report.print_table(title, rs, copy_gbps=copy)
+
+
+def _count_text(n):
+    for div, unit in ((10**9, "G"), (10**6, "M"), (10**3, "k")):
+        if n >= div and n % div == 0:
+            return f"{n // div}{unit}"
+    return str(n)
+
+
+def default_stem(args):
+    """The file name of a run's results without suffix, from its options: adamw-resnet50,
+    adamw-clip-20M-200t, sgd-bf16-16k-1000t-per-param, adamw-vit-b16-sweep-groups."""
+    parts = [args.optimizer, args.dtype if args.dtype != "fp32" else None,
+             "clip" if args.clip else None, "amp" if args.amp else None,
+             args.preset or f"{_count_text(args.numel)}-{args.tensors}t",
+             None if args.groups == "1" else "per-param" if args.groups == "per-param"
+             else f"{args.groups}groups",
+             f"sweep-{args.sweep}" if args.sweep else None]
+    return "-".join(p for p in parts if p)
+
+
+def output_paths(args, slug):
+    """(JSON path, plot path): --json / --plot, else RESULTS_DIR/<device>/<run>.json and .png
+    under the current directory."""
+    stem = os.path.join(RESULTS_DIR, slug, default_stem(args))
+    return args.json or stem + ".json", args.plot or stem + ".png"
 
 
 def main(argv=None):
@@ -264,17 +303,18 @@ def main(argv=None):
     args = resolve(parser.parse_args(argv), parser)
     data = run(args)
     show(data)
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(data, f, indent=1)
-        print(f"wrote {args.json}")
+    json_path, plot_path = output_paths(args, data["device"]["slug"])
+    data["options"].update(json=json_path, plot=plot_path)
+    print()
+    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+    with open(json_path, "w") as f:
+        json.dump(data, f, indent=1)
+    print(f"wrote {os.path.abspath(json_path)}")   # absolute: scripts/bench.sh runs elsewhere
     from fusedopt.bench import plot
-    path = args.plot or f"fusedopt-bench-{data['device']['slug']}.png"
     if plot.have_matplotlib():
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        plot.plot(data, path)
-        print(f"wrote {path}")
+        os.makedirs(os.path.dirname(os.path.abspath(plot_path)), exist_ok=True)
+        plot.plot(data, plot_path)
+        print(f"wrote {os.path.abspath(plot_path)}")
     else:
         print("no plot: matplotlib is not installed (pip install 'fusedopt[bench]')")
     return 0

@@ -1,4 +1,4 @@
-"""Parameter sets, the roofline stream, and the interleaved timing of one benchmark point.
+"""Parameter sets, the bandwidth stream ("vs stream"), and the interleaved timing of one point.
 
 Timing (Note [interleaved timing]): every implementation steps the same parameter tensors with the
 same grads. Each round times one step of every implementation and one pass of the bandwidth
@@ -17,8 +17,9 @@ import torch
 
 from fusedopt.bench import impls as _impls
 
-# The roofline stream: in-place a.add_(b, alpha=...) reads a and b and writes a: 12 B per fp32
-# element, with no write-allocate traffic owed (the definition issue 2 uses, on 20M floats on CPU).
+# The stream, the reference of "vs stream": in-place a.add_(b, alpha=...) reads a and b and writes
+# a: 12 B per fp32 element, with no write-allocate traffic owed (the definition issue 2 uses, on
+# 20M floats on CPU). A reference access pattern, not a ceiling: a step may beat it.
 STREAM_BYTES_PER_ELEM = 12
 CPU_STREAM_NUMEL = 20_000_000
 CUDA_STREAM_NUMEL = 1 << 28
@@ -27,7 +28,7 @@ _STEP_UNITS = {"adam": 7, "adamw": 7, "sgd": 5}   # element reads+writes of one 
 
 
 def bytes_per_param(optimizer, dtype, *, clip=False, amp=False):
-    """Bytes one step must move per parameter (design.md, "Bytes per parameter"): Adam/AdamW read
+    """Bytes one step must move per parameter (bench/README.md, "Effective bandwidth"): Adam/AdamW read
     p, g, m, v and write p, m, v (7 elements: fp32 28 B); SGD with momentum reads p, g, buf and
     writes p, buf (5: 20 B). A clip norm or AMP's found_inf check needs one more read of every grad
     before the update (fp32 AdamW + clip: 32 B), and both share that read."""
@@ -68,7 +69,7 @@ def make_params(shapes, dtype, device, *, grad_scale=1.0, seed=0):
 
 
 class Stream:
-    """The roofline: ``a.add_(b, alpha=1e-7)`` over fp32 vectors, 12 B/element."""
+    """The stream: ``a.add_(b, alpha=1e-7)`` over fp32 vectors, 12 B/element."""
 
     def __init__(self, device):
         numel = CPU_STREAM_NUMEL if device.type == "cpu" else CUDA_STREAM_NUMEL

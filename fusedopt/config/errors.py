@@ -26,5 +26,9 @@ class UnknownTypeError(KeyError, TypeError):
     mmengine's constructor raises for an unknown optimizer type (it calls
     ``inspect.signature(None)``)."""
 
+    def __str__(self):
+        # KeyError's str() is the repr of its argument: the message would print in quotes
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
 
 __all__ += ["UnknownTypeError"]
