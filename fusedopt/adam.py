@@ -57,7 +57,7 @@ class FusedAdam(FusedOptimizer):
     def _flags(group):
         return (("amsgrad", bool(group["amsgrad"])), ("maximize", bool(group["maximize"])),
                 ("decoupled", bool(group["decoupled_weight_decay"])),
-                ("master_weights", bool(group["master_weights"])))
+                ("master_weights", bool(group.get("master_weights"))))
 
     def _state_of(self, p, group):
         state = self.state.get(p)

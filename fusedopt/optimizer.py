@@ -247,8 +247,8 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _master_states(self, p, group):
         """Note [master copy]: with ``master_weights=True`` every fp16/bf16 param keeps an fp32
-        copy in ``state['master_param']``, made from the param when its state is (or, after a
-        load_state_dict without masters, such as torch's, at the next pack). Buckets carry the
+        copy in ``state['master_param']``, made from the param with the rest of its state (or,
+        after a load_state_dict without masters, such as torch's, at the next pack). Buckets carry the
         copies as their last state list: an fp32 list beside fp16/bf16 params (csrc/cuda/
         launchers.h, Note [slots]; ``BucketSpec.has_master``). A step reads the master in place
         of the param, computes in fp32 as always, and writes the master and its rounding into
@@ -258,7 +258,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         The master is the truth: a param written in place after its master exists (e.g. by
         ``model.load_state_dict``) is overwritten by the next step. Returns ``[master]`` or
         ``[]`` (fp32/fp64 params: a no-op; groups without the option drop a stale copy)."""
-        if not (group["master_weights"] and p.dtype in (torch.float16, torch.bfloat16)):
+        # .get: groups of an optimizer pickled before the option existed lack the key
+        if not (group.get("master_weights") and p.dtype in (torch.float16, torch.bfloat16)):
             if p in self.state:
                 self.state[p].pop("master_param", None)
             return []

@@ -53,7 +53,7 @@ class FusedSGD(FusedOptimizer):
     def _flags(group):
         return (("momentum", group["momentum"] != 0), ("nesterov", bool(group["nesterov"])),
                 ("maximize", bool(group["maximize"])),
-                ("master_weights", bool(group["master_weights"])))
+                ("master_weights", bool(group.get("master_weights"))))
 
     def _counter(self, p, seeded):
         if not hasattr(self, "_seeded"):        # after unpickling
