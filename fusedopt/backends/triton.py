@@ -58,6 +58,8 @@ def _same_order(a, b):
 
 
 def _same_layout(a, b):
+    """Same dtype too: what an algorithm state must share with its param (a master copy, fp32,
+    needs only the order)."""
     return a.dtype == b.dtype and _same_order(a, b)
 
 
