@@ -46,8 +46,6 @@ fc::DType dtype_code(const at::Tensor& t, const char* what) {
   }
 }
 
-bool low_precision(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
-
 void check_on(const at::Tensor& t, const at::Device& device, const char* what, size_t i) {
   TORCH_CHECK(t.device() == device, what, "[", i, "] is on ", t.device(),
               "; every tensor of a CUDA bucket must be on ", device);
@@ -136,14 +134,6 @@ Uploaded upload(const std::vector<fc::TensorMeta>& metas, const at::Device& devi
   at::Tensor on_device = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).device(device));
   on_device.copy_(host, /*non_blocking=*/true);
   return Uploaded{on_device, fc::view(layout, on_device.data_ptr())};
-}
-
-// A last state list of float32 tensors beside fp16/bf16 params is their fp32 master copy
-// (Note [slots], csrc/cuda/launchers.h); the algorithm's own states have the params' dtype.
-bool has_master(const Bucket& b) {
-  return !b.params.empty() && !b.states.empty() && !b.states.back().empty() &&
-         low_precision(b.params[0].scalar_type()) &&
-         b.states.back()[0].scalar_type() == at::kFloat;
 }
 
 // Every tensor an update step reads, checked before anything is staged or launched.
@@ -446,6 +436,20 @@ void check_like_param(const at::Tensor& t, const at::Tensor& p, const Name& what
               p.device());
 }
 
+// The fp32 master copy of an fp16/bf16 param (Note [master copy], bucket.h): its shape and
+// device, in float32.
+void check_master(const at::Tensor& t, const at::Tensor& p, const Name& what,
+                  const Name& param) {
+  TORCH_CHECK(t.defined(), what, " is undefined");
+  TORCH_CHECK(t.layout() == at::kStrided, what, " has layout ", t.layout(), "; expected strided");
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, what, " (a master copy) has dtype ",
+                   t.scalar_type(), "; expected float32");
+  TORCH_CHECK(t.sizes() == p.sizes(), what, " has shape ", t.sizes(), " but ", param,
+              " has ", p.sizes());
+  TORCH_CHECK(t.device() == p.device(), what, " is on ", t.device(), " but ", param, " is on ",
+              p.device());
+}
+
 void check_grad(const at::Tensor& g, const at::Tensor& p, size_t i) {
   TORCH_CHECK(g.layout() == at::kStrided, "sparse gradients are not supported (grad of params[",
               i, "] has layout ", g.layout(), ")");
@@ -463,6 +467,7 @@ void check_step_counter(const at::Tensor& s, const at::Tensor& p, size_t i) {
 // step: a parameter or state changed in place (`p.data = ...`) must not reach a kernel.
 void check_bucket(const Bucket& b) {
   const size_t n = b.params.size();
+  const bool master = has_master(b);
   for (size_t k = 0; k < b.states.size(); ++k) {
     TORCH_CHECK(b.states[k].size() == n, "states[", k, "] has ", b.states[k].size(),
                 " tensors for ", n, " params");
@@ -474,8 +479,12 @@ void check_bucket(const Bucket& b) {
     const at::Tensor& p = b.params[i];
     check_param(p, Name{"params", i});
     for (size_t k = 0; k < b.states.size(); ++k) {
-      check_like_param(b.states[k][i], p, Name{"states", i, "", static_cast<int64_t>(k)},
-                       Name{"params", i});
+      const Name state{"states", i, "", static_cast<int64_t>(k)};
+      if (master && k + 1 == b.states.size()) {
+        check_master(b.states[k][i], p, state, Name{"params", i});
+      } else {
+        check_like_param(b.states[k][i], p, state, Name{"params", i});
+      }
     }
     check_step_counter(b.steps[i], p, i);
     TORCH_CHECK(b.group_index[i] >= 0, "group_index[", i, "] is negative (", b.group_index[i],
@@ -506,8 +515,10 @@ void check_step(const Bucket& b, const at::Tensor& hp, size_t num_states, const 
     TORCH_CHECK(b.group_index[i] < hp.size(0), "group_index[", i, "] = ", b.group_index[i],
                 " is out of range for hp with ", hp.size(0), " rows");
   }
-  TORCH_CHECK(b.states.size() == num_states, "states: expected ", num_states, " state lists (",
-              states_are, "), got ", b.states.size());
+  const size_t masters = has_master(b) ? 1 : 0;
+  TORCH_CHECK(b.states.size() == num_states + masters, "states: expected ", num_states,
+              " state lists (", states_are, masters ? ", then the master copies" : "", "), got ",
+              b.states.size());
   for (auto [name, t] : {std::pair<const char*, const OptTensor*>{"clip_coef", &clip_coef},
                          {"inv_scale", &inv_scale},
                          {"found_inf", &found_inf}}) {
@@ -560,9 +571,10 @@ void adam_step(Bucket& b, const at::Tensor& hp, bool amsgrad, bool maximize, boo
 void sgd_step(Bucket& b, const at::Tensor& hp, bool nesterov, bool maximize,
               const OptTensor& clip_coef, const OptTensor& inv_scale, const OptTensor& found_inf) {
   // SGD keeps momentum buffers or nothing; which one the bucket holds decides
-  TORCH_CHECK(b.states.size() <= 1, "states: SGD keeps at most one state list "
-              "(momentum_buffer), got ", b.states.size());
-  check_step(b, hp, b.states.size(), "momentum_buffer or none", clip_coef, inv_scale, found_inf);
+  const size_t algo_states = b.states.size() - (has_master(b) ? 1 : 0);
+  TORCH_CHECK(algo_states <= 1, "states: SGD keeps at most one state list (momentum_buffer) "
+              "besides the master copies, got ", b.states.size());
+  check_step(b, hp, algo_states, "momentum_buffer or none", clip_coef, inv_scale, found_inf);
   cpu::sgd_step(b, hp, nesterov, maximize, clip_coef, inv_scale, found_inf);
 }
 

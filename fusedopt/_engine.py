@@ -42,6 +42,13 @@ def describe_param(groups, p):
                 return f"param_groups[{g}]['params'][{i}]" + (f" ({names[i]!r})" if names else "")
     return f"a parameter of shape {tuple(p.shape)}"
 
+    @property
+    def has_master(self):
+        """The last state list holds fp32 master copies of fp16/bf16 params (Note [master copy]
+        in fusedopt/optimizer.py); the algorithm's own states have the params' dtype."""
+        return (self.dtype in (torch.float16, torch.bfloat16) and bool(self.states)
+                and bool(self.states[-1]) and self.states[-1][0].dtype == torch.float32)
+
 
 @dataclass
 class Bucket:

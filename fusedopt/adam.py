@@ -12,7 +12,9 @@ class FusedAdam(FusedOptimizer, torch.optim.Adam):
     ``decoupled_weight_decay=True``), plus ``backend``. ``foreach``, ``fused`` and ``capturable``
     are accepted for compatibility: the step is always fused, and capturable by construction
     (step counters live on the parameters' device). ``skip_nonfinite=True`` skips, on device,
-    every step in which any grad is inf or nan, and counts them in ``skipped_steps``.""" 
+    every step in which any grad is inf or nan, and counts them in ``skipped_steps``.
+    ``master_weights=True`` keeps an fp32 copy of each fp16/bf16 param in
+    ``state['master_param']`` and steps that copy (Note [master copy]); a no-op for fp32/fp64."""
 
     _HPARAM_SLOTS = {
         "lr": (_hparams.LR, "lr", None),
@@ -26,12 +28,12 @@ class FusedAdam(FusedOptimizer, torch.optim.Adam):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False, fused=None, decoupled_weight_decay=False, backend="auto",
-                 skip_nonfinite=False):
+                 skip_nonfinite=False, master_weights=False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, foreach=foreach, capturable=capturable,
                         differentiable=differentiable, fused=fused,
                         decoupled_weight_decay=decoupled_weight_decay,
-                        skip_nonfinite=skip_nonfinite)
+                        skip_nonfinite=skip_nonfinite, master_weights=master_weights)
         self._check_group(defaults)
         super().__init__(params, defaults, backend)
 
@@ -54,7 +56,8 @@ class FusedAdam(FusedOptimizer, torch.optim.Adam):
     @staticmethod
     def _flags(group):
         return (("amsgrad", bool(group["amsgrad"])), ("maximize", bool(group["maximize"])),
-                ("decoupled", bool(group["decoupled_weight_decay"])))
+                ("decoupled", bool(group["decoupled_weight_decay"])),
+                ("master_weights", bool(group.get("master_weights"))))
 
     def _state_of(self, p, group):
         state = self.state.get(p)
@@ -68,7 +71,7 @@ class FusedAdam(FusedOptimizer, torch.optim.Adam):
         states = [state["exp_avg"], state["exp_avg_sq"]]
         if group["amsgrad"]:
             states.append(state["max_exp_avg_sq"])
-        return states, step
+        return states + self._master_states(p, group), step
 
     def _new_state(self, p, group):
         state = self.state[p]
@@ -84,12 +87,14 @@ class FusedAdam(FusedOptimizer, torch.optim.Adam):
 
 
 class FusedAdamW(FusedAdam, torch.optim.AdamW):
-    """torch.optim.AdamW's arguments and defaults (decoupled weight decay 1e-2), plus ``backend``."""
+    """torch.optim.AdamW's arguments and defaults (decoupled weight decay 1e-2), plus FusedAdam's
+    ``backend``, ``skip_nonfinite`` and ``master_weights``."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
-                 differentiable=False, fused=None, backend="auto", skip_nonfinite=False):
+                 differentiable=False, fused=None, backend="auto", skip_nonfinite=False,
+                 master_weights=False):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable, differentiable=differentiable,
                          fused=fused, decoupled_weight_decay=True, backend=backend,
-                         skip_nonfinite=skip_nonfinite)
+                         skip_nonfinite=skip_nonfinite, master_weights=master_weights)

@@ -6,18 +6,23 @@
 """
 
 
-def adam(bucket, hp, *, amsgrad, maximize, decoupled, clip_coef=None, inv_scale=None,
-         found_inf=None):
-    """Adam (decoupled=False, L2 decay) or AdamW (decoupled=True) over every tensor of the bucket."""
+def adam(bucket, hp, *, amsgrad, maximize, decoupled, master_weights=False, clip_coef=None,
+         inv_scale=None, found_inf=None):
+    """Adam (decoupled=False, L2 decay) or AdamW (decoupled=True) over every tensor of the bucket.
+    ``master_weights`` is a bucketing key: the backends find the fp32 master copies, where the
+    bucket has them, as its last state list (Note [master copy] in fusedopt/optimizer.py)."""
+    del master_weights
     bucket.backend.adam_step(bucket.handle, hp, amsgrad=amsgrad, maximize=maximize,
                              decoupled=decoupled, clip_coef=clip_coef, inv_scale=inv_scale,
                              found_inf=found_inf)
 
 
-def sgd(bucket, hp, *, momentum, nesterov, maximize, clip_coef=None, inv_scale=None,
-        found_inf=None):
+def sgd(bucket, hp, *, momentum, nesterov, maximize, master_weights=False, clip_coef=None,
+        inv_scale=None, found_inf=None):
     """SGD over every tensor of the bucket. ``momentum`` says whether the bucket keeps momentum
-    buffers (its groups have momentum != 0); the backends read that from its state lists."""
-    del momentum  # a bucketing key only: see above
+    buffers (its groups have momentum != 0) and ``master_weights`` whether its fp16/bf16 params
+    keep fp32 master copies: both are bucketing keys, the backends read them from the state
+    lists (a momentum buffer list, then the master list)."""
+    del momentum, master_weights
     bucket.backend.sgd_step(bucket.handle, hp, nesterov=nesterov, maximize=maximize,
                             clip_coef=clip_coef, inv_scale=inv_scale, found_inf=found_inf)

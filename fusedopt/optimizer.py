@@ -22,20 +22,29 @@ def host_number(value, sync=True):
     return value
 
 
+# torch.optim's wording for a bad value, which users search for; the message adds the argument.
+_TORCH_WORDING = {"lr": "learning rate", "eps": "epsilon value", "momentum": "momentum value",
+                  "betas[0]": "beta parameter at index 0", "betas[1]": "beta parameter at index 1",
+                  "weight_decay": "weight_decay value", "dampening": "dampening value"}
+
+
 def check_hparam(name, value, low=0.0, high=None, sync=True):
-    """Raise ValueError naming ``name`` unless low <= value (< high).
+    """Raise ValueError naming ``name`` unless low <= value (< high), in torch's words.
 
     ``sync=False`` (table rebuilds on the step path) leaves a device tensor's value unchecked:
     it was checked when it entered a group (constructor, add_param_group), with one host sync
     there as torch's own constructors have, and a step must never wait for the device."""
+    if torch.is_tensor(value) and value.numel() != 1:
+        raise ValueError(f"Tensor {name} must be 1-element; got {value.numel()} elements")
+    what = f"Invalid {_TORCH_WORDING.get(name, name)}"
     v = host_number(value, sync)
     if v is None:
         return
     if not isinstance(v, (int, float)) or isinstance(v, bool):
-        raise TypeError(f"Invalid {name}: {value!r}; expected a number")
+        raise TypeError(f"{what}: {value!r}; expected {name} to be a number")
     if v < low or (high is not None and v >= high) or v != v:
         rng = f"[{low}, {high if high is not None else 'inf'})"
-        raise ValueError(f"Invalid {name}: {value!r}; expected a value in {rng}")
+        raise ValueError(f"{what}: {value}; expected {name} in {rng}")
 
 
 class FusedOptimizer(torch.optim.Optimizer):
@@ -169,6 +178,11 @@ class FusedOptimizer(torch.optim.Optimizer):
             except TypeError as e:               # not a number: no table can hold it
                 raise TypeError(f"param_groups[{i}]: {e}") from None
         devices = {p.device for g in self.param_groups for p in g["params"]}
+        if any(d.type == "meta" for d in devices):   # no data to step (nor to pin and copy)
+            i = [p.device.type for g in self.param_groups for p in g["params"]].index("meta")
+            raise RuntimeError(f"{type(self).__name__}: params[{i}] is on the meta device, which "
+                               "holds no data to step; materialize the model first (e.g. "
+                               "module.to_empty(device=...) and initialise it)")
         self._tables = _engine.build_tables(self.param_groups, self._row, devices)
         self._packed_flags = flags
         self._stale[0] = False
@@ -240,6 +254,29 @@ class FusedOptimizer(torch.optim.Optimizer):
                 self._new_state(p, self.param_groups[b.spec.pending_group[i]])
                 grown = True
         return grown
+
+    def _master_states(self, p, group):
+        """Note [master copy]: with ``master_weights=True`` every fp16/bf16 param keeps an fp32
+        copy in ``state['master_param']``, made from the param with the rest of its state (or,
+        after a load_state_dict without masters, such as torch's, at the next pack). Buckets carry the
+        copies as their last state list: an fp32 list beside fp16/bf16 params (csrc/cuda/
+        launchers.h, Note [slots]; ``BucketSpec.has_master``). A step reads the master in place
+        of the param, computes in fp32 as always, and writes the master and its rounding into
+        the param in the same pass, never reading the param: bf16 AdamW moves 20 B/param
+        (reads g, m, v 2 B each and the master 4 B; writes p, m, v and the master) against
+        14 B without, and keeps 4 B/param more. m and v keep the param's dtype (torch's layout).
+        The master is the truth: a param written in place after its master exists (e.g. by
+        ``model.load_state_dict``) is overwritten by the next step. Returns ``[master]`` or
+        ``[]`` (fp32/fp64 params: a no-op; groups without the option drop a stale copy)."""
+        # .get: groups of an optimizer pickled before the option existed lack the key
+        if not (group.get("master_weights") and p.dtype in (torch.float16, torch.bfloat16)):
+            if p in self.state:
+                self.state[p].pop("master_param", None)
+            return []
+        state = self.state[p]
+        if "master_param" not in state:
+            state["master_param"] = p.detach().to(torch.float32, copy=True)
+        return [state["master_param"]]
 
     def _check_grad(self, p):
         g = p.grad
@@ -324,7 +361,22 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict):
         extra = state_dict.get("fusedopt", {})
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "fusedopt"})
+        # torch casts every state tensor to its param's dtype: keep the fp32 master copies
+        # (Note [master copy]) out of that and give them back as float32 afterwards
+        masters, state = {}, {}
+        for k, s in state_dict["state"].items():
+            if isinstance(s, dict) and "master_param" in s:
+                masters[k] = s["master_param"]
+                s = {name: v for name, v in s.items() if name != "master_param"}
+            state[k] = s
+        super().load_state_dict({**{k: v for k, v in state_dict.items() if k != "fusedopt"},
+                                 "state": state})
+        saved = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for k, p in zip(saved, params):
+            if k in masters:
+                self.state[p]["master_param"] = masters[k].to(device=p.device,
+                                                              dtype=torch.float32)
         if "skipped_steps" in extra:
             self._skipped_steps = extra["skipped_steps"].clone()
 

@@ -8,9 +8,9 @@ __all__ = ["FusedSGD"]
 
 
 class FusedSGD(FusedOptimizer, torch.optim.SGD):
-    """torch.optim.SGD's arguments and defaults, plus ``backend`` and ``skip_nonfinite`` (see
-    FusedAdam). State is torch's:
-    ``momentum_buffer`` for groups with momentum != 0, nothing otherwise."""
+    """torch.optim.SGD's arguments and defaults, plus ``backend``, ``skip_nonfinite`` and
+    ``master_weights`` (see FusedAdam). State is torch's: ``momentum_buffer`` for groups with
+    momentum != 0, nothing otherwise (and ``master_param`` with master weights)."""
 
     _HPARAM_SLOTS = {
         "lr": (_hparams.LR, "lr", None),
@@ -21,11 +21,17 @@ class FusedSGD(FusedOptimizer, torch.optim.SGD):
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False,
                  *, maximize=False, foreach=None, differentiable=False, fused=None, backend="auto",
-                 skip_nonfinite=False):
+                 skip_nonfinite=False, master_weights=False):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach,
-                        differentiable=differentiable, fused=fused, skip_nonfinite=skip_nonfinite)
+                        differentiable=differentiable, fused=fused, skip_nonfinite=skip_nonfinite,
+                        master_weights=master_weights)
         self._check_group(defaults)
+        # As torch, only the defaults: a group may set nesterov=True beside an inherited
+        # dampening, and then steps with both (torch's for-loop math does).
+        if nesterov and (host_number(momentum) <= 0 or host_number(dampening) != 0):
+            raise ValueError("Invalid nesterov=True: Nesterov momentum requires a momentum and "
+                             f"zero dampening; got momentum={momentum}, dampening={dampening}")
         # Note [SGD seeding]: torch seeds a momentum buffer with the first grad (no dampening).
         # The kernels need to know which buffers are seeded; the per-param counter lives here,
         # outside torch's state layout, and is rebuilt from 'momentum_buffer' after a load.
@@ -38,11 +44,6 @@ class FusedSGD(FusedOptimizer, torch.optim.SGD):
         check_hparam("momentum", group["momentum"], sync=sync)
         check_hparam("dampening", group["dampening"], -float("inf"), sync=sync)
         check_hparam("weight_decay", group["weight_decay"], sync=sync)
-        momentum, dampening = (host_number(group[k], sync) for k in ("momentum", "dampening"))
-        if group["nesterov"] and momentum is not None and dampening is not None and (
-                momentum <= 0 or dampening != 0):
-            raise ValueError("Invalid nesterov=True: Nesterov momentum requires momentum > 0 "
-                             "and dampening == 0")
 
     @staticmethod
     def _row(group):
@@ -51,7 +52,8 @@ class FusedSGD(FusedOptimizer, torch.optim.SGD):
     @staticmethod
     def _flags(group):
         return (("momentum", group["momentum"] != 0), ("nesterov", bool(group["nesterov"])),
-                ("maximize", bool(group["maximize"])))
+                ("maximize", bool(group["maximize"])),
+                ("master_weights", bool(group.get("master_weights"))))
 
     def _counter(self, p, seeded):
         if not hasattr(self, "_seeded"):        # after unpickling
@@ -67,10 +69,11 @@ class FusedSGD(FusedOptimizer, torch.optim.SGD):
         if group["momentum"] == 0:
             # no state in torch's layout; the counter marks the param as initialised
             counter = getattr(self, "_seeded", {}).get(p)
-            return None if counter is None else ([], counter)
+            return None if counter is None else (self._master_states(p, group), counter)
         if not state or state.get("momentum_buffer") is None:
             return None
-        return [state["momentum_buffer"]], self._counter(p, seeded=True)
+        return ([state["momentum_buffer"]] + self._master_states(p, group),
+                self._counter(p, seeded=True))
 
     def _new_state(self, p, group):
         # a fresh counter: one kept from momentum-free steps would mark the new buffer seeded

@@ -2,15 +2,17 @@
 
 The math is torch.optim.adam._single_tensor_adam's, operation by operation, in the compute dtype
 (Note [compute precision]); scalars derived from the hyper-parameters are formed in fp64 and then
-rounded to the compute dtype, as torch does when a Python float meets a tensor.
+rounded to the compute dtype, as torch does when a Python float meets a tensor. MASTER: the update
+starts from and writes the fp32 master copy; the param only receives its rounding, unread
+(Note [master copy] in fusedopt/optimizer.py).
 """
 import triton
 import triton.language as tl
 
 from fusedopt import _hparams
-from fusedopt.kernels.table import (GROUP, META_COLS, NO_GRAD, NUMEL, PARAM, STATES, STEP,
-                                    aligned16, block_done, div_rn, load_grad, locate, rounded,
-                                    skipped, sqrt_rn, typed)
+from fusedopt.kernels.table import (GROUP, MASTER, META_COLS, NO_GRAD, NUMEL, PARAM, STATES,
+                                    STEP, aligned16, block_done, div_rn, load_grad, locate,
+                                    rounded, skipped, sqrt_rn, typed)
 
 _LR = tl.constexpr(_hparams.LR)
 _WD = tl.constexpr(_hparams.WEIGHT_DECAY)
@@ -20,7 +22,7 @@ _EPS = tl.constexpr(_hparams.EPS)
 _COLS = tl.constexpr(_hparams.NUM_COLS)
 _META_COLS, _NO_GRAD = tl.constexpr(META_COLS), tl.constexpr(NO_GRAD)
 _NUMEL, _GROUP, _PARAM = tl.constexpr(NUMEL), tl.constexpr(GROUP), tl.constexpr(PARAM)
-_STEP, _STATES = tl.constexpr(STEP), tl.constexpr(STATES)
+_STEP, _STATES, _MASTER = tl.constexpr(STEP), tl.constexpr(STATES), tl.constexpr(MASTER)
 
 
 # Every non-constexpr argument is a pointer whose alignment Triton would otherwise fold into the
@@ -29,7 +31,8 @@ _STEP, _STATES = tl.constexpr(STEP), tl.constexpr(STATES)
                                "clip_coef", "found_inf"])
 def adam_kernel(blocks, meta, grads, counters, hp, inv_scale, clip_coef, found_inf,
                 DTYPE: tl.constexpr, CT: tl.constexpr, AMSGRAD: tl.constexpr,
-                MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr, BLOCK: tl.constexpr):
+                MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr, MASTER: tl.constexpr,
+                BLOCK: tl.constexpr):
     if skipped(found_inf):
         return
     t, b = locate(blocks, tl.program_id(0))
@@ -51,38 +54,46 @@ def adam_kernel(blocks, meta, grads, counters, hp, inv_scale, clip_coef, found_i
 
     p_address, m_address = tl.load(row + _PARAM), tl.load(row + _STATES)
     v_address, vmax_address = tl.load(row + _STATES + 1), tl.load(row + _STATES + 2)
+    master_address = tl.load(row + _MASTER)         # 0 without a master copy
     offs = b.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     # Full blocks run unmasked: a mask built from a numel read from memory has unknown
     # divisibility, which would forbid the 16-byte vector accesses (Note [alignment per tensor]).
     if b.to(tl.int64) * BLOCK + BLOCK <= n:
-        if aligned16(g_address, p_address, m_address, v_address, vmax_address):
+        # a | b is a multiple of 16 iff both are: one argument covers vmax and the master
+        if aligned16(g_address, p_address, m_address, v_address, vmax_address | master_address):
             _adam_block(typed(p_address, DTYPE, True), typed(g_address, DTYPE, True),
                         typed(m_address, DTYPE, True), typed(v_address, DTYPE, True),
-                        typed(vmax_address, DTYPE, True), offs, None, inv_scale, clip_coef,
+                        typed(vmax_address, DTYPE, True), typed(master_address, tl.float32, True),
+                        offs, None, inv_scale, clip_coef,
                         lr, wd, beta1, beta2, eps, step_size, bias_correction2_sqrt,
-                        DTYPE, CT, AMSGRAD, MAXIMIZE, DECOUPLED)
+                        DTYPE, CT, AMSGRAD, MAXIMIZE, DECOUPLED, MASTER)
         else:
             _adam_block(typed(p_address, DTYPE, False), typed(g_address, DTYPE, False),
                         typed(m_address, DTYPE, False), typed(v_address, DTYPE, False),
-                        typed(vmax_address, DTYPE, False), offs, None, inv_scale, clip_coef,
-                        lr, wd, beta1, beta2, eps, step_size, bias_correction2_sqrt,
-                        DTYPE, CT, AMSGRAD, MAXIMIZE, DECOUPLED)
+                        typed(vmax_address, DTYPE, False),
+                        typed(master_address, tl.float32, False), offs, None, inv_scale,
+                        clip_coef, lr, wd, beta1, beta2, eps, step_size, bias_correction2_sqrt,
+                        DTYPE, CT, AMSGRAD, MAXIMIZE, DECOUPLED, MASTER)
     else:
         _adam_block(typed(p_address, DTYPE, False), typed(g_address, DTYPE, False),
                     typed(m_address, DTYPE, False), typed(v_address, DTYPE, False),
-                    typed(vmax_address, DTYPE, False), offs, offs < n, inv_scale, clip_coef,
+                    typed(vmax_address, DTYPE, False), typed(master_address, tl.float32, False),
+                    offs, offs < n, inv_scale, clip_coef,
                     lr, wd, beta1, beta2, eps, step_size, bias_correction2_sqrt,
-                    DTYPE, CT, AMSGRAD, MAXIMIZE, DECOUPLED)
+                    DTYPE, CT, AMSGRAD, MAXIMIZE, DECOUPLED, MASTER)
     block_done(counters, t, n, step_ptr, step, BLOCK)
 
 
 @triton.jit
-def _adam_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, offs, mask, inv_scale, clip_coef,
-                lr, wd, beta1, beta2, eps, step_size, bias_correction2_sqrt,
+def _adam_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, master_ptr, offs, mask, inv_scale,
+                clip_coef, lr, wd, beta1, beta2, eps, step_size, bias_correction2_sqrt,
                 DTYPE: tl.constexpr, CT: tl.constexpr, AMSGRAD: tl.constexpr,
-                MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr):
+                MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr, MASTER: tl.constexpr):
     g = load_grad(g_ptr, offs, mask, inv_scale, clip_coef, MAXIMIZE, CT)
-    p = tl.load(p_ptr + offs, mask=mask).to(CT)
+    if MASTER:
+        p = tl.load(master_ptr + offs, mask=mask)
+    else:
+        p = tl.load(p_ptr + offs, mask=mask).to(CT)
     if wd != 0:
         if DECOUPLED:
             p = p * (1.0 - lr * wd).to(CT)
@@ -102,6 +113,8 @@ def _adam_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, offs, mask, inv_scale, cli
     else:
         denom = div_rn(sqrt_rn(v), bias_correction2_sqrt.to(CT)) + eps.to(CT)
     p = p + (-step_size).to(CT) * div_rn(m, denom)
+    if MASTER:
+        tl.store(master_ptr + offs, p, mask=mask)
     tl.store(p_ptr + offs, rounded(p, DTYPE), mask=mask)
     tl.store(m_ptr + offs, rounded(m, DTYPE), mask=mask)
     tl.store(v_ptr + offs, rounded(v, DTYPE), mask=mask)

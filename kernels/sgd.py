@@ -3,14 +3,16 @@
 The math is torch.optim.sgd._single_tensor_sgd's in the compute dtype (Note [compute precision]).
 Seeded-buffer rule (docs/internals.md): a tensor whose step counter is still 0 seeds its momentum
 buffer with the grad (torch's ``clone(grad)``); later steps blend. The counter advances either way.
+MASTER: the fp32 master copy is read and written in place of the param, which only receives its
+rounding (Note [master copy] in fusedopt/optimizer.py).
 """
 import triton
 import triton.language as tl
 
 from fusedopt import _hparams
-from fusedopt.kernels.table import (GROUP, META_COLS, NO_GRAD, NUMEL, PARAM, STATES, STEP,
-                                    aligned16, block_done, load_grad, locate, rounded, skipped,
-                                    typed)
+from fusedopt.kernels.table import (GROUP, MASTER, META_COLS, NO_GRAD, NUMEL, PARAM, STATES,
+                                    STEP, aligned16, block_done, load_grad, locate, rounded,
+                                    skipped, typed)
 
 _LR = tl.constexpr(_hparams.LR)
 _WD = tl.constexpr(_hparams.WEIGHT_DECAY)
@@ -19,7 +21,7 @@ _DAMPENING = tl.constexpr(_hparams.DAMPENING)
 _COLS = tl.constexpr(_hparams.NUM_COLS)
 _META_COLS, _NO_GRAD = tl.constexpr(META_COLS), tl.constexpr(NO_GRAD)
 _NUMEL, _GROUP, _PARAM = tl.constexpr(NUMEL), tl.constexpr(GROUP), tl.constexpr(PARAM)
-_STEP, _STATES = tl.constexpr(STEP), tl.constexpr(STATES)
+_STEP, _STATES, _MASTER = tl.constexpr(STEP), tl.constexpr(STATES), tl.constexpr(MASTER)
 
 
 # Pointers are read as scalars: alignment specialisation would only add cache keys (adam.py).
@@ -27,7 +29,8 @@ _STEP, _STATES = tl.constexpr(STEP), tl.constexpr(STATES)
                                "clip_coef", "found_inf"])
 def sgd_kernel(blocks, meta, grads, counters, hp, inv_scale, clip_coef, found_inf,
                DTYPE: tl.constexpr, CT: tl.constexpr, HAS_BUFFER: tl.constexpr,
-               NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr, BLOCK: tl.constexpr):
+               NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr, MASTER: tl.constexpr,
+               BLOCK: tl.constexpr):
     if skipped(found_inf):
         return
     t, b = locate(blocks, tl.program_id(0))
@@ -43,30 +46,37 @@ def sgd_kernel(blocks, meta, grads, counters, hp, inv_scale, clip_coef, found_in
     step = tl.load(step_ptr)
 
     p_address, buf_address = tl.load(row + _PARAM), tl.load(row + _STATES)
+    master_address = tl.load(row + _MASTER)         # 0 without a master copy
     offs = b.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     if b.to(tl.int64) * BLOCK + BLOCK <= n:          # unmasked full block: see adam.py
-        if aligned16(g_address, p_address, buf_address, 0, 0):
+        if aligned16(g_address, p_address, buf_address, master_address, 0):
             _sgd_block(typed(p_address, DTYPE, True), typed(g_address, DTYPE, True),
-                       typed(buf_address, DTYPE, True), offs, None, inv_scale, clip_coef, lr, wd,
-                       momentum, dampening, step == 0, DTYPE, CT, HAS_BUFFER, NESTEROV, MAXIMIZE)
+                       typed(buf_address, DTYPE, True), typed(master_address, tl.float32, True),
+                       offs, None, inv_scale, clip_coef, lr, wd, momentum, dampening, step == 0,
+                       DTYPE, CT, HAS_BUFFER, NESTEROV, MAXIMIZE, MASTER)
         else:
             _sgd_block(typed(p_address, DTYPE, False), typed(g_address, DTYPE, False),
-                       typed(buf_address, DTYPE, False), offs, None, inv_scale, clip_coef, lr,
-                       wd, momentum, dampening, step == 0, DTYPE, CT, HAS_BUFFER, NESTEROV,
-                       MAXIMIZE)
+                       typed(buf_address, DTYPE, False), typed(master_address, tl.float32, False),
+                       offs, None, inv_scale, clip_coef, lr, wd, momentum, dampening, step == 0,
+                       DTYPE, CT, HAS_BUFFER, NESTEROV, MAXIMIZE, MASTER)
     else:
         _sgd_block(typed(p_address, DTYPE, False), typed(g_address, DTYPE, False),
-                   typed(buf_address, DTYPE, False), offs, offs < n, inv_scale, clip_coef, lr, wd,
-                   momentum, dampening, step == 0, DTYPE, CT, HAS_BUFFER, NESTEROV, MAXIMIZE)
+                   typed(buf_address, DTYPE, False), typed(master_address, tl.float32, False),
+                   offs, offs < n, inv_scale, clip_coef, lr, wd, momentum, dampening, step == 0,
+                   DTYPE, CT, HAS_BUFFER, NESTEROV, MAXIMIZE, MASTER)
     block_done(counters, t, n, step_ptr, step + 1.0, BLOCK)
 
 
 @triton.jit
-def _sgd_block(p_ptr, g_ptr, buf_ptr, offs, mask, inv_scale, clip_coef, lr, wd, momentum,
-               dampening, seed, DTYPE: tl.constexpr, CT: tl.constexpr,
-               HAS_BUFFER: tl.constexpr, NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr):
+def _sgd_block(p_ptr, g_ptr, buf_ptr, master_ptr, offs, mask, inv_scale, clip_coef, lr, wd,
+               momentum, dampening, seed, DTYPE: tl.constexpr, CT: tl.constexpr,
+               HAS_BUFFER: tl.constexpr, NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr,
+               MASTER: tl.constexpr):
     g = load_grad(g_ptr, offs, mask, inv_scale, clip_coef, MAXIMIZE, CT)
-    p = tl.load(p_ptr + offs, mask=mask).to(CT)
+    if MASTER:
+        p = tl.load(master_ptr + offs, mask=mask)
+    else:
+        p = tl.load(p_ptr + offs, mask=mask).to(CT)
     if wd != 0:
         g = g + wd.to(CT) * p
     if HAS_BUFFER:
@@ -80,4 +90,6 @@ def _sgd_block(p_ptr, g_ptr, buf_ptr, offs, mask, inv_scale, clip_coef, lr, wd, 
         else:
             g = buf
     p = p + (-lr).to(CT) * g
+    if MASTER:
+        tl.store(master_ptr + offs, p, mask=mask)
     tl.store(p_ptr + offs, rounded(p, DTYPE), mask=mask)

@@ -2,7 +2,8 @@
 
 Note [one launch per bucket]: a bucket's tensors are described once, on its device, by
 - ``meta``: int64 [T, META_COLS], one row per tensor: numel, group row, address of the param,
-  of its float32 step counter and of up to three state tensors (0 where unused);
+  of its float32 step counter, of up to three state tensors and of its fp32 master copy
+  (Note [master copy] in fusedopt/optimizer.py), 0 where unused;
 - ``grads``: int64 [T], the grad addresses, NO_GRAD for a grad that is None this step (the only
   column that can change between steps: autograd may hand out new grad tensors);
 - ``blocks``: int32 [B, 2], one (tensor, block-within-tensor) pair per program.
@@ -14,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-NUMEL, GROUP, PARAM, STEP, STATES = 0, 1, 2, 3, 4
+NUMEL, GROUP, PARAM, STEP, STATES, MASTER = 0, 1, 2, 3, 4, 7
 # -1, not 0: torch gives 0-element tensors the address 0, and their step must still count.
 NO_GRAD = -1
 META_COLS = 8                 # 64-byte rows; STATES..STATES+2 hold Adam's m, v, max_v at most
@@ -63,7 +64,7 @@ def block_pairs(numels, block, device):
     return upload(pairs, torch.int32, device), len(pairs) if numels else 0
 
 
-def meta_row(numel, group, param=None, step=None, states=()):
+def meta_row(numel, group, param=None, step=None, states=(), master=None):
     """One host row of ``meta``; a norm-only tensor leaves the addresses at 0."""
     row = [0] * META_COLS
     row[NUMEL], row[GROUP] = numel, group
@@ -71,6 +72,8 @@ def meta_row(numel, group, param=None, step=None, states=()):
         row[PARAM], row[STEP] = param.data_ptr(), step.data_ptr()
     for k, state in enumerate(states):
         row[STATES + k] = state.data_ptr()
+    if master is not None:
+        row[MASTER] = master.data_ptr()
     return row
 
 

@@ -2,6 +2,7 @@
 
 Trains the same tiny model under DDP or FSDP2 (fully_shard) with fusedopt and with torch.optim,
 gloo on CPU, clipping the global grad norm, and writes what the test compares to OUT (a .pt file).
+MODE fsdp2-master: bf16 params with master_weights=True (``master_weights`` below).
 """
 import os
 import sys
@@ -52,9 +53,63 @@ def full(t):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
+def master_weights(rank, backend, out):
+    """bf16 params sharded by FSDP2, master_weights=True: each step's reduced grads, gathered,
+    also feed torch's for-loop AdamW over full fp32 copies whose states are rounded to bf16
+    after each step (the master-weights oracle of tests/test_master_weights.py)."""
+    m = wrap("fsdp2", model().to(torch.bfloat16))
+    opt = fusedopt.FusedAdamW(m.parameters(), lr=0.05, weight_decay=0.1, backend=backend,
+                              master_weights=True)
+    twins = [torch.nn.Parameter(full(p).detach().float()) for p in m.parameters()]
+    oracle = torch.optim.AdamW(twins, lr=0.05, weight_decay=0.1, foreach=False)
+    norms = []
+    for step in range(5):
+        g = torch.Generator().manual_seed(100 * step + rank)
+        x, y = torch.randn(5, 8, generator=g), torch.randn(5, 6, generator=g)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(m(x.bfloat16()).float(), y).backward()
+        for p, t in zip(m.parameters(), twins):
+            t.grad = full(p.grad).float()
+        # max_norm above the norm: the coefficient is exactly 1, the norm is reduced over shards
+        norms.append((fusedopt.clip_grad_norm_(m.parameters(), 100.0),
+                      torch.nn.utils.clip_grad_norm_(twins, 100.0, foreach=False)))
+        opt.step()
+        oracle.step()
+        for state in oracle.state.values():
+            for key in ("exp_avg", "exp_avg_sq"):
+                state[key].copy_(state[key].bfloat16())
+    params = list(m.parameters())
+    result = {
+        "norms": [(a.float(), b.float()) for a, b in norms],
+        "params": [full(p).detach().clone() for p in params],
+        "masters": [full(opt.state[p]["master_param"]).clone() for p in params],
+        "exp_avg": [full(opt.state[p]["exp_avg"]).clone() for p in params],
+        "sharded": [type(opt.state[p]["master_param"]).__name__ for p in params],
+        "oracle": [t.detach().clone() for t in twins],
+        "oracle_exp_avg": [oracle.state[t]["exp_avg"].bfloat16() for t in twins],
+    }
+    ckpt = os.path.join(tempfile.gettempdir(), f"fusedopt-dcp-master-{os.environ['MASTER_PORT']}")
+    dcp.save({"optim": get_optimizer_state_dict(m, opt)}, checkpoint_id=ckpt)
+    fresh_m = wrap("fsdp2", model().to(torch.bfloat16))
+    fresh = fusedopt.FusedAdamW(fresh_m.parameters(), lr=0.05, weight_decay=0.1, backend=backend,
+                                master_weights=True)
+    loaded = {"optim": get_optimizer_state_dict(fresh_m, fresh)}
+    dcp.load(loaded, checkpoint_id=ckpt)
+    set_optimizer_state_dict(fresh_m, fresh, loaded["optim"])
+    result["dcp_masters"] = [full(fresh.state[p]["master_param"]).clone()
+                             for p in fresh_m.parameters()]
+    if rank == 0:
+        torch.save(result, out)
+
+
 def main(mode, rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    if mode == "fsdp2-master":
+        master_weights(rank, os.environ["BACKEND"], out)
+        dist.barrier()
+        dist.destroy_process_group()
+        return
     ours_m, ours_opt, ours_norms = train(mode, fusedopt.FusedAdamW, rank, backend=os.environ["BACKEND"])
     ref_m, ref_opt, ref_norms = train(mode, torch.optim.AdamW, rank, foreach=False)
     result = {

@@ -4,6 +4,7 @@ import copy
 import torch
 
 import fusedopt
+from tolerances import assert_close, assert_within_ulp
 
 CPU_BACKENDS = [b for b in ("reference", "cpu") if b in fusedopt.available_backends()]
 
@@ -92,3 +93,23 @@ def build_pair(algo, kwargs, params, overrides, backend, torch_kwargs=None):
 
 def state_of(opt, params):
     return [copy.copy(opt.state.get(p, {})) for p in params]
+
+
+def compare_master_runs(ours, opt, theirs, opt_theirs, where):
+    """Two master-weights runs (Note [master copy]): masters to fp32 rounding, each of ``ours``
+    exactly its master's rounding, fp16/bf16 states to one ulp of their dtype, same steps."""
+    for i, (p, q) in enumerate(zip(ours, theirs)):
+        s, t = opt.state.get(p, {}), opt_theirs.state.get(q, {})
+        assert set(s) == set(t), f"{where}: param {i} state keys {sorted(s)} != {sorted(t)}"
+        if "master_param" not in s:
+            assert torch.equal(p.detach().cpu(), q.detach().cpu()), f"{where}: param {i}"
+            continue
+        master = s["master_param"]
+        assert master.dtype == torch.float32
+        assert torch.equal(p.detach(), master.to(p.dtype)), f"{where}: param {i} != its master"
+        for key in t:
+            a, b = s[key].detach().cpu(), t[key].detach().cpu()
+            if key in ("master_param", "step"):
+                assert_close(a, b, f"{where}: param {i} state[{key!r}]")
+            else:
+                assert_within_ulp(a, b, f"{where}: param {i} state[{key!r}]")

@@ -57,7 +57,8 @@ CASES = {
     "plateau rule": (lambda m, o: S.ReduceOnPlateauLR(o, rule="sideways"), ValueError, "rule"),
     # config layer
     "optimizer lr": (lambda m, o: fusedopt.build_optim_wrapper(
-        m, dict(optimizer=dict(type="FusedAdam", lr=-1.0))), ValueError, "lr"),
+        m, dict(optimizer=dict(type="FusedAdam", lr=-1.0))), ValueError,
+        "Invalid learning rate: -1.0; expected lr"),
     "optimizer kwarg": (lambda m, o: fusedopt.build_optim_wrapper(
         m, dict(optimizer=dict(type="FusedAdam", lr=0.1, momentun=0.9))), TypeError, "momentun"),
     "unknown optimizer": (lambda m, o: fusedopt.build_optim_wrapper(
@@ -78,7 +79,8 @@ CASES = {
     "clip max_norm": (lambda m, o: fusedopt.clip_grad_norm_(m.parameters(), -1.0),
                       ValueError, "max_norm"),
     "bad lr from a scheduler": (
-        lambda m, o: (o.param_groups[0].__setitem__("lr", -0.5), o.step()), ValueError, "lr"),
+        lambda m, o: (o.param_groups[0].__setitem__("lr", -0.5), o.step()), ValueError,
+        "Invalid learning rate: -0.5; expected lr"),
 }
 
 

@@ -7,18 +7,24 @@ from helpers import CPU_BACKENDS, make_params
 
 P = lambda: [torch.nn.Parameter(torch.randn(3))]  # noqa: E731
 
-CONSTRUCTION = [
-    (fusedopt.FusedAdam, dict(lr=-1.0), ValueError, "lr"),
-    (fusedopt.FusedAdam, dict(eps=-1e-8), ValueError, "eps"),
-    (fusedopt.FusedAdam, dict(betas=(1.0, 0.999)), ValueError, r"betas\[0\]"),
-    (fusedopt.FusedAdam, dict(betas=(0.9, -0.1)), ValueError, r"betas\[1\]"),
+CONSTRUCTION = [      # torch's wording first (tests/test_dropin_edges.py), then the argument
+    (fusedopt.FusedAdam, dict(lr=-1.0), ValueError, r"^Invalid learning rate: -1.0; expected lr"),
+    (fusedopt.FusedAdam, dict(eps=-1e-8), ValueError, r"^Invalid epsilon value: -1e-08; expected eps"),
+    (fusedopt.FusedAdam, dict(betas=(1.0, 0.999)), ValueError,
+     r"^Invalid beta parameter at index 0: 1.0; expected betas\[0\] in \[0.0, 1.0\)"),
+    (fusedopt.FusedAdam, dict(betas=(0.9, -0.1)), ValueError,
+     r"^Invalid beta parameter at index 1: -0.1; expected betas\[1\]"),
     (fusedopt.FusedAdam, dict(betas=0.9), ValueError, "betas"),
-    (fusedopt.FusedAdamW, dict(weight_decay=-0.1), ValueError, "weight_decay"),
-    (fusedopt.FusedAdamW, dict(lr="fast"), TypeError, "lr"),
-    (fusedopt.FusedSGD, dict(momentum=-0.5), ValueError, "momentum"),
-    (fusedopt.FusedSGD, dict(nesterov=True), ValueError, "nesterov"),
+    (fusedopt.FusedAdamW, dict(weight_decay=-0.1), ValueError,
+     r"^Invalid weight_decay value: -0.1; expected weight_decay"),
+    (fusedopt.FusedAdamW, dict(lr="fast"), TypeError, r"^Invalid learning rate: 'fast'; expected lr"),
+    (fusedopt.FusedAdamW, dict(lr=torch.tensor([1e-3, 1e-3])), ValueError,
+     r"^Tensor lr must be 1-element"),
+    (fusedopt.FusedSGD, dict(momentum=-0.5), ValueError, r"^Invalid momentum value: -0.5; expected momentum"),
+    (fusedopt.FusedSGD, dict(nesterov=True), ValueError,
+     "nesterov=True: Nesterov momentum requires a momentum and zero dampening"),
     (fusedopt.FusedSGD, dict(nesterov=True, momentum=0.9, dampening=0.1), ValueError, "nesterov"),
-    (fusedopt.FusedSGD, dict(weight_decay=-1.0), ValueError, "weight_decay"),
+    (fusedopt.FusedSGD, dict(weight_decay=-1.0), ValueError, r"^Invalid weight_decay value: -1.0"),
     (fusedopt.FusedAdam, dict(backend="tpu"), ValueError, "backend.*available"),
     (fusedopt.FusedAdam, dict(differentiable=True), NotImplementedError, "differentiable"),
     (fusedopt.FusedAdam, dict(not_an_arg=1), TypeError, "not_an_arg"),
@@ -63,7 +69,7 @@ def test_parameter_in_two_groups():
 
 def test_bad_group_hparams_rejected_at_add_param_group():
     opt = fusedopt.FusedAdam(P())
-    with pytest.raises(ValueError, match="lr"):
+    with pytest.raises(ValueError, match="Invalid learning rate: -0.1; expected lr"):
         opt.add_param_group({"params": P(), "lr": -0.1})
     assert len(opt.param_groups) == 1
 

@@ -16,7 +16,7 @@ from fusedopt import _engine
 from fusedopt.backends import cpu as cpu_backend
 from fusedopt.backends import reference
 from helpers import clone_params, make_params, set_grads
-from tolerances import LOW_PRECISION_FACTOR, assert_close, max_error
+from tolerances import LOW_PRECISION_FACTOR, assert_close, assert_within_ulp, max_error
 
 # the module the cpu backend steps with: fusedopt._C, or its JIT build (Note [jit build])
 C = cpu_backend._extension() if cpu_backend.unavailable_reason() is None else None
@@ -423,6 +423,69 @@ def test_low_precision_error_bound_at_each_level(level, dtype, algo, kwargs):
     assert err_ours <= LOW_PRECISION_FACTOR * err_torch, (
         f"{level} {dtype}: error {err_ours:.3g} > {LOW_PRECISION_FACTOR} x torch fused "
         f"{err_torch:.3g}")
+
+
+# ---- fp32 master copies (Note [master copy], csrc/bucket.h) -----------------------------------
+def with_masters(spec):
+    """The spec with its fp16/bf16 params' fp32 master copies as the last state list."""
+    spec.states = spec.states + [[p.detach().float() for p in spec.params]]
+    return spec
+
+
+@parametrize_levels
+@pytest.mark.parametrize("dtype", LOW, ids=["fp16", "bf16"])
+@pytest.mark.parametrize("algo,flags", CONFIGS, ids=CONFIG_IDS)
+def test_master_copy_matches_reference_backend(level, algo, flags, dtype):
+    """The step runs on the masters (to fp32 rounding the reference backend's, itself bitwise
+    torch's math: tests/test_master_weights.py); each param is its master's rounding; the
+    low-precision states within one ulp of their dtype."""
+    key = ("master", algo, tuple(flags.items()), dtype)
+    if key not in _REFERENCE_RUNS:                    # the same for every level
+        spec, hp = make_spec(algo, flags, dtype)
+        _REFERENCE_RUNS[key] = run_backend(reference, with_masters(spec), hp, algo, flags)
+    theirs = _REFERENCE_RUNS[key]
+    spec, hp = make_spec(algo, flags, dtype)
+    ours = run_backend(C, with_masters(spec), hp, algo, flags)
+    for i, p in enumerate(ours.params):
+        assert torch.equal(p.detach(), ours.states[-1][i].to(dtype)), f"{level}: params[{i}]"
+        assert_close(ours.states[-1][i], theirs.states[-1][i], f"{level}: master {i}")
+        for k in range(len(ours.states) - 1):
+            assert_within_ulp(ours.states[k][i], theirs.states[k][i], f"{level}: states[{k}][{i}]")
+    assert [s.item() for s in ours.steps] == [s.item() for s in theirs.steps]
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=["fp16", "bf16"])
+@pytest.mark.parametrize("algo,flags", [CONFIGS[3], CONFIGS[5]], ids=[CONFIG_IDS[3], CONFIG_IDS[5]])
+def test_master_copy_levels_agree_bit_for_bit(monkeypatch, algo, flags, dtype):
+    runs = {}
+    for name in LEVELS:
+        monkeypatch.setenv("FUSEDOPT_CPU_CAPABILITY", name)
+        spec, hp = make_spec(algo, flags, dtype)
+        runs[name] = run_backend(C, with_masters(spec), hp, algo, flags, steps=4)
+    assert_same_bits(runs)
+
+
+def test_bad_master_lists():
+    """A last fp32 list beside fp16/bf16 params is the master copies; anything else is held to
+    the algorithm's states' rules."""
+    spec, hp = make_spec("adam", CONFIGS[0][1], torch.bfloat16, shapes=[(3,), (4, 2)],
+                         transposed=())
+    masters = [p.detach().float() for p in spec.params]
+    with pytest.raises(RuntimeError, match=r"states\[2\]\[1\] has shape \[3\] but params\[1\]"):
+        C.Bucket(spec.params, spec.states + [[masters[0], masters[0]]], spec.steps, [0, 0], [])
+    with pytest.raises(TypeError, match=r"states\[2\]\[0\] has dtype Double"):
+        C.Bucket(spec.params, spec.states + [[m.double() for m in masters]], spec.steps,
+                 [0, 0], [])
+    bucket = C.Bucket(spec.params, spec.states + [masters], spec.steps, [0, 0], [])
+    with pytest.raises(RuntimeError, match="expected 3 state lists .*then the master copies"):
+        C.adam_step(bucket, hp, True, False, False, None, None, None)
+    with pytest.raises(RuntimeError, match="besides the master copies, got 3"):
+        C.sgd_step(bucket, hp, False, False, None, None, None)
+    fp32 = [p.detach().float() for p in spec.params]   # fp32 params: an fp32 list is a state
+    bucket = C.Bucket(fp32, [[torch.zeros_like(p) for p in fp32] for _ in range(3)], spec.steps,
+                      [0, 0], [])
+    with pytest.raises(RuntimeError, match=r"states: expected 2 state lists"):
+        C.adam_step(bucket, hp, False, False, False, None, None, None)
 
 
 # ---- bad input: a clear error naming the argument, nothing changed ----------------------------

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import CPU_BACKENDS
-from tolerances import assert_close
+from tolerances import assert_close, assert_within_ulp
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or
                                 not torch.distributed.is_gloo_available(),
@@ -26,16 +26,20 @@ def free_port():
         return str(s.getsockname()[1])
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
-def test_matches_torch_under_the_same_wrapping(tmp_path, mode, backend):
+def run_workers(tmp_path, mode, backend):
     port, out = free_port(), str(tmp_path / "result.pt")
     env = dict(os.environ, BACKEND=backend, OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, WORKER, mode, str(r), "2", port, out], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
     logs = [p.communicate(timeout=240)[0].decode() for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(logs)[-4000:]
-    result = torch.load(out, weights_only=True)
+    return torch.load(out, weights_only=True)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+def test_matches_torch_under_the_same_wrapping(tmp_path, mode, backend):
+    result = run_workers(tmp_path, mode, backend)
     assert_close(result["ours_norms"], result["torch_norms"], f"{mode}: clipped global norms")
     for i, (a, b) in enumerate(zip(result["ours"], result["torch"])):
         assert_close(a, b, f"{mode}: param {i}")
@@ -44,3 +48,22 @@ def test_matches_torch_under_the_same_wrapping(tmp_path, mode, backend):
     for i, (a, b) in enumerate(zip(result["dcp_exp_avg"], result["ours_exp_avg"])):
         assert torch.equal(a, b), f"{mode}: exp_avg {i} after a DCP round trip"
     assert result["dcp_step"] == [6.0] * len(result["dcp_step"])
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_master_weights_on_dtensor_shards(tmp_path, backend):
+    """FSDP2 over bf16 params with master_weights=True: the masters are DTensors sharded like
+    their params, the step matches the oracle on the gathered grads (torch's AdamW on fp32
+    copies, states rounded to bf16), each param is its master's rounding, and a DCP round trip
+    gives back the fp32 masters bit for bit."""
+    result = run_workers(tmp_path, "fsdp2-master", backend)
+    assert set(result["sharded"]) == {"DTensor"}
+    for i, (ours, theirs) in enumerate(result["norms"]):
+        assert_close(ours, theirs, f"step {i} norm")
+    for i, (p, m, want) in enumerate(zip(result["params"], result["masters"], result["oracle"])):
+        assert m.dtype == torch.float32 and torch.equal(p, m.bfloat16()), f"param {i}"
+        assert_close(m, want, f"master {i}")
+    for i, (a, b) in enumerate(zip(result["exp_avg"], result["oracle_exp_avg"])):
+        assert_within_ulp(a, b, f"exp_avg {i}")
+    for i, (a, b) in enumerate(zip(result["dcp_masters"], result["masters"])):
+        assert a.dtype == torch.float32 and torch.equal(a, b), f"master {i} after DCP"

@@ -6,6 +6,7 @@ present. Run without it (plain ``pytest``), every check here would skip, so
 ``test_rerun_under_the_interpreter`` reruns this file in a subprocess with it set instead.
 Shapes are small: the interpreter runs each program in numpy, one after the other.
 """
+import copy
 import os
 import subprocess
 import sys
@@ -15,8 +16,8 @@ import torch
 
 import fusedopt
 from fusedopt import backends
-from helpers import (CASES, CASE_IDS, FUSED, TORCH, group_overrides, make_params, set_grads,
-                     split_groups)
+from helpers import (CASES, CASE_IDS, FUSED, TORCH, compare_master_runs, group_overrides,
+                     make_params, set_grads, split_groups)
 from tolerances import LOW_PRECISION_FACTOR, assert_close, max_error
 
 AVAILABLE = "triton" in fusedopt.available_backends()
@@ -194,6 +195,58 @@ def test_low_precision_error_bound(dtype, algo, kwargs):
         f"{err_torch:.3g}")
 
 
+MASTER_CASES = [CASES[2], CASES[5], CASES[7], CASES[9], CASES[10]]
+
+
+@needs_triton
+@pytest.mark.parametrize("oracle", ORACLES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("algo,kwargs", MASTER_CASES,
+                         ids=[CASE_IDS[CASES.index(c)] for c in MASTER_CASES])
+def test_master_weights_match_oracle(oracle, dtype, algo, kwargs):
+    """master_weights=True (Note [master copy]): three groups, None grads, a transposed view.
+    The kernels step the fp32 masters and write each param as its master's rounding without
+    reading it: params overwritten with NaN before a step do not reach the update."""
+    params = make_params(SHAPES, dtype, NONCONTIGUOUS)
+    ours, opt, theirs, opt_ref = pair(algo, dict(kwargs, master_weights=True), params,
+                                      group_overrides(algo, kwargs), oracle)
+    for step in range(STEPS):
+        set_grads([ours, theirs], step)
+        if step == STEPS - 1:
+            for p in ours:
+                if "master_param" in opt.state.get(p, {}):
+                    p.detach().fill_(float("nan"))
+        opt.step()
+        opt_ref.step()
+    # a param without a grad in the last step keeps the NaN: compare the stepped ones
+    stepped = [i for i, p in enumerate(ours) if p.grad is not None]
+    compare_master_runs([ours[i] for i in stepped], opt, [theirs[i] for i in stepped], opt_ref,
+                        f"{algo} {dtype} masters vs {oracle}")
+
+
+@needs_triton
+def test_master_weights_save_load_continue_is_bitwise():
+    """state_dict carries the fp32 masters; a resumed run is bitwise the uninterrupted one."""
+    base = make_params([(2049,), (3, 5)], torch.bfloat16)
+    straight, first = on_device(base), on_device(base)
+    opts = [FUSED["AdamW"](ps, backend="triton", master_weights=True) for ps in (straight, first)]
+    for step in range(3):
+        set_grads([straight, first], step, none_every=0)
+        for o in opts:
+            o.step()
+    resumed = on_device(first)
+    opt_resumed = FUSED["AdamW"](resumed, backend="triton", master_weights=True)
+    opt_resumed.load_state_dict(copy.deepcopy(opts[1].state_dict()))
+    for step in range(3, 6):
+        set_grads([straight, resumed], step, none_every=0)
+        opts[0].step()
+        opt_resumed.step()
+    for p, q in zip(straight, resumed):
+        assert torch.equal(p.detach(), q.detach())
+        for key, value in opts[0].state[p].items():
+            assert torch.equal(value, opt_resumed.state[q][key]), key
+
+
 @needs_triton
 @pytest.mark.parametrize("norm_type", [2.0, float("inf")], ids=["l2", "inf"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16],
@@ -324,7 +377,8 @@ def test_compiles_for_sm90_with_vector_accesses():
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=os.path.dirname(__file__),
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert done.stdout.split() == ["adam_kernel", "norm_kernel", "sgd_kernel"], done.stdout
+    assert done.stdout.split() == ["adam_kernel", "norm_kernel", "sgd_kernel", "adam_kernel",
+                                   "sgd_kernel"], done.stdout
 
 
 def check_sm90_ptx():
@@ -339,17 +393,22 @@ def check_sm90_ptx():
     global tb
     tb = backend_module
     launches = record_launches(setattr, execute=False)
-    for dtype, num_states in [(torch.float32, 3), (torch.bfloat16, 1)]:
+    # (dtype, state lists, with fp32 master copies): Adam with amsgrad, SGD with momentum, then
+    # both with masters (Note [master copy])
+    for dtype, num_states, master in [(torch.float32, 3, False), (torch.bfloat16, 1, False),
+                                      (torch.bfloat16, 2, True), (torch.float16, 1, True)]:
         params = [torch.zeros(4096, dtype=dtype), torch.zeros(3, dtype=dtype)]
         for p in params:
             p.grad = torch.zeros_like(p)
-        spec = _engine.BucketSpec(torch.device("cpu"), dtype, (), params=params,
-                                  states=[[torch.zeros_like(p) for p in params]] * num_states,
+        states = [[torch.zeros_like(p) for p in params]] * num_states
+        states += [[p.float() for p in params]] if master else []
+        spec = _engine.BucketSpec(torch.device("cpu"), dtype, (), params=params, states=states,
                                   steps=[torch.zeros(()) for _ in params], group_index=[0, 0])
         handle, hp = tb.make_bucket(spec), torch.zeros(1, 5, dtype=torch.float64)
-        if num_states == 3:
-            tb.adam_step(handle, hp, amsgrad=True, maximize=False, decoupled=True)
-            tb.bucket_norm(handle, float("inf"))
+        if num_states >= 2:
+            tb.adam_step(handle, hp, amsgrad=num_states == 3, maximize=False, decoupled=True)
+            if not master:
+                tb.bucket_norm(handle, float("inf"))
         else:
             tb.sgd_step(handle, hp, nesterov=True, maximize=False)
     target = GPUTarget("cuda", 90, 32)

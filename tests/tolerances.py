@@ -15,6 +15,10 @@ TOLERANCE = {                      # dtype -> (rtol, atol)
 
 LOW_PRECISION_FACTOR = 2.0         # issue #2: error vs fp64 <= 2x torch fused's in the same dtype
 
+# fp16/bf16 tensors rounded from fp32 values that agree to fp32 rounding (states stepped with
+# master weights) agree to one ulp of their dtype: relative 2^-7 (bf16) or 2^-10 (fp16).
+STORAGE_ULP = {torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 ** -10}
+
 
 def assert_close(actual, expected, what):
     """torch.testing.assert_close with the table's tolerance and a message naming the tensor."""
@@ -26,3 +30,9 @@ def assert_close(actual, expected, what):
 def max_error(tensors, references):
     return max(((t.double() - r.double()).abs().max().item() if t.numel() else 0.0)
                for t, r in zip(tensors, references))
+
+
+def assert_within_ulp(actual, expected, what):
+    """fp16/bf16 ``actual`` within one ulp of its dtype of ``expected`` (STORAGE_ULP)."""
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=STORAGE_ULP[actual.dtype],
+                               atol=1e-6, msg=lambda m: f"{what}: {m}")

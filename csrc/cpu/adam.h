@@ -53,16 +53,16 @@ struct AdamMath {
   }
 };
 
-template <class S, bool kAmsgrad>
+template <class S, bool kAmsgrad, bool kMaster>
 void adam_kernel(const AdamTensor& t, int64_t begin, int64_t end) {
   AdamMath<compute_t<S>> f(t);
   if constexpr (kAmsgrad) {
     S* const rw[4] = {static_cast<S*>(t.param), static_cast<S*>(t.exp_avg),
                       static_cast<S*>(t.exp_avg_sq), static_cast<S*>(t.max_exp_avg_sq)};
-    elementwise(f, static_cast<const S*>(t.grad), rw, begin, end);
+    elementwise<kMaster>(f, static_cast<const S*>(t.grad), rw, t.master, begin, end);
   } else {
     S* const rw[3] = {static_cast<S*>(t.param), static_cast<S*>(t.exp_avg),
                       static_cast<S*>(t.exp_avg_sq)};
-    elementwise(f, static_cast<const S*>(t.grad), rw, begin, end);
+    elementwise<kMaster>(f, static_cast<const S*>(t.grad), rw, t.master, begin, end);
   }
 }

@@ -9,20 +9,35 @@ template <class S> using compute_t = typename Compute<S>::type;
 // Runs f(grad, x) on elements [begin, end): x[0..K) are the read-write streams (param, then its
 // states), loaded before and stored after the call. Every stream is read and written once, the
 // 28 B/param of fp32 AdamW (bench/README.md, "Effective bandwidth").
-template <class S, int K, class F>
-void elementwise(const F& f, const S* grad, S* const (&rw)[K], int64_t begin, int64_t end) {
+// kMaster (fp16/bf16 params): x[0] is loaded from and stored to the fp32 master copy, and the
+// param rw[0] only receives its rounding, never read (Note [master copy], bucket.h).
+template <bool kMaster, class S, int K, class F>
+void elementwise(const F& f, const S* grad, S* const (&rw)[K], float* master, int64_t begin,
+                 int64_t end) {
   using C = compute_t<S>;
   int64_t i = begin;
   for (; i + Vec<C>::kLanes <= end; i += Vec<C>::kLanes) {
     Vec<C> x[K];
-    for (int k = 0; k < K; ++k) x[k] = Vec<C>::load(rw[k] + i);
+    if constexpr (kMaster) {
+      x[0] = Vec<C>::load(master + i);
+    } else {
+      x[0] = Vec<C>::load(rw[0] + i);
+    }
+    for (int k = 1; k < K; ++k) x[k] = Vec<C>::load(rw[k] + i);
     f(Vec<C>::load(grad + i), x);
+    if constexpr (kMaster) x[0].store(master + i);
     for (int k = 0; k < K; ++k) x[k].store(rw[k] + i);
   }
   for (; i < end; ++i) {
     ScalarVec<C> x[K];
-    for (int k = 0; k < K; ++k) x[k] = ScalarVec<C>::load(rw[k] + i);
+    if constexpr (kMaster) {
+      x[0] = ScalarVec<C>::load(master + i);
+    } else {
+      x[0] = ScalarVec<C>::load(rw[0] + i);
+    }
+    for (int k = 1; k < K; ++k) x[k] = ScalarVec<C>::load(rw[k] + i);
     f(ScalarVec<C>::load(grad + i), x);
+    if constexpr (kMaster) x[0].store(master + i);
     for (int k = 0; k < K; ++k) x[k].store(rw[k] + i);
   }
 }

@@ -36,6 +36,8 @@ struct AdamTensor {
   void* exp_avg;
   void* exp_avg_sq;
   void* max_exp_avg_sq;      // null unless amsgrad
+  float* master;             // fp32 master copy of an fp16/bf16 param, or null (then
+                             // param is written, never read: Note [master copy], bucket.h)
   double grad_scale;         // inv_scale, or 1 (multiplying by 1 is exact)
   double grad_coef;          // clip_coef (or 1), negated for maximize: -(a*b) == a*(-b) exactly
   double l2;                 // weight_decay if L2 (Adam) decay applies, else 0
@@ -54,6 +56,7 @@ struct SgdTensor {
   void* param;
   const void* grad;
   void* momentum_buffer;     // null when the bucket keeps no momentum buffers
+  float* master;             // as AdamTensor::master
   double grad_scale;
   double grad_coef;
   double weight_decay;       // 0 means "no decay" (torch skips the add entirely)
@@ -64,9 +67,10 @@ struct SgdTensor {
   bool nesterov;
 };
 
+// The last index of adam and sgd: with a master copy (fp16/bf16 only; null for fp32/fp64).
 struct KernelTable {
-  AdamFn adam[kNumDTypes][2];   // [dtype][amsgrad]
-  SgdFn sgd[kNumDTypes][2];     // [dtype][has momentum buffer]
+  AdamFn adam[kNumDTypes][2][2];   // [dtype][amsgrad][master copy]
+  SgdFn sgd[kNumDTypes][2][2];     // [dtype][has momentum buffer][master copy]
   NormFn norm[kNumDTypes][2];   // [dtype][inf norm]
 };
 

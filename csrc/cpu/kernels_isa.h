@@ -25,10 +25,16 @@ template <class C> using Vec = ScalarVec<C>;
 
 template <class S>
 void fill_dtype(KernelTable& t, DType d) {
-  t.adam[d][0] = &adam_kernel<S, false>;
-  t.adam[d][1] = &adam_kernel<S, true>;
-  t.sgd[d][0] = &sgd_kernel<S, false>;
-  t.sgd[d][1] = &sgd_kernel<S, true>;
+  t.adam[d][0][0] = &adam_kernel<S, false, false>;
+  t.adam[d][1][0] = &adam_kernel<S, true, false>;
+  t.sgd[d][0][0] = &sgd_kernel<S, false, false>;
+  t.sgd[d][1][0] = &sgd_kernel<S, true, false>;
+  if constexpr (sizeof(S) == 2) {   // master copies accompany fp16/bf16 params only
+    t.adam[d][0][1] = &adam_kernel<S, false, true>;
+    t.adam[d][1][1] = &adam_kernel<S, true, true>;
+    t.sgd[d][0][1] = &sgd_kernel<S, false, true>;
+    t.sgd[d][1][1] = &sgd_kernel<S, true, true>;
+  }
   t.norm[d][0] = &sum_squares_kernel<S>;
   t.norm[d][1] = &max_abs_kernel<S>;
 }

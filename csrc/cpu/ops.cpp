@@ -28,13 +28,14 @@ DType dtype_of(const at::Tensor& t) {
 // then the same logical element (contiguous tensors, but also transposed or channels-last
 // params whose grads and states follow their layout, as autograd and zeros_like make them).
 // Anything else is stepped on contiguous copies, which are copied back after the run.
+// Null entries (a state the step does not have) are skipped.
 bool dense_alike(const at::Tensor& p, std::initializer_list<const at::Tensor*> others) {
   bool all_contiguous = p.is_contiguous();
-  for (const at::Tensor* t : others) all_contiguous = all_contiguous && t->is_contiguous();
+  for (const at::Tensor* t : others) all_contiguous = all_contiguous && (!t || t->is_contiguous());
   if (all_contiguous) return true;
   if (!p.is_non_overlapping_and_dense()) return false;
   for (const at::Tensor* t : others) {
-    if (t->strides() != p.strides() || !t->is_non_overlapping_and_dense()) return false;
+    if (t && (t->strides() != p.strides() || !t->is_non_overlapping_and_dense())) return false;
   }
   return true;
 }
@@ -133,6 +134,7 @@ void adam_step(Bucket& b, const at::Tensor& hp, bool amsgrad, bool maximize, boo
   const double* table = hp.data_ptr<double>();
   const double grad_scale = scalar_or(inv_scale, 1.0f);
   const double grad_coef = static_cast<double>(scalar_or(clip_coef, 1.0f)) * (maximize ? -1 : 1);
+  const bool master = has_master(b);
   BiasCorrection bias_correction1(false), bias_correction2_sqrt(true);
   for (size_t i = 0; i < b.params.size(); ++i) {
     const at::Tensor& p = b.params[i];
@@ -141,7 +143,8 @@ void adam_step(Bucket& b, const at::Tensor& hp, bool amsgrad, bool maximize, boo
     const at::Tensor& m = b.states[0][i];
     const at::Tensor& v = b.states[1][i];
     const at::Tensor* vmax = amsgrad ? &b.states[2][i] : nullptr;
-    bool fast = amsgrad ? dense_alike(p, {&g, &m, &v, vmax}) : dense_alike(p, {&g, &m, &v});
+    const at::Tensor* copy = master ? &b.states.back()[i] : nullptr;
+    bool fast = dense_alike(p, {&g, &m, &v, vmax, copy});
 
     // torch: step_t += 1 in float32, then bias corrections from its value in double
     float* step = b.steps[i].data_ptr<float>();
@@ -151,12 +154,13 @@ void adam_step(Bucket& b, const at::Tensor& hp, bool amsgrad, bool maximize, boo
     const double lr = row[kLr], wd = row[kWeightDecay], beta1 = row[kBeta1], beta2 = row[kBeta2];
 
     AdamTensor d;
-    d.fn = kernels.adam[dtype_of(p)][amsgrad];
+    d.fn = kernels.adam[dtype_of(p)][amsgrad][master];
     d.param = s.staging.data(p, fast, true);
     d.grad = s.staging.data(g, fast, false);
     d.exp_avg = s.staging.data(m, fast, true);
     d.exp_avg_sq = s.staging.data(v, fast, true);
     d.max_exp_avg_sq = amsgrad ? s.staging.data(*vmax, fast, true) : nullptr;
+    d.master = master ? static_cast<float*>(s.staging.data(*copy, fast, true)) : nullptr;
     d.grad_scale = grad_scale;
     d.grad_coef = grad_coef;
     d.l2 = decoupled ? 0.0 : wd;
@@ -187,7 +191,8 @@ void sgd_step(Bucket& b, const at::Tensor& hp, bool nesterov, bool maximize,
   const KernelTable& kernels = kernel_table();
   Scratch& s = scratch();
   const double* table = hp.data_ptr<double>();
-  const bool buffered = b.states.size() == 1;
+  const bool master = has_master(b);
+  const bool buffered = b.states.size() - master == 1;
   const double grad_scale = scalar_or(inv_scale, 1.0f);
   const double grad_coef = static_cast<double>(scalar_or(clip_coef, 1.0f)) * (maximize ? -1 : 1);
   for (size_t i = 0; i < b.params.size(); ++i) {
@@ -195,7 +200,8 @@ void sgd_step(Bucket& b, const at::Tensor& hp, bool nesterov, bool maximize,
     const at::Tensor& g = p.grad();
     if (!g.defined()) continue;
     const at::Tensor* buf = buffered ? &b.states[0][i] : nullptr;
-    bool fast = buffered ? dense_alike(p, {&g, buf}) : dense_alike(p, {&g});
+    const at::Tensor* copy = master ? &b.states.back()[i] : nullptr;
+    bool fast = dense_alike(p, {&g, buf, copy});
 
     // SGD's counter only tells whether the buffer was seeded (torch's "buf is None")
     float* step = b.steps[i].data_ptr<float>();
@@ -204,10 +210,11 @@ void sgd_step(Bucket& b, const at::Tensor& hp, bool nesterov, bool maximize,
     const double* row = table + static_cast<int64_t>(b.group_index[i]) * kHpCols;
 
     SgdTensor d;
-    d.fn = kernels.sgd[dtype_of(p)][buffered];
+    d.fn = kernels.sgd[dtype_of(p)][buffered][master];
     d.param = s.staging.data(p, fast, true);
     d.grad = s.staging.data(g, fast, false);
     d.momentum_buffer = buffered ? s.staging.data(*buf, fast, true) : nullptr;
+    d.master = master ? static_cast<float*>(s.staging.data(*copy, fast, true)) : nullptr;
     d.grad_scale = grad_scale;
     d.grad_coef = grad_coef;
     d.weight_decay = row[kWeightDecay];

@@ -34,14 +34,14 @@ struct SgdMath {
   }
 };
 
-template <class S, bool kBuffer>
+template <class S, bool kBuffer, bool kMaster>
 void sgd_kernel(const SgdTensor& t, int64_t begin, int64_t end) {
   SgdMath<compute_t<S>> f(t);
   if constexpr (kBuffer) {
     S* const rw[2] = {static_cast<S*>(t.param), static_cast<S*>(t.momentum_buffer)};
-    elementwise(f, static_cast<const S*>(t.grad), rw, begin, end);
+    elementwise<kMaster>(f, static_cast<const S*>(t.grad), rw, t.master, begin, end);
   } else {
     S* const rw[1] = {static_cast<S*>(t.param)};
-    elementwise(f, static_cast<const S*>(t.grad), rw, begin, end);
+    elementwise<kMaster>(f, static_cast<const S*>(t.grad), rw, t.master, begin, end);
   }
 }

@@ -3,7 +3,8 @@
 It follows torch.optim's for-loop implementations (`_single_tensor_adam`, `_single_tensor_sgd`)
 step by step, with two documented differences shared by every fusedopt backend
 (docs/internals.md): fp16/bf16 parameters are computed in fp32, and the AMP unscale and the
-clip coefficient are applied to the grad inside the step.
+clip coefficient are applied to the grad inside the step. With master copies (Note [master
+copy] in fusedopt/optimizer.py) the same math runs on the fp32 master instead of the param.
 """
 import math
 
@@ -51,6 +52,19 @@ def _grad(p, inv_scale, clip_coef, maximize):
     return -g if maximize else g
 
 
+def _read_param(spec, i, ct):
+    """The value a step starts from, in the compute dtype: the master copy if the bucket has
+    them (the param is then not read), else the param."""
+    source = spec.states[-1][i] if spec.has_master else spec.params[i].detach()
+    return source.to(ct)
+
+
+def _write_param(spec, i, param):
+    if spec.has_master:
+        spec.states[-1][i].copy_(param)
+    spec.params[i].detach().copy_(param)
+
+
 def adam_step(spec, hp, *, amsgrad, maximize, decoupled, clip_coef=None, inv_scale=None,
               found_inf=None):
     if _skipped(spec, found_inf):
@@ -64,7 +78,7 @@ def adam_step(spec, hp, *, amsgrad, maximize, decoupled, clip_coef=None, inv_sca
         beta1, beta2, eps = row[_hparams.BETA1], row[_hparams.BETA2], row[_hparams.EPS]
         ct = _compute_dtype(p)
         g = _grad(p, inv_scale, clip_coef, maximize)
-        param = p.detach().to(ct)
+        param = _read_param(spec, i, ct)
         exp_avg, exp_avg_sq = (s.to(ct) for s in (spec.states[0][i], spec.states[1][i]))
         spec.steps[i] += 1
         step = spec.steps[i].item()
@@ -85,7 +99,7 @@ def adam_step(spec, hp, *, amsgrad, maximize, decoupled, clip_coef=None, inv_sca
         else:
             denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
         param.addcdiv_(exp_avg, denom, value=-step_size)
-        p.detach().copy_(param)
+        _write_param(spec, i, param)
         spec.states[0][i].copy_(exp_avg)
         spec.states[1][i].copy_(exp_avg_sq)
 
@@ -94,7 +108,7 @@ def sgd_step(spec, hp, *, nesterov, maximize, clip_coef=None, inv_scale=None, fo
     if _skipped(spec, found_inf):
         return
     rows = hp.tolist()
-    has_buffer = len(spec.states) == 1
+    has_buffer = len(spec.states) - spec.has_master == 1
     for i, p in enumerate(spec.params):
         if p.grad is None:
             continue
@@ -103,7 +117,7 @@ def sgd_step(spec, hp, *, nesterov, maximize, clip_coef=None, inv_scale=None, fo
         momentum, dampening = row[_hparams.MOMENTUM], row[_hparams.DAMPENING]
         ct = _compute_dtype(p)
         g = _grad(p, inv_scale, clip_coef, maximize)
-        param = p.detach().to(ct)
+        param = _read_param(spec, i, ct)
         if wd != 0:
             g = g.add(param, alpha=wd)
         if has_buffer:
@@ -115,7 +129,7 @@ def sgd_step(spec, hp, *, nesterov, maximize, clip_coef=None, inv_scale=None, fo
             spec.states[0][i].copy_(buf)
             g = g.add(buf, alpha=momentum) if nesterov else buf
         param.add_(g, alpha=-lr)
-        p.detach().copy_(param)
+        _write_param(spec, i, param)
         spec.steps[i] += 1
 
 

@@ -52,10 +52,16 @@ def _dense(t):
     return True
 
 
+def _same_order(a, b):
+    """Same shape and element order in memory: one linear walk serves both."""
+    return a.shape == b.shape and (a.stride() == b.stride()
+                                   or (a.is_contiguous() and b.is_contiguous()))
+
+
 def _same_layout(a, b):
-    """Same shape, dtype and element order in memory: one linear walk serves both."""
-    return (a.shape == b.shape and a.dtype == b.dtype
-            and (a.stride() == b.stride() or (a.is_contiguous() and b.is_contiguous())))
+    """Same dtype too: what an algorithm state must share with its param (a master copy, fp32,
+    needs only the order)."""
+    return a.dtype == b.dtype and _same_order(a, b)
 
 
 class _Handle:
@@ -71,8 +77,12 @@ class _Handle:
 
     def __init__(self, spec):
         self.spec, self.dtype, self.device = spec, spec.dtype, spec.device
+        # Note [master copy] (fusedopt/optimizer.py): the last state list, fp32, own meta column
+        self.master = spec.has_master
+        self.states = spec.states[:-1] if self.master else spec.states
         walk = [i for i, p in enumerate(spec.params)
-                if _dense(p) and all(_same_layout(s[i], p) for s in spec.states)]
+                if _dense(p) and all(_same_layout(s[i], p) for s in self.states)
+                and (not self.master or _same_order(spec.states[-1][i], p))]
         rest = sorted(set(range(len(spec.params))) - set(walk))
         self.fallback = None
         if rest:
@@ -109,7 +119,9 @@ class _Handle:
         """The meta rows, with the params' and states' addresses as they are now."""
         spec = self.spec
         rows = [table.meta_row(spec.params[i].numel(), spec.group_index[i], spec.params[i],
-                               spec.steps[i], [s[i] for s in spec.states]) for i in self.walk]
+                               spec.steps[i], [s[i] for s in self.states],
+                               spec.states[-1][i] if self.master else None)
+                for i in self.walk]
         rows += [table.meta_row(spec.params[i].numel(), spec.group_index[i]) for i in self.rest]
         rows += [table.meta_row(p.numel(), g) for p, g in zip(spec.pending, spec.pending_group)]
         meta = table.upload(rows or [table.meta_row(0, 0)], torch.int64, self.device)
@@ -178,7 +190,7 @@ def adam_step(handle, hp, *, amsgrad, maximize, decoupled, clip_coef=None, inv_s
         adam_kernel[(handle.update_blocks,)](
             handle.blocks, handle.meta, handle.grads, handle.counters, hp, inv_scale, clip_coef,
             found_inf, DTYPE=dtype, CT=compute, AMSGRAD=amsgrad, MAXIMIZE=maximize,
-            DECOUPLED=decoupled, BLOCK=handle.block,
+            DECOUPLED=decoupled, MASTER=handle.master, BLOCK=handle.block,
             num_warps=table.NUM_WARPS, enable_fp_fusion=table.FP_FUSION)
     if handle.fallback is not None:
         reference.adam_step(handle.fallback, hp, amsgrad=amsgrad, maximize=maximize,
@@ -192,8 +204,8 @@ def sgd_step(handle, hp, *, nesterov, maximize, clip_coef=None, inv_scale=None, 
         dtype, compute = handle.dtypes
         sgd_kernel[(handle.update_blocks,)](
             handle.blocks, handle.meta, handle.grads, handle.counters, hp, inv_scale, clip_coef,
-            found_inf, DTYPE=dtype, CT=compute, HAS_BUFFER=len(handle.spec.states) == 1,
-            NESTEROV=nesterov, MAXIMIZE=maximize, BLOCK=handle.block,
+            found_inf, DTYPE=dtype, CT=compute, HAS_BUFFER=len(handle.states) == 1,
+            NESTEROV=nesterov, MAXIMIZE=maximize, MASTER=handle.master, BLOCK=handle.block,
             num_warps=table.NUM_WARPS, enable_fp_fusion=table.FP_FUSION)
     if handle.fallback is not None:
         reference.sgd_step(handle.fallback, hp, nesterov=nesterov, maximize=maximize,

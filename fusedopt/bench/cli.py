@@ -75,10 +75,14 @@ def _impl_list(text):
     names = [n.strip() for n in str(text).split(",") if n.strip()]
     if not names:
         raise argparse.ArgumentTypeError("expected a comma-separated list of implementations")
-    bad = [n for n in names if n not in _impls.IMPLS]
+    bad = [n for n in names if _impls.split(n)[0] not in _impls.IMPLS]
     if bad:
         raise argparse.ArgumentTypeError(f"unknown implementation {bad[0]!r}; choose from "
                                          f"{', '.join(_impls.IMPLS)}")
+    bad = [n for n in names if _impls.split(n)[1] and not n.startswith("fusedopt")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{bad[0]!r}: {_impls.MASTER} applies to fusedopt's "
+                                         "implementations only")
     return list(dict.fromkeys(names))
 
 
@@ -108,7 +112,9 @@ def build_parser():
                    help="fp16 loss scaling with a GradScaler (fusedopt: its fused unscale path)")
     p.add_argument("--impl", type=_impl_list, default=None, metavar="LIST",
                    help="comma list from: " + ", ".join(_impls.IMPLS) +
-                        " (default: fusedopt and torch's on this device; unavailable ones are "
+                        "; a fusedopt one with +master (e.g. fusedopt+master) runs it with "
+                        "master_weights=True, for --dtype bf16/fp16 (default: fusedopt, with "
+                        "+master for bf16/fp16, and torch's on this device; unavailable ones are "
                         "reported skipped with the reason)")
     p.add_argument("--steps", type=_positive, default=20, help="timed steps per implementation (default 20)")
     p.add_argument("--warmup", type=_nonneg, default=5, help="untimed steps first, interleaved too (default 5)")
@@ -153,7 +159,7 @@ def resolve(args, parser):
         parser.error(f"argument --groups: {args.groups} groups for {args.tensors} tensors "
                      "(at most one group per tensor)")
     args.device_obj = torch.device(args.device)
-    args.impl = args.impl or _impls.default_impls(args.device_obj)
+    args.impl = args.impl or _impls.default_impls(args.device_obj, DTYPES[args.dtype])
     return args
 
 
@@ -177,10 +183,13 @@ def sweep_points(args):
     return [(None, args.shapes, args.groups)]
 
 
-def _memory_check(args, n_live, elem):
-    """Warn when the run will not fit in memory (every implementation keeps its own state)."""
+def _memory_check(args, live, elem):
+    """Warn when the run will not fit in memory (every implementation keeps its own state, and
+    one with master weights 4 B/param more)."""
+    n_live, masters = len(live), sum(_impls.split(i)[1] for i in live)
     states = {"adam": 2, "adamw": 2, "sgd": 1}[args.optimizer]
-    need = args.numel * elem * (2 + (1 if args.clip or args.amp else 0) + states * n_live)
+    need = args.numel * (elem * (2 + (1 if args.clip or args.amp else 0) + states * n_live)
+                         + 4 * masters * (elem < 4))
     if args.device == "cuda":
         free = torch.cuda.mem_get_info(args.device_obj)[0]
     else:
@@ -209,7 +218,7 @@ def run(args):
           f"{args.tensors} tensors, groups={args.sweep == 'groups' and 'swept' or args.groups} | "
           f"{bpp} B/param | {args.steps} steps after {args.warmup} warm-up", flush=True)
     live = [i for i in args.impl if _impls.unavailable_reason(i, args.optimizer, device) is None]
-    _memory_check(args, len(live), torch.empty((), dtype=dtype).element_size())
+    _memory_check(args, live, torch.empty((), dtype=dtype).element_size())
     progress = report.Progress(len(points), f"sweep {args.sweep}") if args.sweep else None
     results, stream_ms = [], []
     for value, shapes, groups in points:
@@ -227,8 +236,11 @@ def run(args):
                  "copy_gbps_best": best}
         if args.sweep:
             extra["sweep_value"] = value
+        bytes_of = {i: numel * measure.bytes_per_param(args.optimizer, dtype, clip=args.clip,
+                                                       amp=args.amp, master=True)
+                    for i in args.impl if _impls.split(i)[1]}
         results += report.records(entries, bytes_per_step=bpp * numel, copy_gbps=copy,
-                                  copy_gbps_best=best, extra=extra)
+                                  copy_gbps_best=best, extra=extra, bytes_of=bytes_of)
         gc.collect()
         if progress:
             progress.advance(f"{args.sweep}={value}")

@@ -14,6 +14,9 @@ optimizer state. A step is what a training loop runs after backward():
   one ``fusedopt.AmpOptimWrapper`` takes: one norm reduction over the scaled grads gives found_inf
   (and the clip norm), the step unscales and clips inline and skips itself on inf, then
   GradScaler's scale update runs unchanged.
+A fusedopt implementation named with ``+master`` (``fusedopt+master``, ``fusedopt-cuda+master``)
+is the same one with ``master_weights=True``: fp32 master copies of fp16/bf16 params (a no-op
+for fp32).
 """
 import importlib
 
@@ -22,16 +25,25 @@ import torch
 IMPLS = ("fusedopt", "fusedopt-cuda", "fusedopt-triton", "fusedopt-cpu", "fusedopt-reference",
          "torch-forloop", "torch-foreach", "torch-fused", "apex", "deepspeed", "te")
 MAX_NORM = 1.0
+MASTER = "+master"
 
 
-def default_impls(device):
-    """What a run without --impl compares on ``device``: fusedopt as users get it, its reference
-    backend, torch's three implementations, and the third-party ones that could run there."""
+def split(impl):
+    """(implementation without the suffix, whether it has ``+master``)."""
+    base = impl[:-len(MASTER)] if impl.endswith(MASTER) else impl
+    return base, base != impl
+
+
+def default_impls(device, dtype=torch.float32):
+    """What a run without --impl compares on ``device``: fusedopt as users get it (and, for
+    fp16/bf16 params, with master weights), its reference backend, torch's three
+    implementations, and the third-party ones that could run there."""
+    master = ["fusedopt+master"] if dtype in (torch.float16, torch.bfloat16) else []
     if device.type == "cuda":
-        return ["fusedopt", "fusedopt-cuda", "fusedopt-triton", "fusedopt-reference",
+        return ["fusedopt", *master, "fusedopt-cuda", "fusedopt-triton", "fusedopt-reference",
                 "torch-forloop", "torch-foreach", "torch-fused", "apex", "deepspeed", "te"]
-    return ["fusedopt", "fusedopt-reference", "torch-forloop", "torch-foreach", "torch-fused",
-            "deepspeed"]
+    return ["fusedopt", *master, "fusedopt-reference", "torch-forloop", "torch-foreach",
+            "torch-fused", "deepspeed"]
 
 
 def hyper(optimizer):
@@ -50,6 +62,7 @@ def _import(module):
 
 def unavailable_reason(impl, optimizer, device):
     """None if ``impl`` can run ``optimizer`` on ``device`` here, else why not."""
+    impl = split(impl)[0]
     if impl.startswith("fusedopt"):
         from fusedopt import backends
         backend = impl.partition("-")[2] or "auto"
@@ -80,10 +93,12 @@ def build(impl, optimizer, groups, device):
     """The optimizer of ``impl`` over ``groups`` (a list of param-group dicts)."""
     hp = hyper(optimizer)
     adamw = optimizer == "adamw"
+    impl, master = split(impl)
     if impl.startswith("fusedopt"):
         import fusedopt
         cls = {"adam": fusedopt.FusedAdam, "adamw": fusedopt.FusedAdamW, "sgd": fusedopt.FusedSGD}
-        return cls[optimizer](groups, **hp, backend=impl.partition("-")[2] or "auto")
+        return cls[optimizer](groups, **hp, backend=impl.partition("-")[2] or "auto",
+                              master_weights=master)
     if impl.startswith("torch-"):
         cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
         flags = {"torch-forloop": dict(foreach=False), "torch-foreach": dict(foreach=True),

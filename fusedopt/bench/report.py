@@ -86,8 +86,11 @@ def torch_info():
             "fusedopt_backends": fusedopt.available_backends(), "python": platform.python_version()}
 
 
-def records(entries, *, bytes_per_step, copy_gbps, copy_gbps_best=None, extra=None):
+def records(entries, *, bytes_per_step, copy_gbps, copy_gbps_best=None, extra=None,
+            bytes_of=None):
     """One JSON record per implementation (skipped ones included, with their reason).
+    ``bytes_of``: {impl: bytes per step} for implementations that move other bytes than
+    ``bytes_per_step`` (master weights); each record says what its GB/s counts.
 
     The headline figures use medians; ``roofline_frac`` (the table's "vs stream") is ``gbps``
     over the stream's median ``copy_gbps``. ``min_ms``, ``gbps_best`` and ``roofline_frac_best``
@@ -95,7 +98,9 @@ def records(entries, *, bytes_per_step, copy_gbps, copy_gbps_best=None, extra=No
     machine, load only ever adds time."""
     out = []
     for e in entries:
+        moved = (bytes_of or {}).get(e.impl, bytes_per_step)
         rec = {"impl": e.impl, "status": e.status, "reason": e.reason, "backend": e.backend,
+               "bytes_per_step": moved,
                "median_ms": None, "p20_ms": None, "p80_ms": None, "gbps": None,
                "roofline_frac": None, "vs_torch_fused": None, "launches_per_step": e.launches,
                "host_overhead_us": measure.quantile(e.host, 0.5), "peak_mem_bytes": e.peak_mem,
@@ -104,11 +109,11 @@ def records(entries, *, bytes_per_step, copy_gbps, copy_gbps_best=None, extra=No
             med = measure.quantile(e.times, 0.5)
             rec.update(median_ms=med, p20_ms=measure.quantile(e.times, 0.2),
                        p80_ms=measure.quantile(e.times, 0.8),
-                       gbps=bytes_per_step / (med * 1e-3) / 1e9)
+                       gbps=moved / (med * 1e-3) / 1e9)
             if copy_gbps:
                 rec["roofline_frac"] = rec["gbps"] / copy_gbps
             rec["min_ms"] = min(e.times)
-            rec["gbps_best"] = bytes_per_step / (rec["min_ms"] * 1e-3) / 1e9
+            rec["gbps_best"] = moved / (rec["min_ms"] * 1e-3) / 1e9
             if copy_gbps_best:
                 rec["roofline_frac_best"] = rec["gbps_best"] / copy_gbps_best
         rec.update(extra or {})
