@@ -31,6 +31,13 @@ class BucketSpec:
     placement: Any = None                              # (mesh, placements) of DTensor params
     groups: Any = None                                 # the optimizer's param_groups: error texts
 
+    @property
+    def has_master(self):
+        """The last state list holds fp32 master copies of fp16/bf16 params (Note [master copy]
+        in fusedopt/optimizer.py); the algorithm's own states have the params' dtype."""
+        return (self.dtype in (torch.float16, torch.bfloat16) and bool(self.states)
+                and bool(self.states[-1]) and self.states[-1][0].dtype == torch.float32)
+
 
 def describe_param(groups, p):
     """``param_groups[g]['params'][i]`` (with its name where the optimizer was given named
@@ -41,13 +48,6 @@ def describe_param(groups, p):
                 names = group.get("param_names")
                 return f"param_groups[{g}]['params'][{i}]" + (f" ({names[i]!r})" if names else "")
     return f"a parameter of shape {tuple(p.shape)}"
-
-    @property
-    def has_master(self):
-        """The last state list holds fp32 master copies of fp16/bf16 params (Note [master copy]
-        in fusedopt/optimizer.py); the algorithm's own states have the params' dtype."""
-        return (self.dtype in (torch.float16, torch.bfloat16) and bool(self.states)
-                and bool(self.states[-1]) and self.states[-1][0].dtype == torch.float32)
 
 
 @dataclass
