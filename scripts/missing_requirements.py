@@ -50,7 +50,9 @@ def main():
     extras = [e for e in (sys.argv[1] if len(sys.argv) > 1 else "").split(",") if e]
     for text in requirements(extras):
         if not satisfied(text):
-            print(text)
+            req = Requirement(text)   # printed without its marker: it holds here (satisfied())
+            extras_ = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+            print(f"{req.name}{extras_}{req.specifier}")
 
 
 if __name__ == "__main__":

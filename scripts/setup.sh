@@ -19,11 +19,10 @@ fi
 # What is missing of the build tools (no build isolation: the extension is built against the
 # torch above; setuptools >= 70.1 carries bdist_wheel, ninja makes the C++ build parallel) and of
 # the extras' requirements, as pip requirement strings; empty when all are there.
-missing=$("$PY" scripts/missing_requirements.py "$EXTRAS")
-if [ -n "$missing" ]; then
-  echo "setup: installing $(echo "$missing" | tr '\n' ' ')"
-  # shellcheck disable=SC2086
-  "$PY" -m pip install -q $missing
+mapfile -t missing < <("$PY" scripts/missing_requirements.py "$EXTRAS")
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  "$PY" -m pip install -q "${missing[@]}"
 fi
 # MAX_JOBS: 2-core machines. --no-deps --no-index: every requirement is there by now.
 export MAX_JOBS=${MAX_JOBS:-2} FUSEDOPT_REQUIRE_EXT=${FUSEDOPT_REQUIRE_EXT:-1}
