@@ -56,7 +56,7 @@ def _extensions():
             os.environ["TORCH_CUDA_ARCH_LIST"] = os.environ["FUSEDOPT_CUDA_ARCHS"]
         ext = cpp_extension.CUDAExtension(
             "fusedopt._C",
-            sources + sorted(glob.glob("csrc/cuda/*.cu")),
+            sources + sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu")),
             include_dirs=include_dirs,
             define_macros=[("FUSEDOPT_WITH_CUDA", "1")],
             # no --use_fast_math: it flushes fp32 subnormals (small Adam second moments) to zero

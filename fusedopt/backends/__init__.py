@@ -12,6 +12,10 @@ A backend is a module with this interface (all take a bucket handle made by ``ma
     bucket_norm(handle, norm_type) -> 0-d float32 tensor   norm of every grad in the bucket
     tensors_norm(tensors, norm_type) -> 0-d float32 tensor norm of a list of tensors
     (norm_type is 2.0 or inf there; other orders go to the reference: see ``native_norm``)
+    tensors_scale_(tensors, coef)             tensors[i] *= coef (a 0-d float32 tensor), in place
+
+A spec's ``grads`` (when not None) are the grads of its params, given explicitly (the custom ops
+of fusedopt/_ops.py, Note [compiled steps]); otherwise each param's ``.grad``.
 
 ``clip_coef``, ``inv_scale`` and ``found_inf`` are 0-d float32 tensors on the bucket's device
 or None. A step computes ``g = grad * inv_scale * clip_coef`` (that order: torch's unscale_ then
@@ -30,6 +34,11 @@ def _module(name):
     if name not in _cache:
         _cache[name] = importlib.import_module(f"fusedopt.backends.{name}")
     return _cache[name]
+
+
+def named(name):
+    """The backend module called ``name`` (no availability check: its handles exist already)."""
+    return _module(name)
 
 
 def unavailable_reason(name):

@@ -1,4 +1,6 @@
 """The CPU backend: OpenMP + SIMD C++ kernels of fusedopt._C (csrc/cpu/)."""
+import torch
+
 from fusedopt import _ext
 
 NAME = "cpu"
@@ -15,7 +17,8 @@ def supports(device):
 
 
 def make_bucket(spec):
-    return _ext.C.Bucket(spec.params, spec.states, spec.steps, spec.group_index, spec.pending)
+    return _ext.C.Bucket(spec.params, spec.states, spec.steps, spec.group_index, spec.pending,
+                         spec.grads or [])
 
 
 def pending_with_grad(handle):
@@ -37,3 +40,7 @@ def bucket_norm(handle, norm_type):
 
 def tensors_norm(tensors, norm_type):
     return _ext.C.tensors_norm(list(tensors), norm_type)
+
+
+def tensors_scale_(tensors, coef):
+    torch._foreach_mul_(list(tensors), coef)

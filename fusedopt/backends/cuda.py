@@ -50,7 +50,9 @@ def _build():
     if not os.path.exists(bindings):
         raise RuntimeError(f"fusedopt._C has no CUDA kernels and the sources to build them are not "
                            f"installed ({_CSRC} is missing; install from a source checkout)")
-    sources = ([bindings] + sorted(glob.glob(os.path.join(_CSRC, "cpu", "*.cpp")))
+    sources = (sorted(glob.glob(os.path.join(_CSRC, "*.cpp")))
+               + sorted(glob.glob(os.path.join(_CSRC, "cpu", "*.cpp")))
+               + sorted(glob.glob(os.path.join(_CSRC, "cuda", "*.cpp")))
                + sorted(glob.glob(os.path.join(_CSRC, "cuda", "*.cu"))))
     if os.environ.get("FUSEDOPT_CUDA_ARCHS"):          # as setup.py
         os.environ["TORCH_CUDA_ARCH_LIST"] = os.environ["FUSEDOPT_CUDA_ARCHS"]
@@ -92,7 +94,8 @@ def supports(device):
 
 
 def make_bucket(spec):
-    return _extension().Bucket(spec.params, spec.states, spec.steps, spec.group_index, spec.pending)
+    return _extension().Bucket(spec.params, spec.states, spec.steps, spec.group_index,
+                               spec.pending, spec.grads or [])
 
 
 def pending_with_grad(handle):
@@ -115,3 +118,7 @@ def bucket_norm(handle, norm_type):
 
 def tensors_norm(tensors, norm_type):
     return _extension().cuda_tensors_norm(list(tensors), norm_type)
+
+
+def tensors_scale_(tensors, coef):
+    _extension().cuda_tensors_scale_(list(tensors), coef)

@@ -204,14 +204,6 @@ def _register_fusedopt_optimizers(registry: Registry) -> None:
             registry._module_dict[name] = obj
 
 
-def _register_wrappers(registry: Registry) -> None:
-    importlib.import_module("fusedopt.config.optim_wrapper")
-
-
-def _register_constructors(registry: Registry) -> None:
-    importlib.import_module("fusedopt.config.constructor")
-
-
 OPTIMIZERS = Registry("optimizer", build_func=_build_with_registry,
                       populate=[_register_torch_optimizers, _register_fusedopt_optimizers])
 OPTIM_WRAPPERS = Registry("optim_wrapper", build_func=_build_with_registry,

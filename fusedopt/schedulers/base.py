@@ -12,6 +12,7 @@ import warnings
 
 import torch
 
+from fusedopt import _engine
 from fusedopt.schedulers._slot import Slot, raw_optimizer
 
 __all__ = ["ParamScheduler", "INF"]
@@ -142,7 +143,7 @@ class ParamScheduler:
         key = f"initial_{name}"
         groups = self._all_groups(opt)
         if last_step == -1:
-            current = self._slot.read_dicts().tolist()
+            current = self._slot.values()
             extra = self._extra_dict()
             if extra is not None:
                 current.append(self._read_extra(extra))
@@ -187,26 +188,19 @@ class ParamScheduler:
             self.last_step += 1
             self._apply(self.last_step)
         else:       # mmengine records the current values here too (get_last_value)
-            slot = self._slot
-            self._last_host = slot.current()[1]
-            slot.claim(self)
+            self._last_host = self._slot.read()
             extra = self._extra_dict()
             if extra is not None:
                 self._last_extra = self._read_extra(extra)
 
     def _apply(self, t):
-        slot = self._slot
-        devs, host = slot.current()
-        slot.claim(self)
-        view = slot.host_np
-        changed = self._update(view if view is not None and view.t is host else host, t)
-        self._last_host = host
+        values = self._slot.read()
+        changed = self._update(values, t)
+        self._last_host = values
         if changed is not False:
-            for v in devs:
-                self._update(v, t)
-            slot.commit(devs, host)
+            self._slot.write(values)
             if self.verbose:
-                for i, value in enumerate(host.tolist()):
+                for i, value in enumerate(values.tolist()):
                     self.print_value(True, i, value)
         extra = self._extra_dict()
         if extra is not None:
@@ -252,12 +246,7 @@ class ParamScheduler:
         if value is None and self._part is not None:      # the extra group: a Python float
             value = self._consts[key] = float(make().reshape(-1)[0])
         elif value is None:
-            value = make().to(dtype)
-            if key[1].type == "cuda":     # pinned source: an asynchronous copy, no host sync
-                value = value.pin_memory().to(key[1], non_blocking=True)
-            else:
-                value = value.to(key[1])
-            self._consts[key] = value
+            value = self._consts[key] = _engine.upload(make().to(dtype), key[1])   # no sync
         return value
 
     def _base(self, device):
