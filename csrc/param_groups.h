@@ -48,8 +48,9 @@ class GroupWatch {
   // Python. Returns None when nothing changed, else (flat indices written, slow rows).
   pybind11::object scan(const pybind11::list& groups, const at::Tensor& host);
   // group[key][(index)] = values[i] for every group of entry `entry`, remembered, and written
-  // into `host`. Nothing is written unless every value is in range. Returns -1, -2 when a
-  // zero_flag value switched between zero and non-zero, or the first invalid index.
+  // into `host`. Nothing is written unless every value is in range; a group without the key
+  // is left for the next scan to report. Returns -1, -2 when a zero_flag value switched
+  // between zero and non-zero, or the first invalid index.
   int64_t write(const pybind11::list& groups, int64_t entry, const at::Tensor& values,
                 const at::Tensor& host);
 

@@ -53,7 +53,9 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     """
     norm_type = check_clip_args(max_norm, norm_type)
     params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
-    owner = _OWNERS.get(params[0]) if params else None
+    # (under torch.compile the grads are scaled here: Dynamo does not trace the weak dict)
+    owner = (_OWNERS.get(params[0]) if params and not torch.compiler.is_compiling()
+             else None)
     if owner is not None and owner.owns_exactly(params):
         # one reduction per bucket, from compiled code: no per-tensor Python work
         return owner.clip_grad_norm_(max_norm, norm_type, error_if_nonfinite)
@@ -73,7 +75,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         for g in local:
             by_device.setdefault((g.device, g.dtype), []).append(g)
     for (device, _), gs in by_device.items():
-        torch._foreach_mul_(gs, coef.to(device))
+        backends.tensors_scale_(gs, coef.to(device))
     return total
 
 

@@ -10,7 +10,7 @@ import warnings
 import torch
 from torch.optim.optimizer import required
 
-from fusedopt import _distributed, _engine, _hparams, backends, clip
+from fusedopt import _distributed, _engine, _hparams, backends, clip, functional
 
 
 def host_number(value, sync=True):
@@ -62,9 +62,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._buckets = None       # list[_engine.Bucket] or None: repack on next step
         self._packed = None        # (group dicts, their flags) the buckets were packed from
         self._param_ids = []
-        self._pending_clip = self._pending_norm = None
+        self._carry = _Carry()
         self._dtensors = []
-        self._skipped_steps = torch.zeros(())
 
     # GradScaler.step sets self.grad_scale / self.found_inf and lets step() unscale inline
     _step_supports_amp_scaling = True
@@ -145,8 +144,22 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._buckets = None
 
     def zero_grad(self, set_to_none=True):
-        self._pending_clip = self._pending_norm = None
-        super().zero_grad(set_to_none)
+        """torch's zero_grad (its own is closed to torch.compile, which would break the graph
+        there), dropping a pending clip coefficient (Note [clip inside the step])."""
+        self._carry.clip = self._carry.norm = None
+        for group in self.param_groups:
+            for p in group["params"]:
+                g = p.grad
+                if g is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                    continue
+                if g.grad_fn is not None:
+                    g.detach_()
+                else:
+                    g.requires_grad_(False)
+                g.zero_()
 
     # ---- hyper-parameters (Note [one truth], fusedopt/_hparams.py) ----------------------------
     @property
@@ -365,7 +378,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._fused_step()
+        if torch.compiler.is_compiling():
+            self._compiled_step()
+        else:
+            self._fused_step()
         return loss
 
     def _fused_step(self):
@@ -382,10 +398,46 @@ class FusedOptimizer(torch.optim.Optimizer):
         if self._dtensors:
             self._attach_shard_grads(buckets, clear=True)   # don't keep old grads alive
 
+    # Note [compiled steps] (fusedopt/_ops.py): under torch.compile, everything before the
+    # kernels that is not tensor math runs in _init_group, outside the graph; the graph writes the
+    # table from the param_group dicts and calls the ops.
+    def _init_group(self):
+        """Table rows, packing and new states for the next step. Dynamo runs this for real while
+        it traces a step (its hook for torch.optim's _init_group) and keeps None as a constant."""
+        from fusedopt import _ops  # noqa: F401  (registers the ops before the graph calls them)
+        buckets = self._current_buckets()
+        if self._init_new_states(buckets):
+            buckets = self._pack()
+        # tensors the graph writes in place at a fixed address (the state dict's are marked by
+        # Dynamo): a CUDA graph of the step (mode="reduce-overhead") then copies none of them
+        for b in buckets:
+            for t in (b.hp, *b.spec.steps):
+                torch._dynamo.mark_static_address(t)
+
+    def _compiled_step(self):
+        self._init_group()
+        self._hparams_in_graph()
+        buckets = self._buckets
+        scalars = self._step_scalars(buckets)
+        for b in buckets:
+            if b.spec.params:
+                self._kernel(b, b.hp, **_on_device(scalars, b.spec.device))
+
+    def _hparams_in_graph(self):
+        """Every table cell from the param_group dicts, inside the graph: a number is a constant
+        until it changes, then a graph input (Dynamo recompiles once), a tensor is read on the
+        device, as torch.optim reads its groups at every step."""
+        for device, table in self._hparams.tables.items():
+            zero = torch.zeros((), dtype=torch.float64, device=device)
+            cells = [v.to(device=device, dtype=torch.float64).reshape(()) if torch.is_tensor(v)
+                     else zero + v for g in self.param_groups for v in self._row(g)]
+            table.copy_(torch.stack(cells).view(table.shape))
+
     def _step_scalars(self, buckets):
         """clip_coef / inv_scale / found_inf for this step (Note [clip inside the step])."""
-        clip_coef, norm = self._pending_clip, self._pending_norm
-        self._pending_clip = self._pending_norm = None
+        carry = self._carry
+        clip_coef, norm = carry.clip, carry.norm
+        carry.clip = carry.norm = None
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         inv_scale = None
@@ -401,27 +453,27 @@ class FusedOptimizer(torch.optim.Optimizer):
                 norm = self._global_norm(buckets, 2.0)
             bad = (~torch.isfinite(norm)).float()
             found_inf = bad if found_inf is None else torch.maximum(found_inf, bad.to(found_inf))
-            if self._skipped_steps.device != bad.device:   # once; pinned: no host sync
-                self._skipped_steps = _engine.upload(self._skipped_steps, bad.device)
-            self._skipped_steps = self._skipped_steps + bad
+            if carry.skipped.device != bad.device:   # once; pinned: no host sync
+                carry.skipped = _engine.upload(carry.skipped, bad.device)
+            carry.skipped = carry.skipped + bad
         return {"clip_coef": clip_coef, "inv_scale": inv_scale, "found_inf": found_inf}
 
     @property
     def skipped_steps(self):
         """Steps skipped by ``skip_nonfinite=True`` (a 0-d tensor: reading it as a number syncs)."""
-        return self._skipped_steps
+        return self._carry.skipped
 
     def state_dict(self):
         out = super().state_dict()
         if self.defaults.get("skip_nonfinite"):
-            out["fusedopt"] = {"skipped_steps": self._skipped_steps.clone()}
+            out["fusedopt"] = {"skipped_steps": self._carry.skipped.clone()}
         return out
 
     def load_state_dict(self, state_dict):
         extra = state_dict.get("fusedopt", {})
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "fusedopt"})
         if "skipped_steps" in extra:
-            self._skipped_steps = extra["skipped_steps"].clone()
+            self._carry.skipped = extra["skipped_steps"].clone()
 
     # ---- fused clipping -------------------------------------------------------------------------
     def clip_grad_norm_(self, max_norm, norm_type=2.0, error_if_nonfinite=False, *,
@@ -457,6 +509,9 @@ class FusedOptimizer(torch.optim.Optimizer):
     def grad_norm(self, norm_type=2.0):
         """Norm of every grad of this optimizer's params (across shards for DTensor params):
         a 0-d float32 tensor, one multi-tensor reduction per bucket, no host sync."""
+        if torch.compiler.is_compiling():
+            self._init_group()
+            return self._global_norm(self._buckets, float(norm_type))
         return self._global_norm(self._current_buckets(), float(norm_type))
 
     def _global_norm(self, buckets, norm_type):
@@ -464,20 +519,28 @@ class FusedOptimizer(torch.optim.Optimizer):
         for DTensor buckets; other orders than 2 and inf go through torch's vector_norm."""
         norms = []
         for b in buckets:
-            if backends.native_norm(norm_type):
-                local = b.backend.bucket_norm(b.handle, norm_type)
-            else:
-                local = backends.tensors_norm(
-                    [p.grad for p in b.spec.params + b.spec.pending if p.grad is not None], norm_type)
+            local = functional.norm(b, norm_type)
             norms.append(_distributed.reduce_norm(local, norm_type, b.spec.placement))
         return backends.combine_norms(norms, norm_type) if norms else torch.zeros(())
 
     def _defer_clip(self, coef, norm):
-        if self._pending_clip is None:
-            self._pending_clip, self._pending_norm = coef, norm
+        carry = self._carry
+        if carry.clip is None:
+            carry.clip, carry.norm = coef, norm
         else:   # clipped twice before a step: both coefficients apply, as with torch
-            self._pending_clip = self._pending_clip * coef
-            self._pending_norm = norm
+            carry.clip = carry.clip * coef
+            carry.norm = norm
+
+
+class _Carry:
+    """What a step takes over from the calls before it: a deferred clip coefficient and its
+    norm (Note [clip inside the step]), and the count of skipped steps. A plain object, not
+    attributes of the optimizer: torch.compile (torch 2.11-2.13) drops attribute writes to an
+    optimizer made in compiled code, and keeps those to other objects."""
+
+    def __init__(self):
+        self.clip = self.norm = None
+        self.skipped = torch.zeros(())
 
 
 def _on_device(scalars, device):

@@ -99,9 +99,26 @@ def tensors_norm(tensors, norm_type):
         by_device.setdefault(t.device, []).append(t)
     if not by_device:
         return torch.zeros((), dtype=torch.float32)
-    norms = [(resolve("auto", dev) if native_norm(norm_type) else _module("reference"))
-             .tensors_norm(ts, norm_type) for dev, ts in by_device.items()]
+    norms = []
+    for dev, ts in by_device.items():
+        module = resolve("auto", dev) if native_norm(norm_type) else _module("reference")
+        if torch.compiler.is_compiling():     # Note [compiled steps], fusedopt/_ops.py
+            from fusedopt import _ops  # noqa: F401
+            norms.append(torch.ops.fusedopt.norm(ts, norm_type, module.NAME))
+        else:
+            norms.append(module.tensors_norm(ts, norm_type))
     return combine_norms(norms, norm_type)
+
+
+def tensors_scale_(tensors, coef):
+    """``tensors[i] *= coef`` in place; the tensors share a device, ``coef`` is a 0-d float32
+    tensor there."""
+    module = resolve("auto", tensors[0].device)
+    if torch.compiler.is_compiling():
+        from fusedopt import _ops  # noqa: F401
+        torch.ops.fusedopt.scale_(tensors, coef, module.NAME)
+    else:
+        module.tensors_scale_(tensors, coef)
 
 
 def combine_norms(norms, norm_type):
