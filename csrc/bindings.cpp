@@ -165,7 +165,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "float64 tensor of group[key] (or group[key][index]) per group; None if one is not a "
         "number");
   m.def("write_column", &write_column, py::arg("groups"), py::arg("key"), py::arg("index"),
-        py::arg("values"), "group[key] (or group[key][index]) = values[i] per group");
+        py::arg("values"),
+        "group[key] (or group[key][index]) = values[i] per group; -1, or the first malformed "
+        "group (nothing written)");
   m.def("cpu_capability", [] { return std::string(cpu::capability_name(cpu::capability())); },
         "the CPU kernel level in use: avx512, avx2 or scalar (FUSEDOPT_CPU_CAPABILITY caps it)");
 #ifdef FUSEDOPT_WITH_CUDA

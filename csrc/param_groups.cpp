@@ -13,6 +13,19 @@ namespace {
 
 constexpr size_t kMaxEntries = 16;
 
+// Note [dict versions] (param_groups.h): the dict's version tag, or 0 where there is none.
+uint64_t version_of(PyObject* group) {
+#if PY_VERSION_HEX < 0x030E0000
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  return PyDict_Check(group) ? reinterpret_cast<PyDictObject*>(group)->ma_version_tag : 0;
+#pragma GCC diagnostic pop
+#else
+  (void)group;
+  return 0;
+#endif
+}
+
 // group[key] (borrowed), or nullptr when `group` is not a dict or has no `key`.
 PyObject* value_of(PyObject* group, PyObject* key) {
   if (!PyDict_Check(group)) return nullptr;
@@ -116,6 +129,7 @@ GroupWatch::~GroupWatch() { forget(); }
 void GroupWatch::forget() {
   for (PyObject* p : snap_) Py_XDECREF(p);
   snap_.clear();
+  versions_.clear();
   rows_ = 0;
 }
 
@@ -123,6 +137,7 @@ void GroupWatch::reset(const py::list& groups) {
   forget();
   rows_ = static_cast<int64_t>(groups.size());
   snap_.assign(rows_ * stride(), nullptr);
+  versions_.assign(rows_, 0);
   std::vector<int64_t> all(rows_);
   for (int64_t r = 0; r < rows_; ++r) all[r] = r;
   refresh(groups, all);
@@ -133,14 +148,19 @@ void GroupWatch::refresh(const py::list& groups, const std::vector<int64_t>& row
   for (int64_t r : rows) {
     if (r < 0 || r >= n) continue;
     PyObject* group = PyList_GET_ITEM(groups.ptr(), r);
+    uint64_t version = version_of(group);
     for (int64_t k = 0; k < stride(); ++k) {
-      PyObject* v = k == 0 ? group
-                           : item_of(value_of(group, entries_[k - 1].key.ptr()),
-                                     entries_[k - 1].index);
+      PyObject* container = k == 0 ? nullptr : value_of(group, entries_[k - 1].key.ptr());
+      if (k > 0 && entries_[k - 1].index >= 0 && container != nullptr &&
+          !PyTuple_Check(container)) {
+        version = 0;   // a list's items change without the dict changing
+      }
+      PyObject* v = k == 0 ? group : item_of(container, entries_[k - 1].index);
       Py_XINCREF(v);
       Py_XDECREF(slot(r, k));
       slot(r, k) = v;
     }
+    versions_[r] = version;
   }
 }
 
@@ -158,6 +178,9 @@ py::object GroupWatch::scan(const py::list& groups, const at::Tensor& host) {
   for (int64_t r = 0; r < n; ++r) {
     PyObject* group = PyList_GET_ITEM(groups.ptr(), r);
     bool is_slow = group != slot(r, 0);
+    const uint64_t version = version_of(group);
+    if (!is_slow && version != 0 && version == versions_[r]) continue;   // Note [dict versions]
+    bool keeps_version = version != 0;
     size_t num_pending = 0;
     PyObject* last_key = nullptr;   // Adam's betas[0] and betas[1] share one lookup
     PyObject* last_value = nullptr;
@@ -166,6 +189,9 @@ py::object GroupWatch::scan(const py::list& groups, const at::Tensor& host) {
       if (e.key.ptr() != last_key) {
         last_key = e.key.ptr();
         last_value = value_of(group, last_key);
+        if (e.index >= 0 && last_value != nullptr && !PyTuple_Check(last_value)) {
+          keeps_version = false;
+        }
       }
       PyObject* v = item_of(last_value, e.index);
       PyObject* old = slot(r, k + 1);
@@ -182,6 +208,7 @@ py::object GroupWatch::scan(const py::list& groups, const at::Tensor& host) {
       slow.push_back(r);
       continue;
     }
+    versions_[r] = keeps_version ? version : 0;   // every watched value is now remembered
     for (size_t i = 0; i < num_pending; ++i) {
       const Pending& p = pending[i];
       const int64_t cell = r * num_cols_ + entries_[p.k].column;
@@ -215,19 +242,24 @@ int64_t GroupWatch::write(const py::list& groups, int64_t entry, const at::Tenso
   bool switched = false;
   for (int64_t r = 0; r < rows_; ++r) {
     PyObject* group = PyList_GET_ITEM(groups.ptr(), r);
-    // A group without the key (or its pair) is left as it is: the next scan sees a changed
-    // row there and Python names it.
-    PyObject* current = item_of(value_of(group, e.key.ptr()), e.index);
-    if (current == nullptr) continue;
-    double was = 0;
-    if (e.zero_flag) switched |= !as_number(current, &was) || (was == 0) != (v[r] == 0);
+    if (!PyDict_Check(group)) continue;   // the next scan names it
+    if (e.index >= 0 || e.zero_flag) {
+      // a group without the pair is left as it is, for the next scan to name
+      PyObject* current = item_of(value_of(group, e.key.ptr()), e.index);
+      if (current == nullptr) continue;
+      double was = 0;
+      if (e.zero_flag) switched |= !as_number(current, &was) || (was == 0) != (v[r] == 0);
+    }
     PyObject* f = PyFloat_FromDouble(v[r]);
     if (f == nullptr) throw py::error_already_set();
-    store(group, e.key.ptr(), e.index, f);   // cannot fail: current exists
+    // unwritten since last seen: after this write it is known again; else the next scan looks
+    const bool known = versions_[r] != 0 && version_of(group) == versions_[r];
+    store(group, e.key.ptr(), e.index, f);   // cannot fail: checked above
     table[r * num_cols_ + e.column] = v[r];
     if (group == slot(r, 0)) {   // a replaced dict stays a slow row for the next scan
       Py_XDECREF(slot(r, entry + 1));
       slot(r, entry + 1) = f;   // takes the reference
+      versions_[r] = known ? version_of(group) : 0;
     } else {
       Py_DECREF(f);
     }
@@ -247,18 +279,26 @@ py::object read_column(const py::list& groups, const py::object& key, Py_ssize_t
   return py::cast(out);
 }
 
-void write_column(const py::list& groups, const py::object& key, Py_ssize_t index,
-                  const at::Tensor& values) {
+int64_t write_column(const py::list& groups, const py::object& key, Py_ssize_t index,
+                     const at::Tensor& values) {
   TORCH_CHECK(values.device().is_cpu() && values.scalar_type() == at::kDouble &&
                   values.is_contiguous() && values.numel() == static_cast<int64_t>(groups.size()),
               "values must be a contiguous float64 CPU tensor of one value per group");
+  const int64_t n = values.numel();
+  for (int64_t r = 0; r < n; ++r) {   // every group checked before any write
+    PyObject* group = PyList_GET_ITEM(groups.ptr(), r);
+    if (!PyDict_Check(group) || (index >= 0 && item_of(value_of(group, key.ptr()), index) ==
+                                                   nullptr)) {
+      return r;
+    }
+  }
   const double* v = values.data_ptr<double>();
-  for (int64_t r = 0; r < values.numel(); ++r) {
+  for (int64_t r = 0; r < n; ++r) {
     py::object f = py::reinterpret_steal<py::object>(PyFloat_FromDouble(v[r]));
     if (!f) throw py::error_already_set();
-    TORCH_CHECK(store(PyList_GET_ITEM(groups.ptr(), r), key.ptr(), index, f.ptr()),
-                "param_groups[", r, "] has no pair under the key to write item ", index, " of");
+    store(PyList_GET_ITEM(groups.ptr(), r), key.ptr(), index, f.ptr());
   }
+  return -1;
 }
 
 }  // namespace fusedopt

@@ -9,8 +9,9 @@ Note [one truth]: the param_group dicts are the truth and the tables follow them
   the number of groups changes (``add_param_group``); everything else writes it in place, so a
   graph captured before a write reads the new value. A reallocation after a step ran under
   CUDA graph capture raises at the next step (the graph would read the old table), once.
-* Written values. A step finds the values written since the last step by identity (Note
-  [written groups are found by identity], csrc/param_groups.h): a number in range is written
+* Written values. A step finds the values written since the last step by identity, skipping
+  the groups whose dict did not change (Notes [written groups are found by identity] and [dict
+  versions], csrc/param_groups.h): a number in range is written
   into its cell in C++, and all cells written on one step reach each device with one
   host-to-device copy; clean groups are not looked at again, no parameter is scanned and no
   tensor is read back. A row with anything else written (an algorithm flag, a tensor, a value
@@ -58,13 +59,10 @@ class HparamTable:
         self.tables = {}            # device -> float64 [num_groups, NUM_COLS]
         self._tensors = {}          # flat cell -> tensor value, copied on device every step
         self._tensor_plan = {}      # device -> (cells, unique tensors, position of each cell)
+        self.rows = 0               # groups the tables were built for
         self.stale = True           # groups added or replaced: rebuild at the next step
         self.captured = False       # a step ran under CUDA graph capture
         self.has_cuda = False
-
-    @property
-    def rows(self):
-        return self._watch.rows
 
     # ---- whole rows --------------------------------------------------------------------------
     def rebuild(self, groups, rows, devices):
@@ -99,7 +97,7 @@ class HparamTable:
         self.has_cuda = any(d.type == "cuda" for d in self.tables)
         self._watch.reset(groups)
         self._set_tensors(tensors)
-        self.stale = False
+        self.rows, self.stale = n, False
 
     def rewrite_rows(self, groups, rows, values):
         """Write the rows ``rows`` from ``values`` (checked by the caller) and remember them."""
@@ -133,6 +131,8 @@ class HparamTable:
 
     def copy_tensors(self):
         """Tensor-valued cells into every table, on the device (no host sync)."""
+        if not self._tensor_plan:
+            return
         for device, (cells, tensors, position) in self._tensor_plan.items():
             values = torch.stack([t.detach().reshape(()).to(device=device, dtype=torch.float64,
                                                             non_blocking=True) for t in tensors])
@@ -192,14 +192,23 @@ def read_column(groups, key, index):
         values = _ext.C.read_column(groups, key, -1 if index is None else index)
         if values is not None:
             return values
-    return torch.tensor([float(g[key] if index is None else g[key][index]) for g in groups],
-                        dtype=torch.float64)
+    out = []
+    for r, g in enumerate(groups):        # tensors, or a malformed group
+        try:
+            out.append(float(g[key] if index is None else g[key][index]))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            where = f"[{key!r}]" + ("" if index is None else f"[{index}]")
+            raise TypeError(f"param_groups[{r}]{where}: expected a number ({exc})") from None
+    return torch.tensor(out, dtype=torch.float64)
 
 
 def write_column(groups, key, index, values):
     """``group[key] = values[i]`` (item ``index`` of a pair if not None) for every group."""
     if _ext.C is not None:
-        _ext.C.write_column(groups, key, -1 if index is None else index, values.contiguous())
+        bad = _ext.C.write_column(groups, key, -1 if index is None else index,
+                                  values.contiguous())
+        if bad >= 0:
+            raise TypeError(f"param_groups[{bad}]: expected a dict with a pair under {key!r}")
         return
     for g, v in zip(groups, values.tolist()):
         g[key] = v if index is None else _replaced(g[key], index, v)
@@ -289,8 +298,8 @@ class _PyWatch:
         switched = False
         for r, (g, x) in enumerate(zip(groups, values)):
             current = self._values(g)[entry + 1]
-            if current is None:       # malformed: left for the next scan to name
-                continue
+            if not isinstance(g, dict) or (current is None and (index >= 0 or zero_flag)):
+                continue              # malformed: left for the next scan to name
             was = self._number(current)
             switched |= zero_flag and (was is None or (was == 0) != (x == 0))
             g[key] = x if index < 0 else _replaced(g[key], index, x)

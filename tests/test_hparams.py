@@ -107,6 +107,28 @@ def test_a_group_write_keeps_the_table_address(algo, backend):
     assert t[:, _hparams.LR].tolist() == [0.1] * 6
 
 
+def test_writes_between_steps_all_reach_the_table():
+    """Note [dict versions]: a group whose dict changed is compared in full, whoever wrote it,
+    and a pair kept in a list (its items change without the dict changing) at every step."""
+    params, opt = make("AdamW", groups=4)
+    t = table(opt)
+    opt.param_groups[1]["weight_decay"] = 0.5         # a write, then a column write over it
+    opt.set_hparam("lr", [0.1, 0.2, 0.3, 0.4])
+    opt.param_groups[2]["initial_lr"] = 1.0           # an unwatched key
+    opt.param_groups[3]["betas"] = [0.8, 0.99]
+    opt.step()
+    assert t[:, _hparams.LR].tolist() == [0.1, 0.2, 0.3, 0.4]
+    assert t[1, _hparams.WEIGHT_DECAY].item() == 0.5 and t[3, _hparams.BETA1].item() == 0.8
+    opt.param_groups[3]["betas"][0] = 0.7
+    opt.step()
+    assert t[3, _hparams.BETA1].item() == 0.7
+    fusedopt.schedulers.ExponentialMomentum(opt, gamma=0.5, by_epoch=False).step()
+    opt.param_groups[0]["eps"] = 1e-3
+    opt.step()
+    assert t[:, _hparams.BETA1].tolist() == [g["betas"][0] for g in opt.param_groups]
+    assert t[0, _hparams.EPS].item() == 1e-3
+
+
 def _python_calls(fn):
     """Python function calls and C calls made from Python while ``fn`` runs."""
     count = [0]
@@ -261,6 +283,15 @@ def test_a_bad_write_is_named_at_the_next_step(write, match):
     assert all(torch.equal(p, q) for p, q in zip(params, before))
     assert all(torch.equal(v, state[i][k]) for i, s in opt.state_dict()["state"].items()
                for k, v in s.items())
+
+
+def test_a_scheduler_names_a_malformed_group_of_another_optimizer():
+    opt = torch.optim.Adam([{"params": [torch.nn.Parameter(torch.zeros(2))]} for _ in range(3)])
+    sched = fusedopt.schedulers.ExponentialMomentum(opt, gamma=0.5, by_epoch=False)
+    opt.param_groups[1]["betas"] = 0.9
+    with pytest.raises(TypeError, match=r"param_groups\[1\]"):
+        sched.step()
+    assert [g["betas"] for g in opt.param_groups[::2]] == [(0.9, 0.999)] * 2
 
 
 def test_set_hparam_checks_before_writing():
