@@ -49,12 +49,10 @@ class HparamTable:
     """The tables of one optimizer, and what they were last written from."""
 
     def __init__(self, columns, flags):
-        self.columns = dict(columns)             # table column -> Column
-        self._entry = {col: k for k, col in enumerate(self.columns)}
-        entries = [(c.key, -1 if c.index is None else c.index, col, c.low, c.high, c.high_open,
-                    c.zero_flag) for col, c in self.columns.items()]
-        entries += [(key, -1, -1, 0.0, 0.0, False, False) for key in flags]
-        self._watch = (_ext.C.GroupWatch if _ext.C is not None else _PyWatch)(entries, NUM_COLS)
+        """``columns``: table column -> Column; ``flags``: the keys of the algorithm flags."""
+        self._entry = {col: k for k, col in enumerate(columns)}
+        watch = _ext.C.GroupWatch if _ext.C is not None else _PyWatch
+        self._watch = watch(watched(columns, flags), NUM_COLS)
         self.host = torch.zeros(0, NUM_COLS, dtype=torch.float64)   # the CPU table, if any
         self.tables = {}            # device -> float64 [num_groups, NUM_COLS]
         self._tensors = {}          # flat cell -> tensor value, copied on device every step
@@ -186,6 +184,13 @@ class HparamTable:
                                          _engine.upload(position, device))
 
 
+def watched(columns, flags):
+    """What GroupWatch compares in every group: one entry per table column, then the flags."""
+    entries = [(c.key, -1 if c.index is None else c.index, col, c.low, c.high, c.high_open,
+                c.zero_flag) for col, c in columns.items()]
+    return entries + [(key, -1, -1, 0.0, 0.0, False, False) for key in flags]
+
+
 def read_column(groups, key, index):
     """float64 CPU tensor of ``group[key]`` (item ``index`` of it if not None) per group."""
     if _ext.C is not None:
@@ -267,7 +272,7 @@ class _PyWatch:
         return x
 
     def scan(self, groups, host):
-        cells, slow = [], []
+        cells, values, slow = [], [], []
         for r, group in enumerate(groups[:len(self.snap)]):
             now, snap = self._values(group), self.snap[r]
             if now[0] is not snap[0]:
@@ -284,18 +289,21 @@ class _PyWatch:
                 pending.append((k, x))
             else:
                 for k, x in pending:
-                    host[r, self.entries[k][2]] = x
                     snap[k + 1] = now[k + 1]
                     cells.append(r * self.num_cols + self.entries[k][2])
+                    values.append(x)
+        if cells:        # one tensor op, as the C++ writes them directly
+            host.view(-1)[torch.tensor(cells)] = torch.tensor(values, dtype=torch.float64)
         return (cells, slow) if cells or slow else None
 
     def write(self, groups, entry, values, host):
         key, index, column, low, high, high_open, zero_flag = self.entries[entry]
-        values = values.tolist()
+        column_values, values = values, values.tolist()
         for r, x in enumerate(values):
             if not (low <= x and (x < high if high_open else x <= high)):
                 return r
         switched = False
+        rows = []
         for r, (g, x) in enumerate(zip(groups, values)):
             current = self._values(g)[entry + 1]
             if not isinstance(g, dict) or (current is None and (index >= 0 or zero_flag)):
@@ -303,7 +311,12 @@ class _PyWatch:
             was = self._number(current)
             switched |= zero_flag and (was is None or (was == 0) != (x == 0))
             g[key] = x if index < 0 else _replaced(g[key], index, x)
-            host[r, column] = x
+            rows.append(r)
             if r < len(self.snap) and self.snap[r][0] is g:
                 self.snap[r][entry + 1] = g[key] if index < 0 else g[key][index]
+        if len(rows) == len(values):
+            host[:, column].copy_(column_values)
+        elif rows:
+            host[torch.tensor(rows), column] = torch.tensor([values[r] for r in rows],
+                                                            dtype=torch.float64)
         return -2 if switched else -1
