@@ -77,8 +77,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         """torch's add_param_group: the same checks and messages, and the group is a plain dict
         (a copy of ``param_group``). Note [linear construction]: torch checks a new group
         against a set rebuilt from every earlier group, so building an optimizer of G one-tensor
-        groups costs O(G^2) (10,000 groups: 15 s); the set of params seen so far is kept here
-        instead, O(params) in all."""
+        groups costs O(G^2) (10,000 groups: 13 s on the 2-core VM, fusedopt 0.07 s,
+        bench/hparams.py); the set of params seen so far is kept here instead, O(params) in
+        all."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
         params = param_group.get("params")
