@@ -74,7 +74,7 @@ def _extensions():
             os.environ["TORCH_CUDA_ARCH_LIST"] = os.environ["FUSEDOPT_CUDA_ARCHS"]
         ext = cpp_extension.CUDAExtension(
             "fusedopt._C",
-            sources + sorted(glob.glob("csrc/cuda/*.cu")),
+            sources + sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu")),
             include_dirs=include_dirs,
             define_macros=[("FUSEDOPT_WITH_CUDA", "1")],
             # no --use_fast_math: it flushes fp32 subnormals (small Adam second moments) to zero
@@ -98,8 +98,8 @@ setup(
               "fusedopt.bench", "fusedopt.kernels", "fusedopt.csrc"],
     # the C++/CUDA sources go into the package too: the JIT builds read them (Note [jit build])
     package_dir={"fusedopt.kernels": "kernels", "fusedopt.csrc": "csrc"},
-    package_data={"fusedopt.csrc": ["*.cpp", "*.h", "cpu/*.cpp", "cpu/*.h", "cuda/*.cu",
-                                    "cuda/*.cuh", "cuda/*.h"]},
+    package_data={"fusedopt.csrc": ["*.cpp", "*.h", "cpu/*.cpp", "cpu/*.h", "cuda/*.cpp",
+                                    "cuda/*.cu", "cuda/*.cuh", "cuda/*.h"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -8,10 +8,11 @@ What is timed, per schedule (each timing: the median over interleaved rounds):
   into the param_group dicts);
 * ``mmengine+sync``: the same plus the table refresh those writes cost fusedopt's next
   ``step()`` (``opt.hparam_tables``);
-* ``fusedopt``: fusedopt's scheduler ``step()`` on the same kind of optimizer (O(1) tensor ops on
-  the device hyper-parameter table, no host sync; the dicts are refreshed lazily);
+* ``fusedopt``: fusedopt's scheduler ``step()`` on the same kind of optimizer (the values read
+  from the dicts and written back into them and into the hyper-parameter table, one C loop each:
+  Note [scheduler writes], fusedopt/schedulers/_slot.py);
 * ``fusedopt+read``: the same plus reading every group's lr back (``[g['lr'] for g in
-  opt.param_groups]``: pays the lazy dict refresh), against ``mmengine+read``;
+  opt.param_groups]``), against ``mmengine+read``;
 * on mmengine's ``OptimWrapper(FusedSGD)`` (what an mmengine Runner hands the schedulers: with
   several groups it adds a dummy group, ``base_param_settings``, that both schedule);
 * on ``torch.optim.SGD`` for reference (no device table: both write the dicts).

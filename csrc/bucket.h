@@ -4,6 +4,9 @@
 // through pybind list conversion costs ~400 us.
 #pragma once
 #include <ATen/ATen.h>
+
+#include <cstddef>
+#include <optional>
 #include <vector>
 
 namespace fusedopt {
@@ -27,17 +30,38 @@ struct Bucket {
   // if any has a grad now, the step touches nothing and reports them so Python can create
   // their state and rebuild the bucket (torch creates state lazily, at a param's first grad).
   std::vector<at::Tensor> pending;
+  // The grads of params, given explicitly (fusedopt's torch.library ops: under torch.compile a
+  // grad need not be its param's .grad); empty: each param's .grad. Undefined: no grad.
+  std::vector<at::Tensor> grads;
+
+  const at::Tensor& grad(size_t i) const { return grads.empty() ? params[i].grad() : grads[i]; }
 };
 
+// The one validator of the C++ backends (csrc/bucket.cpp); the kernels assume what it checked.
+//
 // Note [master copy] (fusedopt/optimizer.py): a last state list of float32 tensors beside
-// float16/bfloat16 params holds their fp32 master copies. A step reads the master instead of
-// the param and writes both (the param: the master's rounding). The algorithm's own states
-// always have the params' dtype, so the dtype tells the two apart.
-inline bool has_master(const Bucket& b) {
-  if (b.params.empty() || b.states.empty() || b.states.back().empty()) return false;
-  const at::ScalarType t = b.params[0].scalar_type();
-  return (t == at::kHalf || t == at::kBFloat16) &&
-         b.states.back()[0].scalar_type() == at::kFloat;
-}
+// float16/bfloat16 params holds their fp32 master copies (Note [slots], csrc/cuda/launchers.h).
+// A step reads the master instead of the param and writes both (the param: the master's
+// rounding). The algorithm's own states always have the params' dtype, so the dtype tells the
+// two apart.
+bool has_master(const Bucket& b);
+// At construction: the lists agree, every tensor is a dense real floating tensor shaped like
+// its param, step counters are one-element float32 tensors, group indices are >= 0.
+void check_bucket(const Bucket& b);
+// Before every step touches anything: all of the above that can change in place (dtypes,
+// shapes, devices: `p.data = ...`), the grads, the table `hp` (float64 [G, 5], contiguous, on
+// the params' device, a row for every group index) and the step scalars. `algo_states`: the
+// state lists the algorithm keeps (`states_are` names them in errors), a master list aside.
+// Returns whether the bucket has a master list.
+bool check_step(const Bucket& b, const at::Tensor& hp, size_t algo_states, const char* states_are,
+                const std::optional<at::Tensor>& clip_coef,
+                const std::optional<at::Tensor>& inv_scale,
+                const std::optional<at::Tensor>& found_inf);
+// A step scalar (clip_coef, inv_scale, found_inf): None, or a one-element float32 on `device`.
+void check_scalar(const std::optional<at::Tensor>& t, const at::Device& device, const char* name);
+// Norm inputs: dense, one of the four dtypes, on `device` (`what` names them: "tensors",
+// "grad of params").
+void check_norm_input(const at::Tensor& t, const at::Device& device, const char* what, size_t i);
+bool check_norm_type(double norm_type);   // true for inf
 
 }  // namespace fusedopt

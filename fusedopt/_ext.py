@@ -60,7 +60,9 @@ def jit_build(name, *, cuda, what):
     # Note [jit build]: the namespace renamed after the module, the torch version a flag
     defines = [f"-Dfusedopt={name}", "-DFUSEDOPT_TORCH_" + re.sub(r"\W", "_", torch.__version__)]
     if cuda:
-        sources += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
+        # the host glue (cuda/glue.cpp) and the kernels
+        sources += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cpp"))
+                          + glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
         if os.environ.get("FUSEDOPT_CUDA_ARCHS"):          # as setup.py
             os.environ["TORCH_CUDA_ARCH_LIST"] = os.environ["FUSEDOPT_CUDA_ARCHS"]
         defines.append("-DFUSEDOPT_WITH_CUDA=1")

@@ -2,7 +2,8 @@
 import torch
 
 from fusedopt import _hparams, functional
-from fusedopt.optimizer import FusedOptimizer, check_hparam
+from fusedopt._hparams import Column
+from fusedopt.optimizer import FusedOptimizer
 
 __all__ = ["FusedAdam", "FusedAdamW"]
 
@@ -16,6 +17,14 @@ class FusedAdam(FusedOptimizer, torch.optim.Adam):
     ``master_weights=True`` keeps an fp32 copy of each fp16/bf16 param in
     ``state['master_param']`` and steps that copy (Note [master copy]); a no-op for fp32/fp64."""
 
+    _COLUMNS = {
+        _hparams.LR: Column("lr"),
+        _hparams.WEIGHT_DECAY: Column("weight_decay"),
+        _hparams.BETA1: Column("betas", 0, 0.0, 1.0, high_open=True),
+        _hparams.BETA2: Column("betas", 1, 0.0, 1.0, high_open=True),
+        _hparams.EPS: Column("eps"),
+    }
+    _FLAG_KEYS = ("amsgrad", "maximize", "decoupled_weight_decay", "master_weights")
     _HPARAM_SLOTS = {
         "lr": (_hparams.LR, "lr", None),
         "weight_decay": (_hparams.WEIGHT_DECAY, "weight_decay", None),
@@ -38,20 +47,10 @@ class FusedAdam(FusedOptimizer, torch.optim.Adam):
         super().__init__(params, defaults, backend)
 
     @staticmethod
-    def _check_group(group, sync=True):
-        check_hparam("lr", group["lr"], sync=sync)
-        check_hparam("eps", group["eps"], sync=sync)
+    def _check_pairs(group):
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"Invalid betas: {betas!r}; expected a pair (beta1, beta2)")
-        check_hparam("betas[0]", betas[0], 0.0, 1.0, sync=sync)
-        check_hparam("betas[1]", betas[1], 0.0, 1.0, sync=sync)
-        check_hparam("weight_decay", group["weight_decay"], sync=sync)
-
-    @staticmethod
-    def _row(group):
-        beta1, beta2 = group["betas"]
-        return [group["lr"], group["weight_decay"], beta1, beta2, group["eps"]]
 
     @staticmethod
     def _flags(group):

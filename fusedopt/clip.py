@@ -2,8 +2,19 @@
 when the parameters are exactly a fusedopt optimizer's, the scaling folded into its next step."""
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from fusedopt import _distributed, backends
+
+# param -> the fusedopt optimizer that steps it, registered by the optimizer when it packs
+# (this module imports nothing of the optimizers: they call in, Note [clip inside the step]).
+_OWNERS = WeakIdKeyDictionary()
+
+
+def register_owner(optimizer, params):
+    """``optimizer`` steps ``params``: a clip over exactly them may defer into its step."""
+    for p in params:
+        _OWNERS[p] = optimizer
 
 
 def check_clip_args(max_norm, norm_type):
@@ -42,12 +53,12 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     """
     norm_type = check_clip_args(max_norm, norm_type)
     params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
-    owner = _exclusive_owner(params)
-    if owner is not None:
+    # (under torch.compile the grads are scaled here: Dynamo does not trace the weak dict)
+    owner = (_OWNERS.get(params[0]) if params and not torch.compiler.is_compiling()
+             else None)
+    if owner is not None and owner.owns_exactly(params):
         # one reduction per bucket, from compiled code: no per-tensor Python work
-        total = owner.grad_norm(norm_type)
-        owner._defer_clip(clip_coefficient(total, max_norm, norm_type, error_if_nonfinite), total)
-        return total
+        return owner.clip_grad_norm_(max_norm, norm_type, error_if_nonfinite)
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
@@ -64,21 +75,8 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         for g in local:
             by_device.setdefault((g.device, g.dtype), []).append(g)
     for (device, _), gs in by_device.items():
-        torch._foreach_mul_(gs, coef.to(device))
+        backends.tensors_scale_(gs, coef.to(device))
     return total
-
-
-def _exclusive_owner(params):
-    """The fusedopt optimizer whose parameters are exactly ``params`` (any order), else None."""
-    from fusedopt.optimizer import OWNERS
-    owner = OWNERS.get(params[0]) if params else None
-    if owner is None or owner._buckets is None:
-        return None
-    ids = [id(p) for p in params]
-    if ids == owner._param_ids or (len(ids) == len(owner._param_ids)
-                                   and set(ids) == set(owner._param_ids)):
-        return owner
-    return None
 
 
 __all__ = ["clip_grad_norm_"]

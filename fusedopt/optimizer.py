@@ -1,17 +1,16 @@
 """FusedOptimizer: the class layer shared by FusedAdam, FusedAdamW and FusedSGD.
 
 It validates, keeps torch-layout state (so state_dicts interchange with torch.optim), packs the
-parameters into buckets (Note [pack once]) and keeps the hyper-parameter tables
-(Note [lr lives on the device]). The math lives in fusedopt/functional.py and the backends.
+parameters into buckets (Note [pack once]) and keeps the hyper-parameter tables in step with the
+param_group dicts (Note [one truth], fusedopt/_hparams.py). The math lives in
+fusedopt/functional.py and the backends.
 """
+import warnings
+
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
+from torch.optim.optimizer import required
 
-from fusedopt import _distributed, _engine, backends
-
-# param -> the FusedOptimizer that owns it; lets fusedopt.clip_grad_norm_ hand its coefficient
-# to the step that follows instead of rescaling every grad (Note [clip inside the step]).
-OWNERS = WeakIdKeyDictionary()
+from fusedopt import _distributed, _engine, _hparams, backends, clip, functional
 
 
 def host_number(value, sync=True):
@@ -48,7 +47,8 @@ def check_hparam(name, value, low=0.0, high=None, sync=True):
 
 
 class FusedOptimizer(torch.optim.Optimizer):
-    """Base class. Subclasses define the algorithm: ``_check_group``, ``_row``, ``_flags``,
+    """Base class. Subclasses define the algorithm: ``_COLUMNS`` (table column -> where it is in
+    a param_group and its valid range), ``_FLAG_KEYS``, ``_HPARAM_SLOTS``, ``_flags``,
     ``_state_of``/``_new_state`` and ``_kernel`` (the functional entry)."""
 
     def __init__(self, params, defaults, backend="auto"):
@@ -61,16 +61,20 @@ class FusedOptimizer(torch.optim.Optimizer):
         if isinstance(params, (set, frozenset)):
             raise TypeError("params must be an ordered collection (list, tuple, generator); "
                             "the order of a set changes between runs")
-        self._stale = [True]       # shared with every TrackedGroup of this optimizer
-        self._buckets = None       # list[_engine.Bucket] or None: repack on next step
-        self._tables = {}
-        self._pending_clip = self._pending_norm = None
-        self._dtensors = []
-        self._skipped_steps = torch.zeros(())
-        self._unchecked = False    # Note [range checks where values are used]
+        self._init_engine()
         # Optimizer.__init__ by name: FusedSGD/FusedAdam/FusedAdamW also derive from torch's
         # SGD/Adam/AdamW (isinstance), whose __init__ follows this class in their MRO
         torch.optim.Optimizer.__init__(self, params, dict(defaults, backend=backend))
+
+    def _init_engine(self):
+        """What torch's Optimizer does not keep (and pickling leaves out)."""
+        self._hparams = _hparams.HparamTable(self._COLUMNS, self._FLAG_KEYS)
+        self._param_set = set()    # every param of every group (Note [linear construction])
+        self._buckets = None       # list[_engine.Bucket] or None: repack on next step
+        self._packed = None        # (group dicts, their flags) the buckets were packed from
+        self._param_ids = []
+        self._carry = _Carry()
+        self._dtensors = []
 
     # GradScaler.step sets self.grad_scale / self.found_inf and lets step() unscale inline
     _step_supports_amp_scaling = True
@@ -81,79 +85,156 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # ---- groups and state -------------------------------------------------------------------
     def add_param_group(self, param_group):
+        """torch's add_param_group: the same checks and messages, and the group is a plain dict
+        (a copy of ``param_group``). Note [linear construction]: torch checks a new group
+        against a set rebuilt from every earlier group, so building an optimizer of G one-tensor
+        groups costs O(G^2) (10,000 groups: 13 s on the 2-core VM, fusedopt 0.07 s,
+        bench/hparams.py); the set of params seen so far is kept here instead, O(params) in
+        all."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
         params = param_group.get("params")
         if isinstance(params, (set, frozenset)):
             raise TypeError("param_group['params'] must be an ordered collection, not a set")
-        candidate = dict(param_group)
-        candidate["params"] = [params] if isinstance(params, torch.Tensor) else list(params or [])
-        for i, p in enumerate(candidate["params"]):
-            if isinstance(p, torch.Tensor) and (p.is_complex() or not p.is_floating_point()):
+        params = [params] if isinstance(params, torch.Tensor) else list(params or [])
+        group = dict(param_group)
+        if any(isinstance(p, tuple) for p in params):          # torch's named parameters
+            if not all(isinstance(p, tuple) for p in params):
+                raise ValueError("all optimizer params should be with/without names. Some param "
+                                 "names are missing")
+            group["param_names"] = [p[0] for p in params]
+            params = [p[1] for p in params]
+        group["params"] = params
+        for i, p in enumerate(params):
+            if not isinstance(p, torch.Tensor):
+                raise TypeError("optimizer can only optimize Tensors, but one of the params is "
+                                + torch.typename(p))
+            if not (p.is_leaf or p.retains_grad):
+                raise ValueError("can't optimize a non-leaf Tensor")
+            if p.is_complex() or not p.is_floating_point():
                 raise TypeError(f"params[{i}] has dtype {p.dtype}; {type(self).__name__} supports "
                                 "real floating point parameters (fp32, fp64, fp16, bf16)")
-            if isinstance(p, torch.Tensor) and p.layout != torch.strided:
+            if p.layout != torch.strided:
                 raise TypeError(f"params[{i}] has layout {p.layout}; only dense (strided) "
                                 "parameters are supported")
         for key, value in self.defaults.items():
-            candidate.setdefault(key, value)
-        self._check_group(candidate)       # before torch's add_param_group mutates anything
-        group = _engine.TrackedGroup(self._stale, param_group, params=candidate["params"])
-        super().add_param_group(group)
-        self._invalidate()
+            if value is required and key not in group:
+                raise ValueError("parameter group didn't specify a value of required "
+                                 f"optimization parameter {key}")
+            group.setdefault(key, value)
+        self._check_group(group)       # before anything is changed
+        new = set(params)
+        if len(new) != len(params):
+            warnings.warn("optimizer contains a parameter group with duplicate parameters; in "
+                          "future, this will cause an error; see "
+                          "github.com/pytorch/pytorch/issues/40967 for more information",
+                          stacklevel=3)
+        if self.param_groups and ("param_names" in group) != ("param_names" in
+                                                              self.param_groups[0]):
+            raise ValueError("all optimizer param groups should be with/without names. cannot "
+                             "add param group "
+                             f"{'with' if 'param_names' in group else 'without'} names to the "
+                             "optimizer")
+        if not self._param_set.isdisjoint(new):
+            raise ValueError("some parameters appear in more than one parameter group")
+        self._param_set |= new
+        self.param_groups.append(group)
+        self._hparams.stale = True
+        self._buckets = None
 
     def __setstate__(self, state):
+        # torch's load_state_dict ends here too, with new group dicts
         super().__setstate__(state)
-        if not hasattr(self, "_stale"):        # unpickling
-            self._stale, self._buckets, self._tables, self._dtensors = [True], None, {}, []
-            self._pending_clip = self._pending_norm = None
-            self._skipped_steps = torch.zeros(())
-            self._unchecked = False
-        self.param_groups = [g if isinstance(g, _engine.TrackedGroup)
-                             else _engine.TrackedGroup(self._stale, g) for g in self.param_groups]
+        if not hasattr(self, "_hparams"):        # unpickling
+            self._init_engine()
+        self.param_groups = [g if type(g) is dict else dict(g) for g in self.param_groups]
         for g in self.param_groups:
-            g._stale = self._stale
             for key, value in self.defaults.items():
-                dict.setdefault(g, key, value)
-        self._invalidate()
-
-    def _invalidate(self):
+                g.setdefault(key, value)
+        self._param_set = {p for g in self.param_groups for p in g["params"]}
+        self._hparams.stale = True
         self._buckets = None
-        self._stale[0] = True
 
     def zero_grad(self, set_to_none=True):
-        self._pending_clip = self._pending_norm = None
-        super().zero_grad(set_to_none)
+        """torch's zero_grad (its own is closed to torch.compile, which would break the graph
+        there), dropping a pending clip coefficient (Note [clip inside the step])."""
+        self._carry.clip = self._carry.norm = None
+        for group in self.param_groups:
+            for p in group["params"]:
+                g = p.grad
+                if g is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                    continue
+                if g.grad_fn is not None:
+                    g.detach_()
+                else:
+                    g.requires_grad_(False)
+                g.zero_()
 
-    # ---- hyper-parameters -------------------------------------------------------------------
+    # ---- hyper-parameters (Note [one truth], fusedopt/_hparams.py) ----------------------------
     @property
     def hparam_tables(self):
-        """{device: float64 [num_groups, 5] table} (Note [lr lives on the device])."""
-        self._sync_tables()
-        return self._tables
+        """{device: float64 [num_groups, 5] table} (Note [lr lives on the device]), following
+        the param_group dicts as the next step will see them."""
+        self._sync_hparams()
+        return self._hparams.tables
 
     def set_hparam(self, name, values):
         """Write one hyper-parameter of every group: ``values`` has one entry per param group.
 
-        A sequence of floats also updates the param_group dicts; a 1-D tensor is copied on device
-        without a host sync (the dicts then keep their old floats). One copy per device either
-        way, whatever the number of groups.
+        Numbers are checked, then written into the param_group dicts and the tables at once:
+        one copy per device, whatever the number of groups. A tensor (graph mode:
+        ``DeviceSchedule``) is copied into the tables on its device, without a host sync or a
+        check; the dicts keep their values until they are written again
+        (``DeviceSchedule.sync_to_host``).
         """
+        groups = self.param_groups
+        if len(values) != len(groups):
+            raise ValueError(f"set_hparam({name!r}): got {len(values)} values for "
+                             f"{len(groups)} param groups")
+        if torch.is_tensor(values):
+            column = self._hparam_slot(name)[0]
+            self._sync_hparams()
+            self._hparams.write_device_column(column, values)
+        else:
+            self._write_hparam(name, torch.tensor([float(v) for v in values],
+                                                  dtype=torch.float64), check=True)
+
+    def _write_hparam(self, name, values, check=False):
+        """Numbers given as a CPU float64 tensor into the dicts and the tables at once.
+
+        ``check`` (set_hparam): an invalid value raises before anything is written. Without it
+        (fusedopt's schedulers, which write whatever mmengine's would): a column with a value
+        out of range goes into the dicts only, and the step that would use it raises, naming
+        the group and the key (Note [range checks where values are used])."""
         column, key, index = self._hparam_slot(name)
-        n = len(self.param_groups)
-        if len(values) != n:
-            raise ValueError(f"set_hparam({name!r}): got {len(values)} values for {n} param groups")
-        self._sync_tables()
-        if not torch.is_tensor(values):
-            values = [float(v) for v in values]
-            for g, v in zip(self.param_groups, values):
-                if index is None:
-                    dict.__setitem__(g, key, v)
-                else:
-                    pair = list(g[key])
-                    pair[index] = v
-                    dict.__setitem__(g, key, tuple(pair))
-        _engine.write_column(self._tables, column, values)
+        groups = self.param_groups
+        if len(values) != len(groups):
+            raise ValueError(f"set_hparam({name!r}): got {len(values)} values for "
+                             f"{len(groups)} param groups")
+        table = self._hparams
+        if table.stale or len(groups) != table.rows:
+            self._sync_hparams()       # rows first; writes elsewhere wait for the next step
+        values = values.contiguous()
+        if check:
+            self._check_column(column, values)
+        code = self._hparams.write_column(groups, column, values)
+        if code >= 0 and check:
+            c = self._COLUMNS[column]
+            rng = f"[{c.low}, {c.high}{')' if c.high_open else ']'}"
+            where = f"[{key!r}]" + ("" if index is None else f"[{index}]")
+            raise ValueError(f"set_hparam({name!r}): invalid value {values[code].item()!r} for "
+                             f"param_groups[{code}]{where}; expected a number in {rng}")
+        if code >= 0:                            # the next step's scan finds and names it
+            _hparams.write_column(groups, key, index, values)
+        elif code == -2:                         # an algorithm flag switched (SGD's momentum)
+            self._buckets = None
+
+    def _check_column(self, column, values):
+        """Constraints across columns that set_hparam checks before ``values`` are written
+        (SGD's nesterov)."""
 
     def _hparam_slot(self, name):
         """(table column, param_group key, index in a tuple value or None) for ``name``."""
@@ -163,46 +244,93 @@ class FusedOptimizer(torch.optim.Optimizer):
                              f"expected one of {sorted(slots)}")
         return slots[name]
 
-    def _sync_tables(self):
-        """Rebuild the tables if a group was written (O(groups), only after a write)."""
-        if not self._stale[0]:
-            return
-        flags = [self._flags(g) for g in self.param_groups]
-        if self._buckets is not None and flags != self._packed_flags:
-            self._buckets = None                 # an algorithm flag changed: repack
-        for i, g in enumerate(self.param_groups):
-            try:
-                self._check_group(g, sync=False)
-            except ValueError:                   # out of range: raised by the step that uses it
-                self._unchecked = True
-            except TypeError as e:               # not a number: no table can hold it
-                raise TypeError(f"param_groups[{i}]: {e}") from None
-        devices = {p.device for g in self.param_groups for p in g["params"]}
-        if any(d.type == "meta" for d in devices):   # no data to step (nor to pin and copy)
-            i = [p.device.type for g in self.param_groups for p in g["params"]].index("meta")
-            raise RuntimeError(f"{type(self).__name__}: params[{i}] is on the meta device, which "
-                               "holds no data to step; materialize the model first (e.g. "
-                               "module.to_empty(device=...) and initialise it)")
-        self._tables = _engine.build_tables(self.param_groups, self._row, devices)
-        self._packed_flags = flags
-        self._stale[0] = False
+    @classmethod
+    def _row(cls, group):
+        """The table row of a group: numbers or tensors, NUM_COLS of them."""
+        row = [0.0] * _hparams.NUM_COLS
+        for column, c in cls._COLUMNS.items():
+            value = group[c.key]
+            row[column] = value if c.index is None else value[c.index]
+        return row
+
+    @classmethod
+    def _check_group(cls, group, sync=True):
+        """Every table column of ``group`` in its range (``sync=False``: a device tensor is not
+        read; it was checked when it entered the group)."""
+        cls._check_pairs(group)
+        for c in cls._COLUMNS.values():
+            value = group[c.key] if c.index is None else group[c.key][c.index]
+            check_hparam(c.key if c.index is None else f"{c.key}[{c.index}]", value, c.low,
+                         c.high if c.high_open else None, sync=sync)
+
+    @staticmethod
+    def _check_pairs(group):
+        """Values that hold several columns have the right shape (Adam's betas)."""
+
+    def _check_row(self, row, group):
+        """_check_group, with the group named in the error."""
+        try:
+            self._check_group(group, sync=False)
+        except KeyError as exc:
+            raise KeyError(f"param_groups[{row}] has no {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"param_groups[{row}]: {exc}") from None
+
+    def _sync_hparams(self):
+        """Note [one truth]: bring the tables to the param_group dicts. O(1) Python calls per
+        step; a written group costs O(1) more (Python only for rows with a flag, a tensor or an
+        invalid value written)."""
+        table, groups = self._hparams, self.param_groups
+        if table.stale or len(groups) != table.rows:
+            for row, group in enumerate(groups):
+                self._check_row(row, group)
+            devices = {p.device for g in groups for p in g["params"]}
+            if any(d.type == "meta" for d in devices):   # no data to step (nor to pin and copy)
+                i = [p.device.type for g in groups for p in g["params"]].index("meta")
+                raise RuntimeError(f"{type(self).__name__}: params[{i}] is on the meta device, "
+                                   "which holds no data to step; materialize the model first "
+                                   "(e.g. module.to_empty(device=...) and initialise it)")
+            table.rebuild(groups, [self._row(g) for g in groups], devices)
+            self._buckets = None
+        else:
+            rows = table.scan(groups)
+            if rows:
+                self._rewrite_rows(groups, rows)
+        table.copy_tensors()
+
+    def _rewrite_rows(self, groups, rows):
+        for row in rows:
+            self._check_row(row, groups[row])
+        self._hparams.rewrite_rows(groups, rows, [self._row(groups[r]) for r in rows])
+        if self._packed is not None:
+            packed_groups, packed_flags = self._packed
+            if any(groups[r] is not packed_groups[r] or self._flags(groups[r]) != packed_flags[r]
+                   for r in rows):
+                self._buckets = None             # a flag changed, or a group was replaced
 
     # ---- packing ------------------------------------------------------------------------------
     def _pack(self):
-        """Note [pack once]: build the buckets from param_groups and state."""
-        self._sync_tables()
+        """Note [pack once]: build the buckets from param_groups and state (after the tables:
+        ``_sync_hparams``)."""
+        if self._hparams.captured:
+            self._hparams.captured = False
+            raise RuntimeError(
+                f"{type(self).__name__} must regroup its parameters (a param group was added, an "
+                "algorithm flag changed, or a parameter got its first grad), but a step of it was "
+                "captured in a CUDA graph, which keeps stepping the old grouping. Capture the "
+                "graph again after the change (the next step regroups); Note [one truth]")
+        groups = self.param_groups
+        flags = [self._flags(g) for g in groups]
         specs = {}
         self._dtensors = []                    # (DTensor param, its local shard)
-        for gi, group in enumerate(self.param_groups):
-            flags = self._packed_flags[gi]
+        for gi, group in enumerate(groups):
             for p in group["params"]:
                 placement = _distributed.placement_key(p)
-                key = (p.device, p.dtype, flags, placement)
+                key = (p.device, p.dtype, flags[gi], placement)
                 spec = specs.get(key)
                 if spec is None:
-                    spec = specs[key] = _engine.BucketSpec(p.device, p.dtype, flags,
-                                                           placement=placement,
-                                                           groups=self.param_groups)
+                    spec = specs[key] = _engine.BucketSpec(p.device, p.dtype, flags[gi],
+                                                           placement=placement, groups=groups)
                 shard = _distributed.local(p)
                 if placement is not None:
                     self._dtensors.append((p, shard))
@@ -220,21 +348,22 @@ class FusedOptimizer(torch.optim.Optimizer):
                         if len(spec.states) <= k:
                             spec.states.append([])
                         spec.states[k].append(_distributed.local(state))
-                OWNERS[p] = self
         buckets = []
         for spec in specs.values():
             backend = backends.resolve(self.backend, spec.device)
-            buckets.append(_engine.Bucket(spec, backend, backend.make_bucket(spec), dict(spec.flags)))
+            buckets.append(_engine.Bucket(spec, backend, backend.make_bucket(spec),
+                                          dict(spec.flags), self._hparams.tables[spec.device]))
         self._buckets = buckets
+        self._packed = (list(groups), flags)
         # clip_grad_norm_'s test "are these exactly my params?" (Note [clip inside the step])
-        self._param_ids = [id(p) for g in self.param_groups for p in g["params"]]
+        params = [p for g in groups for p in g["params"]]
+        self._param_ids = [id(p) for p in params]
+        clip.register_owner(self, params)
         return buckets
 
     def _current_buckets(self):
-        buckets = self._buckets
-        if buckets is None or self._stale[0]:
-            self._sync_tables()
-            buckets = self._buckets or self._pack()
+        self._sync_hparams()
+        buckets = self._buckets or self._pack()
         self._attach_shard_grads(buckets)
         return buckets
 
@@ -294,40 +423,66 @@ class FusedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._fused_step()
+        if torch.compiler.is_compiling():
+            self._compiled_step()
+        else:
+            self._fused_step()
         return loss
-
-    def _check_groups_in_use(self):
-        """Note [range checks where values are used]: a value written into a group after it was
-        built (a scheduler, user code) is range-checked by the step that would use it, naming
-        the group; a table rebuild for a scheduler's read only flags it. O(groups), and only
-        after a write that failed a check."""
-        for i, g in enumerate(self.param_groups):
-            try:
-                self._check_group(g, sync=False)
-            except ValueError as e:
-                raise ValueError(f"param_groups[{i}]: {e} (a value written into the group after "
-                                 "the optimizer was built, e.g. by a scheduler)") from None
-        self._unchecked = False
 
     def _fused_step(self):
         buckets = self._current_buckets()
-        if self._unchecked:
-            self._check_groups_in_use()
         if self._init_new_states(buckets):
             buckets = self._pack()
             self._attach_shard_grads(buckets)
         scalars = self._step_scalars(buckets)
+        if self._hparams.has_cuda and torch.cuda.is_current_stream_capturing():
+            self._hparams.captured = True        # Note [one truth]: these tables are in a graph
         for b in buckets:
             if b.spec.params:
-                self._kernel(b, self._tables[b.spec.device], **_on_device(scalars, b.spec.device))
+                self._kernel(b, b.hp, **_on_device(scalars, b.spec.device))
         if self._dtensors:
             self._attach_shard_grads(buckets, clear=True)   # don't keep old grads alive
 
+    # Note [compiled steps] (fusedopt/_ops.py): under torch.compile, everything before the
+    # kernels that is not tensor math runs in _init_group, outside the graph; the graph writes the
+    # table from the param_group dicts and calls the ops.
+    def _init_group(self):
+        """Table rows, packing and new states for the next step. Dynamo runs this for real while
+        it traces a step (its hook for torch.optim's _init_group) and keeps None as a constant."""
+        from fusedopt import _ops  # noqa: F401  (registers the ops before the graph calls them)
+        buckets = self._current_buckets()
+        if self._init_new_states(buckets):
+            buckets = self._pack()
+        # tensors the graph writes in place at a fixed address (the state dict's are marked by
+        # Dynamo): a CUDA graph of the step (mode="reduce-overhead") then copies none of them
+        for b in buckets:
+            for t in (b.hp, *b.spec.steps):
+                torch._dynamo.mark_static_address(t)
+
+    def _compiled_step(self):
+        self._init_group()
+        self._hparams_in_graph()
+        buckets = self._buckets
+        scalars = self._step_scalars(buckets)
+        for b in buckets:
+            if b.spec.params:
+                self._kernel(b, b.hp, **_on_device(scalars, b.spec.device))
+
+    def _hparams_in_graph(self):
+        """Every table cell from the param_group dicts, inside the graph: a number is a constant
+        until it changes, then a graph input (Dynamo recompiles once), a tensor is read on the
+        device, as torch.optim reads its groups at every step."""
+        for device, table in self._hparams.tables.items():
+            zero = torch.zeros((), dtype=torch.float64, device=device)
+            cells = [v.to(device=device, dtype=torch.float64).reshape(()) if torch.is_tensor(v)
+                     else zero + v for g in self.param_groups for v in self._row(g)]
+            table.copy_(torch.stack(cells).view(table.shape))
+
     def _step_scalars(self, buckets):
         """clip_coef / inv_scale / found_inf for this step (Note [clip inside the step])."""
-        clip_coef, norm = self._pending_clip, self._pending_norm
-        self._pending_clip = self._pending_norm = None
+        carry = self._carry
+        clip_coef, norm = carry.clip, carry.norm
+        carry.clip = carry.norm = None
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         inv_scale = None
@@ -343,20 +498,20 @@ class FusedOptimizer(torch.optim.Optimizer):
                 norm = self._global_norm(buckets, 2.0)
             bad = (~torch.isfinite(norm)).float()
             found_inf = bad if found_inf is None else torch.maximum(found_inf, bad.to(found_inf))
-            if self._skipped_steps.device != bad.device:   # once; pinned: no host sync
-                self._skipped_steps = _engine.to_device(self._skipped_steps, bad.device)
-            self._skipped_steps = self._skipped_steps + bad
+            if carry.skipped.device != bad.device:   # once; pinned: no host sync
+                carry.skipped = _engine.upload(carry.skipped, bad.device)
+            carry.skipped = carry.skipped + bad
         return {"clip_coef": clip_coef, "inv_scale": inv_scale, "found_inf": found_inf}
 
     @property
     def skipped_steps(self):
         """Steps skipped by ``skip_nonfinite=True`` (a 0-d tensor: reading it as a number syncs)."""
-        return self._skipped_steps
+        return self._carry.skipped
 
     def state_dict(self):
         out = super().state_dict()
         if self.defaults.get("skip_nonfinite"):
-            out["fusedopt"] = {"skipped_steps": self._skipped_steps.clone()}
+            out["fusedopt"] = {"skipped_steps": self._carry.skipped.clone()}
         return out
 
     def load_state_dict(self, state_dict):
@@ -378,7 +533,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 self.state[p]["master_param"] = masters[k].to(device=p.device,
                                                               dtype=torch.float32)
         if "skipped_steps" in extra:
-            self._skipped_steps = extra["skipped_steps"].clone()
+            self._carry.skipped = extra["skipped_steps"].clone()
 
     # ---- fused clipping -------------------------------------------------------------------------
     def clip_grad_norm_(self, max_norm, norm_type=2.0, error_if_nonfinite=False, *,
@@ -393,18 +548,30 @@ class FusedOptimizer(torch.optim.Optimizer):
         norm returned and clipped is that of the unscaled grads, and the step must then get the
         same scale as ``self.grad_scale`` (the GradScaler contract).
         """
-        from fusedopt.clip import check_clip_args, clip_coefficient
-        norm_type = check_clip_args(max_norm, norm_type)
+        norm_type = clip.check_clip_args(max_norm, norm_type)
         total = self.grad_norm(norm_type)
         if grad_scale is not None:
             # the same rounding of 1/scale as torch's unscale_ and as the step's inv_scale
             total = total * grad_scale.double().reciprocal().float().to(total.device)
-        self._defer_clip(clip_coefficient(total, max_norm, norm_type, error_if_nonfinite), total)
+        self._defer_clip(clip.clip_coefficient(total, max_norm, norm_type, error_if_nonfinite),
+                         total)
         return total
+
+    def owns_exactly(self, params):
+        """Whether ``params`` (a list) are exactly the parameters this optimizer steps, in any
+        order (fusedopt.clip_grad_norm_ then defers its scaling into this optimizer's step)."""
+        mine = self._param_ids
+        if self._buckets is None or len(params) != len(mine):
+            return False
+        ids = [id(p) for p in params]
+        return ids == mine or set(ids) == set(mine)
 
     def grad_norm(self, norm_type=2.0):
         """Norm of every grad of this optimizer's params (across shards for DTensor params):
         a 0-d float32 tensor, one multi-tensor reduction per bucket, no host sync."""
+        if torch.compiler.is_compiling():
+            self._init_group()
+            return self._global_norm(self._buckets, float(norm_type))
         return self._global_norm(self._current_buckets(), float(norm_type))
 
     def _global_norm(self, buckets, norm_type):
@@ -412,20 +579,28 @@ class FusedOptimizer(torch.optim.Optimizer):
         for DTensor buckets; other orders than 2 and inf go through torch's vector_norm."""
         norms = []
         for b in buckets:
-            if backends.native_norm(norm_type):
-                local = b.backend.bucket_norm(b.handle, norm_type)
-            else:
-                local = backends.tensors_norm(
-                    [p.grad for p in b.spec.params + b.spec.pending if p.grad is not None], norm_type)
+            local = functional.norm(b, norm_type)
             norms.append(_distributed.reduce_norm(local, norm_type, b.spec.placement))
         return backends.combine_norms(norms, norm_type) if norms else torch.zeros(())
 
     def _defer_clip(self, coef, norm):
-        if self._pending_clip is None:
-            self._pending_clip, self._pending_norm = coef, norm
+        carry = self._carry
+        if carry.clip is None:
+            carry.clip, carry.norm = coef, norm
         else:   # clipped twice before a step: both coefficients apply, as with torch
-            self._pending_clip = self._pending_clip * coef
-            self._pending_norm = norm
+            carry.clip = carry.clip * coef
+            carry.norm = norm
+
+
+class _Carry:
+    """What a step takes over from the calls before it: a deferred clip coefficient and its
+    norm (Note [clip inside the step]), and the count of skipped steps. A plain object, not
+    attributes of the optimizer: torch.compile (torch 2.11-2.13) drops attribute writes to an
+    optimizer made in compiled code, and keeps those to other objects."""
+
+    def __init__(self):
+        self.clip = self.norm = None
+        self.skipped = torch.zeros(())
 
 
 def _on_device(scalars, device):

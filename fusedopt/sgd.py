@@ -1,8 +1,11 @@
 """FusedSGD: drop-in torch.optim.SGD with one fused step."""
+import math
+
 import torch
 
 from fusedopt import _hparams, functional
-from fusedopt.optimizer import FusedOptimizer, check_hparam, host_number
+from fusedopt._hparams import Column
+from fusedopt.optimizer import FusedOptimizer, host_number
 
 __all__ = ["FusedSGD"]
 
@@ -12,6 +15,13 @@ class FusedSGD(FusedOptimizer, torch.optim.SGD):
     ``master_weights`` (see FusedAdam). State is torch's: ``momentum_buffer`` for groups with
     momentum != 0, nothing otherwise (and ``master_param`` with master weights)."""
 
+    _COLUMNS = {
+        _hparams.LR: Column("lr"),
+        _hparams.WEIGHT_DECAY: Column("weight_decay"),
+        _hparams.MOMENTUM: Column("momentum", zero_flag=True),   # momentum != 0 keeps buffers
+        _hparams.DAMPENING: Column("dampening", low=-math.inf),
+    }
+    _FLAG_KEYS = ("nesterov", "maximize", "master_weights")
     _HPARAM_SLOTS = {
         "lr": (_hparams.LR, "lr", None),
         "weight_decay": (_hparams.WEIGHT_DECAY, "weight_decay", None),
@@ -38,16 +48,20 @@ class FusedSGD(FusedOptimizer, torch.optim.SGD):
         self._seeded = {}
         super().__init__(params, defaults, backend)
 
-    @staticmethod
-    def _check_group(group, sync=True):
-        check_hparam("lr", group["lr"], sync=sync)
-        check_hparam("momentum", group["momentum"], sync=sync)
-        check_hparam("dampening", group["dampening"], -float("inf"), sync=sync)
-        check_hparam("weight_decay", group["weight_decay"], sync=sync)
-
-    @staticmethod
-    def _row(group):
-        return [group["lr"], group["weight_decay"], group["momentum"], group["dampening"], 0.0]
+    def _check_column(self, column, values):
+        # set_hparam only, fusedopt's own call: a dict write or a scheduler may leave a nesterov
+        # group without momentum or with dampening, as torch allows (it checks its defaults
+        # only); set_hparam refuses the value that would silently change what nesterov does
+        if column not in (_hparams.MOMENTUM, _hparams.DAMPENING):
+            return
+        bad = values <= 0 if column == _hparams.MOMENTUM else values != 0
+        if not bool(bad.any()):
+            return
+        for row, group in enumerate(self.param_groups):
+            if group["nesterov"] and bad[row]:
+                raise ValueError(f"set_hparam: param_groups[{row}] has nesterov=True, which "
+                                 "requires momentum > 0 and dampening == 0; got "
+                                 f"{values[row].item()!r}")
 
     @staticmethod
     def _flags(group):

@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fusedopt import _engine
+
 NUMEL, GROUP, PARAM, STEP, STATES, MASTER = 0, 1, 2, 3, 4, 7
 # -1, not 0: torch gives 0-element tensors the address 0, and their step must still count.
 NO_GRAD = -1
@@ -78,13 +80,10 @@ def meta_row(numel, group, param=None, step=None, states=(), master=None):
 
 
 def upload(values, dtype, device):
-    """A non-empty host list or tensor on ``device`` without a host sync: CUDA copies from
-    pageable memory wait for the stream, so stage through pinned memory (the caching host
-    allocator reuses it and keeps it alive until the copy is done)."""
+    """A non-empty host list or tensor on ``device`` without a host sync (through pinned
+    memory: fusedopt._engine.upload)."""
     host = values.contiguous() if torch.is_tensor(values) else torch.tensor(values, dtype=dtype)
-    if device.type == "cpu":
-        return host
-    return host.pin_memory().to(device, non_blocking=True)
+    return host if device.type == "cpu" else _engine.upload(host, device)
 
 
 # ---- device helpers shared by the kernels ----------------------------------------------------

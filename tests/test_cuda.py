@@ -267,12 +267,15 @@ def _fill_grads(params, step):
         p.grad.copy_(torch.randn(p.shape, generator=gen))
 
 
+@pytest.mark.parametrize("write", ["device", "numbers"])
 @pytest.mark.parametrize("algo,kwargs", [("AdamW", dict(amsgrad=True, weight_decay=0.1)),
                                          ("SGD", dict(momentum=0.9, nesterov=True))],
                          ids=["AdamW-amsgrad", "SGD-nesterov"])
-def test_graph_capture_of_clip_and_step_equals_eager(algo, kwargs):
+def test_graph_capture_of_clip_and_step_equals_eager(algo, kwargs, write):
     """clip_grad_norm_ + step captured once and replayed with new grads and a new lr written
-    into the hyper-parameter table between replays == the same steps run eagerly."""
+    into the hyper-parameter table between replays == the same steps run eagerly. The lr is
+    written on the device (a float64 tensor) or as numbers (the dicts and the table at once,
+    in place: Note [one truth])."""
     base = make_params([(1000,), (33, 17), (5,), (70_000,)], torch.float32)
     graphed, eager = on_cuda(base), on_cuda(base)
     groups = [{"lr": 1e-2}, {"lr": 3e-3}]
@@ -297,7 +300,8 @@ def test_graph_capture_of_clip_and_step_equals_eager(algo, kwargs):
         _fill_grads(graphed, step)
         # float64, as the table and the eager side's Python floats: a float32 tensor would
         # round each lr to float32 first
-        opt_g.set_hparam("lr", torch.tensor(lrs, dtype=torch.float64, device="cuda"))
+        opt_g.set_hparam("lr", torch.tensor(lrs, dtype=torch.float64, device="cuda")
+                         if write == "device" else lrs)
         graph.replay()
         _fill_grads(eager, step)
         opt_e.set_hparam("lr", lrs)
@@ -309,6 +313,55 @@ def test_graph_capture_of_clip_and_step_equals_eager(algo, kwargs):
         for key, value in opt_e.state[q].items():
             if torch.is_tensor(value):
                 assert torch.equal(opt_g.state[p][key], value), f"param {i} state[{key!r}]"
+
+
+def test_add_param_group_after_a_captured_step_raises_once():
+    """Note [one truth]: the graph keeps reading the old table and stepping the old grouping;
+    the next eager step says so instead of silently running beside it."""
+    params = on_cuda(make_params([(10,), (3, 4)], torch.float32))
+    opt = fusedopt.FusedAdamW(params, backend="cuda")
+    for p in params:
+        p.grad = torch.ones_like(p)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        opt.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    table = next(iter(opt.hparam_tables.values()))
+    graph.replay()
+    extra = torch.nn.Parameter(torch.zeros(5, device="cuda"))
+    opt.add_param_group({"params": [extra], "lr": 0.1})
+    with pytest.raises(RuntimeError, match="captured in a CUDA graph"):
+        opt.step()
+    opt.step()                            # said once: the table grows, a new graph can follow
+    assert next(iter(opt.hparam_tables.values())).shape[0] == 2 and table.shape[0] == 1
+
+
+@pytest.mark.parametrize("algo", ["AdamW", "SGD"])
+def test_compiled_step_equals_eager_on_cuda(algo):
+    """Note [compiled steps] with the cuda backend (tests/test_compile.py runs the CPU ones)."""
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(),
+                                torch.nn.Linear(16, 1)).cuda() for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    x, y = torch.randn(8, 16, device="cuda"), torch.randn(8, 1, device="cuda")
+    opts = [FUSED[algo](net.parameters(), backend="cuda",
+                        **(dict(momentum=0.9) if algo == "SGD" else {})) for net in nets]
+
+    def step(net, opt):
+        torch.nn.functional.mse_loss(net(x), y).backward()
+        opt.clip_grad_norm_(0.1)
+        opt.step()
+        opt.zero_grad()
+    compiled = torch.compile(step, backend="aot_eager")
+    for _ in range(4):
+        compiled(nets[0], opts[0])
+        step(nets[1], opts[1])
+    for i, (p, q) in enumerate(zip(nets[0].parameters(), nets[1].parameters())):
+        assert_close(p.detach(), q.detach(), f"compiled {algo}: param {i}")
 
 
 @pytest.mark.parametrize("algo", ["AdamW", "SGD"])

@@ -10,6 +10,7 @@
 #include "cpu/kernels.h"
 #include "cpu/multi_tensor.h"
 #include "hparams.h"
+#include "staging.h"
 
 namespace fusedopt::cpu {
 namespace {
@@ -19,7 +20,7 @@ DType dtype_of(const at::Tensor& t) {
     case at::kDouble: return kDouble;
     case at::kHalf: return kHalf;
     case at::kBFloat16: return kBFloat16;
-    default: return kFloat;   // bindings.cpp admits only these four
+    default: return kFloat;   // the validator (csrc/bucket.h) admits only these four
   }
 }
 
@@ -27,8 +28,8 @@ DType dtype_of(const at::Tensor& t) {
 // all non-overlapping and dense with the same strides: element j of each memory block is
 // then the same logical element (contiguous tensors, but also transposed or channels-last
 // params whose grads and states follow their layout, as autograd and zeros_like make them).
-// Anything else is stepped on contiguous copies, which are copied back after the run.
-// Null entries (a state the step does not have) are skipped.
+// Anything else is stepped on contiguous copies, which are copied back after the run
+// (Staging, csrc/staging.h). Null entries (a state the step does not have) are skipped.
 bool dense_alike(const at::Tensor& p, std::initializer_list<const at::Tensor*> others) {
   bool all_contiguous = p.is_contiguous();
   for (const at::Tensor* t : others) all_contiguous = all_contiguous && (!t || t->is_contiguous());
@@ -39,32 +40,6 @@ bool dense_alike(const at::Tensor& p, std::initializer_list<const at::Tensor*> o
   }
   return true;
 }
-
-// Contiguous stand-ins of the slow path (Note [dense fast path]) and the write-back.
-class Staging {
- public:
-  void clear() { copies_.clear(); }
-  // memory to read or write for t; a contiguous copy if the tensor group is not dense-alike
-  void* data(const at::Tensor& t, bool fast, bool written) {
-    if (fast) return t.data_ptr();
-    at::Tensor work = t.contiguous();
-    copies_.push_back({written ? t : at::Tensor(), work});
-    return work.data_ptr();
-  }
-  void write_back() {
-    for (auto& c : copies_) {
-      if (c.original.defined() && !c.original.is_same(c.work)) c.original.copy_(c.work);
-    }
-    copies_.clear();
-  }
-
- private:
-  struct Copy {
-    at::Tensor original;   // undefined for read-only inputs (grads): nothing to write back
-    at::Tensor work;
-  };
-  std::vector<Copy> copies_;
-};
 
 // Per-call lists, reused across calls (one per calling thread): after a bucket's first step
 // the fast path allocates nothing. A step of 1000 16-element tensors takes ~130 us in all, so
@@ -138,7 +113,7 @@ void adam_step(Bucket& b, const at::Tensor& hp, bool amsgrad, bool maximize, boo
   BiasCorrection bias_correction1(false), bias_correction2_sqrt(true);
   for (size_t i = 0; i < b.params.size(); ++i) {
     const at::Tensor& p = b.params[i];
-    const at::Tensor& g = p.grad();
+    const at::Tensor& g = b.grad(i);
     if (!g.defined()) continue;
     const at::Tensor& m = b.states[0][i];
     const at::Tensor& v = b.states[1][i];
@@ -197,7 +172,7 @@ void sgd_step(Bucket& b, const at::Tensor& hp, bool nesterov, bool maximize,
   const double grad_coef = static_cast<double>(scalar_or(clip_coef, 1.0f)) * (maximize ? -1 : 1);
   for (size_t i = 0; i < b.params.size(); ++i) {
     const at::Tensor& p = b.params[i];
-    const at::Tensor& g = p.grad();
+    const at::Tensor& g = b.grad(i);
     if (!g.defined()) continue;
     const at::Tensor* buf = buffered ? &b.states[0][i] : nullptr;
     const at::Tensor* copy = master ? &b.states.back()[i] : nullptr;
@@ -272,7 +247,7 @@ at::Tensor norm_of(const Tensors& tensors, double norm_type) {
 at::Tensor bucket_norm(const Bucket& b, double norm_type) {
   std::vector<const at::Tensor*> grads;
   grads.reserve(b.params.size() + b.pending.size());
-  for (const at::Tensor& p : b.params) grads.push_back(&p.grad());
+  for (size_t i = 0; i < b.params.size(); ++i) grads.push_back(&b.grad(i));
   for (const at::Tensor& p : b.pending) grads.push_back(&p.grad());
   return norm_of(grads, norm_type);
 }

@@ -1,5 +1,5 @@
-// The CPU backend's entry points, called by csrc/bindings.cpp after it has checked every
-// argument (the functions here assume valid input and check nothing).
+// The CPU backend's entry points, called by csrc/bindings.cpp after the validator (bucket.h)
+// checked every argument (the functions here assume valid input and check nothing).
 #pragma once
 #include <ATen/ATen.h>
 #include <optional>

@@ -1,5 +1,5 @@
 // The CUDA kernels as plain C++ functions over an uploaded table (table.h) and raw device
-// pointers; the torch-facing glue in csrc/bindings.cpp checks every argument, builds and
+// pointers; the torch-facing glue in csrc/cuda/glue.cpp checks every argument, builds and
 // uploads the table, and calls these on the current stream. Each returns the launch's error
 // (cudaSuccess or what cudaGetLastError reported); none synchronises with the host.
 //

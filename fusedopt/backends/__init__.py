@@ -12,6 +12,10 @@ A backend is a module with this interface (all take a bucket handle made by ``ma
     bucket_norm(handle, norm_type) -> 0-d float32 tensor   norm of every grad in the bucket
     tensors_norm(tensors, norm_type) -> 0-d float32 tensor norm of a list of tensors
     (norm_type is 2.0 or inf there; other orders go to the reference: see ``native_norm``)
+    tensors_scale_(tensors, coef)             tensors[i] *= coef (a 0-d float32 tensor), in place
+
+A spec's ``grads`` (when not None) are the grads of its params, given explicitly (the custom ops
+of fusedopt/_ops.py, Note [compiled steps]); otherwise each param's ``.grad``.
 
 ``clip_coef``, ``inv_scale`` and ``found_inf`` are 0-d float32 tensors on the bucket's device
 or None. A step computes ``g = grad * inv_scale * clip_coef`` (that order: torch's unscale_ then
@@ -30,6 +34,11 @@ def _module(name):
     if name not in _cache:
         _cache[name] = importlib.import_module(f"fusedopt.backends.{name}")
     return _cache[name]
+
+
+def named(name):
+    """The backend module called ``name`` (no availability check: its handles exist already)."""
+    return _module(name)
 
 
 def unavailable_reason(name):
@@ -93,9 +102,26 @@ def tensors_norm(tensors, norm_type):
         by_device.setdefault(t.device, []).append(t)
     if not by_device:
         return torch.zeros((), dtype=torch.float32)
-    norms = [(resolve("auto", dev) if native_norm(norm_type) else _module("reference"))
-             .tensors_norm(ts, norm_type) for dev, ts in by_device.items()]
+    norms = []
+    for dev, ts in by_device.items():
+        module = resolve("auto", dev) if native_norm(norm_type) else _module("reference")
+        if torch.compiler.is_compiling():     # Note [compiled steps], fusedopt/_ops.py
+            from fusedopt import _ops  # noqa: F401
+            norms.append(torch.ops.fusedopt.norm(ts, norm_type, module.NAME))
+        else:
+            norms.append(module.tensors_norm(ts, norm_type))
     return combine_norms(norms, norm_type)
+
+
+def tensors_scale_(tensors, coef):
+    """``tensors[i] *= coef`` in place; the tensors share a device, ``coef`` is a 0-d float32
+    tensor there."""
+    module = resolve("auto", tensors[0].device)
+    if torch.compiler.is_compiling():
+        from fusedopt import _ops  # noqa: F401
+        torch.ops.fusedopt.scale_(tensors, coef, module.NAME)
+    else:
+        module.tensors_scale_(tensors, coef)
 
 
 def combine_norms(norms, norm_type):

@@ -4,6 +4,8 @@ fusedopt/_ext.py, the mechanism the CUDA backend uses for its kernels)."""
 import os
 import threading
 
+import torch
+
 from fusedopt import _ext
 
 NAME = "cpu"
@@ -45,7 +47,8 @@ def supports(device):
 
 
 def make_bucket(spec):
-    return _extension().Bucket(spec.params, spec.states, spec.steps, spec.group_index, spec.pending)
+    return _extension().Bucket(spec.params, spec.states, spec.steps, spec.group_index,
+                               spec.pending, spec.grads or [])
 
 
 def pending_with_grad(handle):
@@ -68,3 +71,7 @@ def bucket_norm(handle, norm_type):
 
 def tensors_norm(tensors, norm_type):
     return _extension().tensors_norm(list(tensors), norm_type)
+
+
+def tensors_scale_(tensors, coef):
+    torch._foreach_mul_(list(tensors), coef)

@@ -75,7 +75,8 @@ def supports(device):
 
 
 def make_bucket(spec):
-    return _extension().Bucket(spec.params, spec.states, spec.steps, spec.group_index, spec.pending)
+    return _extension().Bucket(spec.params, spec.states, spec.steps, spec.group_index,
+                               spec.pending, spec.grads or [])
 
 
 def pending_with_grad(handle):
@@ -98,3 +99,7 @@ def bucket_norm(handle, norm_type):
 
 def tensors_norm(tensors, norm_type):
     return _extension().cuda_tensors_norm(list(tensors), norm_type)
+
+
+def tensors_scale_(tensors, coef):
+    _extension().cuda_tensors_scale_(list(tensors), coef)

@@ -37,14 +37,15 @@ def _compute_dtype(t):
 
 def _skipped(spec, found_inf):
     """Check every grad first (nothing may change if one is bad), then read found_inf."""
-    for p in spec.params:
-        if p.grad is not None and p.grad.layout != torch.strided:
+    for i in range(len(spec.params)):
+        g = spec.grad(i)
+        if g is not None and g.layout != torch.strided:
             raise RuntimeError("sparse gradients are not supported")
     return found_inf is not None and bool(found_inf.item())
 
 
-def _grad(p, inv_scale, clip_coef, maximize):
-    g = p.grad.to(_compute_dtype(p))
+def _grad(p, grad, inv_scale, clip_coef, maximize):
+    g = grad.to(_compute_dtype(p))
     if inv_scale is not None:
         g = g * inv_scale
     if clip_coef is not None:
@@ -71,13 +72,14 @@ def adam_step(spec, hp, *, amsgrad, maximize, decoupled, clip_coef=None, inv_sca
         return
     rows = hp.tolist()
     for i, p in enumerate(spec.params):
-        if p.grad is None:
+        grad = spec.grad(i)
+        if grad is None:
             continue
         row = rows[spec.group_index[i]]
         lr, wd = row[_hparams.LR], row[_hparams.WEIGHT_DECAY]
         beta1, beta2, eps = row[_hparams.BETA1], row[_hparams.BETA2], row[_hparams.EPS]
         ct = _compute_dtype(p)
-        g = _grad(p, inv_scale, clip_coef, maximize)
+        g = _grad(p, grad, inv_scale, clip_coef, maximize)
         param = _read_param(spec, i, ct)
         exp_avg, exp_avg_sq = (s.to(ct) for s in (spec.states[0][i], spec.states[1][i]))
         spec.steps[i] += 1
@@ -110,13 +112,14 @@ def sgd_step(spec, hp, *, nesterov, maximize, clip_coef=None, inv_scale=None, fo
     rows = hp.tolist()
     has_buffer = len(spec.states) - spec.has_master == 1
     for i, p in enumerate(spec.params):
-        if p.grad is None:
+        grad = spec.grad(i)
+        if grad is None:
             continue
         row = rows[spec.group_index[i]]
         lr, wd = row[_hparams.LR], row[_hparams.WEIGHT_DECAY]
         momentum, dampening = row[_hparams.MOMENTUM], row[_hparams.DAMPENING]
         ct = _compute_dtype(p)
-        g = _grad(p, inv_scale, clip_coef, maximize)
+        g = _grad(p, grad, inv_scale, clip_coef, maximize)
         param = _read_param(spec, i, ct)
         if wd != 0:
             g = g.add(param, alpha=wd)
@@ -147,4 +150,9 @@ def tensors_norm(tensors, norm_type):
 
 
 def bucket_norm(spec, norm_type):
-    return _norm([p.grad for p in spec.params + spec.pending if p.grad is not None], norm_type)
+    grads = [spec.grad(i) for i in range(len(spec.params))] + [p.grad for p in spec.pending]
+    return _norm([g for g in grads if g is not None], norm_type)
+
+
+def tensors_scale_(tensors, coef):
+    torch._foreach_mul_(list(tensors), coef)

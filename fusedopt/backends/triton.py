@@ -90,8 +90,12 @@ class _Handle:
                 spec.device, spec.dtype, spec.flags, params=[spec.params[i] for i in rest],
                 states=[[s[i] for i in rest] for s in spec.states],
                 steps=[spec.steps[i] for i in rest],
-                group_index=[spec.group_index[i] for i in rest])
+                group_index=[spec.group_index[i] for i in rest],
+                grads=None if spec.grads is None else [spec.grads[i] for i in rest])
         self.tensors = [spec.params[i] for i in walk + rest] + list(spec.pending)
+        # explicit grads (fusedopt._ops), in table order; None: each tensor's .grad at each step
+        self.explicit = (None if spec.grads is None else
+                         [spec.grads[i] for i in walk + rest] + [p.grad for p in spec.pending])
         self.num_walk = len(walk)
         # (is contiguous, strides) a walked tensor's grad must have, None for norm-only ones
         self.layout = [(p.is_contiguous(), p.stride()) if i < len(walk) else None
@@ -148,7 +152,7 @@ class _Handle:
         self.copies = []
         addresses = []
         for i, p in enumerate(self.tensors):
-            g = p.grad
+            g = p.grad if self.explicit is None else self.explicit[i]
             if g is None:
                 addresses.append(table.NO_GRAD)
                 continue
@@ -252,3 +256,7 @@ def tensors_norm(tensors, norm_type):
         norms.append(_launch_norm(blocks, meta, grads, num_blocks, dtype, norm_type, partials,
                                   torch.zeros(1, dtype=torch.int32, device=device)))
     return combine_norms(norms, norm_type)
+
+
+def tensors_scale_(tensors, coef):
+    torch._foreach_mul_(list(tensors), coef)

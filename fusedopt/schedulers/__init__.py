@@ -7,8 +7,8 @@ it) and the generic *ParamScheduler forms, with mmengine's
 semantics: ``begin``/``end`` windows with milestones and periods counted from ``begin``,
 ``by_epoch``, ``build_iter_from_epoch`` / ``convert_to_iter_based``, chaining in list order
 (each scheduler updates the current values; values stay put in gaps between windows). They
-work on any torch optimizer; on fusedopt optimizers a step is O(1) tensor operations on the
-device hyper-parameter table and no host sync (Note [scheduler writes], _slot.py). Graph mode:
+work on any torch optimizer; on fusedopt optimizers a step writes the param_group dicts and the
+device hyper-parameter table together, without a host sync (Note [scheduler writes], _slot.py). Graph mode:
 ``DeviceSchedule`` (device.py). Config: ``build_param_scheduler(optim_wrapper, cfg, epoch_length)``.
 In an mmengine Runner register ``compat.mixed_with(mmengine.optim._ParamScheduler)``: the Runner
 (resume) and its ParamSchedulerHook (validation metrics) check that base class.

@@ -9,15 +9,15 @@ between windows. How the update reaches the optimizer: Note [scheduler writes] (
 Resume: Note [scheduler state] below and the package docstring (fusedopt/schedulers/__init__.py).
 """
 import functools
-import math
 import warnings
 import weakref
 from collections import Counter
 
 import torch
 
+from fusedopt import _engine
 from fusedopt.config.errors import ConfigTypeError, ConfigValueError
-from fusedopt.schedulers._slot import _np, Slot, raw_optimizer
+from fusedopt.schedulers._slot import Slot, raw_optimizer
 
 __all__ = ["ParamScheduler", "INF"]
 
@@ -215,7 +215,7 @@ class ParamScheduler:
         key = f"initial_{name}"
         groups = self._all_groups(opt)
         if last_step == -1:
-            current = self._slot.read_dicts().tolist()
+            current = self._slot.values()
             extra = self._extra_dict()
             if extra is not None:
                 current.append(self._read_extra(extra))
@@ -262,26 +262,17 @@ class ParamScheduler:
             self.last_step += 1
             self._apply(self.last_step)
         else:       # mmengine records the current values here too (get_last_value)
-            slot = self._slot
-            self._last_host = slot.current()[1]
-            slot.claim(self)
+            self._last_host = self._slot.read()
             extra = self._extra_dict()
             if extra is not None:
                 self._last_extra = self._read_extra(extra)
 
     def _apply(self, t):
-        slot = self._slot
-        devs, host = slot.current()
-        slot.claim(self)
-        view = slot.host_np
-        changed = self._update(view if view is not None and view.t is host else host, t)
-        self._last_host = host
+        values = self._slot.read()
+        changed = self._update(values, t)
+        self._last_host = values
         if changed is not False:
-            for v in devs:
-                self._update(v, t)
-            slot.commit(devs, host)
-            if slot.fused and not _in_range(slot, host):
-                slot.optimizer._unchecked = True   # Note [range checks where values are used]
+            self._slot.write(values)
         extra = self._extra_dict()
         if extra is not None:
             self._part = "extra"
@@ -329,12 +320,7 @@ class ParamScheduler:
         if value is None and self._part is not None:      # the extra group: a Python float
             value = self._consts[key] = float(make().reshape(-1)[0])
         elif value is None:
-            value = make().to(dtype)
-            if key[1].type == "cuda":     # pinned source: an asynchronous copy, no host sync
-                value = value.pin_memory().to(key[1], non_blocking=True)
-            else:
-                value = value.to(key[1])
-            self._consts[key] = value
+            value = self._consts[key] = _engine.upload(make().to(dtype), key[1])   # no sync
         return value
 
     def _base(self, device):
@@ -412,22 +398,6 @@ class ParamScheduler:
                                            dtype=torch.float64)
             if len(last) > self._n_main:
                 self._last_extra = float(last[self._n_main])
-
-
-def _in_range(slot, host):
-    """Whether scheduled values written straight into a fused optimizer's table are valid for
-    its step (the optimizer's own check, naming the group, runs at the step if not): >= 0 and
-    not NaN, and < 1 for betas; dampening may be anything. On the CPU copy, no device read.
-    Cost: a CosineAnnealingLR step on FusedSGD goes from 13.6 to 17.3 us with 4 groups and from
-    14.6 to 25.7 us with 465 (best of 3 x 5000 steps, 2-core dev machine), under 1% of the
-    465-group GPU step (1.25 ms, README)."""
-    if slot.key == "dampening":
-        return True
-    if _np is None:                          # torch without numpy: tensor ops
-        return bool(((host >= 0) & (host < (1.0 if slot.key == "betas" else math.inf))).all())
-    view = slot.host_np
-    a = view.a if view is not None and view.t is host else host.numpy()
-    return bool(a.min() >= 0) and (slot.key != "betas" or bool(a.max() < 1.0))   # NaN: False
 
 
 def _plain(value):

@@ -51,12 +51,7 @@ class DeviceSchedule:
                                           "metrics on the host and has no device form")
             slot = s._slot
             if slot not in self._vectors:
-                devs, host = slot.current()
-                if devs:
-                    vec = devs[0].clone()
-                else:
-                    vec = host.clone().to(device or "cpu")
-                self._vectors[slot] = vec
+                self._vectors[slot] = slot.device_values(device)
             vec = self._vectors[slot]
             self._counters.append((torch.tensor(s._global_step, device=vec.device),
                                    torch.tensor(s.last_step, device=vec.device)))
@@ -105,12 +100,4 @@ class DeviceSchedule:
             s.last_step = int(lstep.item())
             s._last_host = None
         for slot, v in self._vectors.items():
-            host = v.detach().to("cpu", torch.float64)
-            if slot.fused:
-                slot.tables_seen = None          # re-attach to the tables, then mirror v
-                _, live = slot.current()
-                live.copy_(host)
-                slot.commit([], live)
-                slot.optimizer.param_groups.materialize()
-            else:
-                slot.commit([], host.clone())
+            slot.write(v.detach().to("cpu", torch.float64).contiguous())

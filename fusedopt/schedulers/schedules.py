@@ -14,7 +14,7 @@ from collections import Counter
 import torch
 
 from fusedopt.config.errors import ConfigValueError
-from fusedopt.schedulers._slot import NumpyView, raw_optimizer
+from fusedopt.schedulers._slot import raw_optimizer
 from fusedopt.schedulers.base import INF, ParamScheduler, Scalar
 
 _GENERIC = ["ConstantParamScheduler", "LinearParamScheduler", "StepParamScheduler",
@@ -481,7 +481,7 @@ class ReduceOnPlateauParamScheduler(ParamScheduler):
 
     def _record_last(self):
         # mmengine: the values at construction and after every step(metrics)
-        self._last_host = self._slot.current()[1].clone()
+        self._last_host = self._slot.read()
         extra = self._extra_dict()
         self._last_extra = self._read_extra(extra) if extra is not None else None
 
@@ -524,8 +524,6 @@ class ReduceOnPlateauParamScheduler(ParamScheduler):
         self._record_last()
 
     def _update(self, v, t):
-        if isinstance(v, NumpyView):       # torch ops on its tensor
-            v = v.t
         if isinstance(v, Scalar):
             new = max(float(v.x) * self.factor, self._pick(self.min_values)[0])
             if v.x - new > self.eps:

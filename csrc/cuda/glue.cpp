@@ -1,0 +1,228 @@
+// The torch-facing half of the CUDA backend (glue.h): every check before anything is staged or
+// launched (the one validator, csrc/bucket.h), then one table upload and one launch per call
+// on the current stream, without a host sync. Compiled by the host compiler with CUDA headers.
+#include "cuda/glue.h"
+
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "cuda/launchers.h"
+#include "staging.h"
+
+namespace fusedopt {
+namespace cuda_glue {
+namespace {
+namespace fc = fusedopt::cuda;
+
+// The validator has admitted only these four dtypes by the time this runs.
+fc::DType dtype_code(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kDouble: return fc::kF64;
+    case at::kHalf: return fc::kF16;
+    case at::kBFloat16: return fc::kBF16;
+    default: return fc::kF32;
+  }
+}
+
+const float* scalar_ptr(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->data_ptr<float>() : nullptr;
+}
+
+// Note [table upload]: each launch's table goes up through a pinned staging buffer with one
+// asynchronous copy on the current stream (no host sync; torch's pinned allocator reuses the
+// buffer once the copy is done). Under CUDA graph capture the copy is a node of the graph that
+// re-reads the buffer at every replay; torch's CachingHostAllocator never recycles a block that
+// was allocated during capture and used by a copy (torch 2.13: ATen/core/CachingHostAllocator.h,
+// was_allocated_during_stream_capture_), so every replay reads this step's table, and
+// table.done starts from 0 each time (Note [step counters], csrc/cuda/engine.cuh).
+struct Uploaded {
+  at::Tensor device;
+  fc::Table table;
+};
+
+Uploaded upload(const std::vector<fc::TensorMeta>& metas, const at::Device& device) {
+  const fc::Layout layout = fc::plan(metas);
+  const auto bytes = static_cast<int64_t>(layout.bytes);
+  at::Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  fc::write(layout, metas, host.data_ptr());
+  at::Tensor on_device = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).device(device));
+  on_device.copy_(host, /*non_blocking=*/true);
+  return Uploaded{on_device, fc::view(layout, on_device.data_ptr())};
+}
+
+// The table of one update step: every param of the bucket that has a grad (a param without
+// one is neither updated nor counted as stepped, as in torch). Note [dense arrays], staging.h.
+std::vector<fc::TensorMeta> build_update(const Bucket& b, size_t algo_states, bool master,
+                                         Staging& staging) {
+  std::vector<fc::TensorMeta> metas;
+  const fc::DType dtype = dtype_code(b.params[0]);
+  for (size_t i = 0; i < b.params.size(); ++i) {
+    const at::Tensor& p = b.params[i];
+    const at::Tensor& g = b.grad(i);
+    if (!g.defined()) continue;
+    const at::DimVector strides = Staging::layout_of(p);
+    fc::TensorMeta m{};
+    m.ptr[fc::kGrad] = staging.flat(g, strides, false);
+    m.ptr[fc::kParam] = staging.flat(p, strides, true);
+    for (size_t k = 0; k < b.states.size(); ++k) {
+      const size_t slot = master && k == algo_states ? size_t{fc::kMaster} : fc::kState0 + k;
+      m.ptr[slot] = staging.flat(b.states[k][i], strides, true);
+    }
+    m.step = b.steps[i].data_ptr<float>();
+    m.numel = p.numel();
+    m.group = b.group_index[i];
+    m.dtype = dtype;
+    metas.push_back(m);
+  }
+  return metas;
+}
+
+// The body of adam_step and sgd_step; `launch` is the algorithm's launcher.
+template <typename Launch>
+void update_step(const Bucket& b, const at::Tensor& hp, size_t algo_states, const char* states_are,
+                 const std::optional<at::Tensor>& clip_coef,
+                 const std::optional<at::Tensor>& inv_scale,
+                 const std::optional<at::Tensor>& found_inf, const char* fn, Launch launch) {
+  if (b.params.empty()) return;
+  const at::Device device = b.params[0].device();
+  TORCH_CHECK(device.is_cuda(), fn, ": the bucket's params are on ", device);
+  const bool master = check_step(b, hp, algo_states, states_are, clip_coef, inv_scale, found_inf);
+  c10::cuda::CUDAGuard guard(device);
+  const fc::StepScalars scalars{scalar_ptr(clip_coef), scalar_ptr(inv_scale),
+                                scalar_ptr(found_inf)};
+  Staging staging;
+  const std::vector<fc::TensorMeta> metas = build_update(b, algo_states, master, staging);
+  if (metas.empty()) return;
+  const Uploaded up = upload(metas, device);
+  C10_CUDA_CHECK(launch(up.table, dtype_code(b.params[0]), master, hp.data_ptr<double>(), scalars,
+                        c10::cuda::getCurrentCUDAStream()));
+  staging.write_back();
+}
+
+// Every tensor a norm or scale reads: on `device`, dense, one of the four dtypes.
+void check_tensors(const std::vector<at::Tensor>& tensors, const at::Device& device,
+                   const char* what) {
+  for (size_t i = 0; i < tensors.size(); ++i) check_norm_input(tensors[i], device, what, i);
+}
+
+// One reduction launch and one finalize over tensors of any of the four dtypes (mixed).
+at::Tensor norm_of(const std::vector<at::Tensor>& tensors, const at::Device& device, bool inf,
+                   const std::optional<at::Tensor>& inv_scale,
+                   const std::optional<at::Tensor>& found_inf, const char* what) {
+  check_tensors(tensors, device, what);
+  check_scalar(inv_scale, device, "inv_scale");
+  check_scalar(found_inf, device, "found_inf");
+  c10::cuda::CUDAGuard guard(device);
+  std::vector<fc::TensorMeta> metas;
+  std::vector<at::Tensor> dense;   // keeps contiguous copies of non-dense tensors alive
+  for (const at::Tensor& t : tensors) {
+    if (t.numel() == 0) continue;   // adds nothing (and inf has no identity in torch)
+    // The norm does not depend on element order: any dense layout is walked as it is.
+    dense.push_back(t.is_non_overlapping_and_dense() ? t : t.contiguous());
+    fc::TensorMeta m{};
+    m.ptr[fc::kGrad] = dense.back().data_ptr();
+    m.numel = t.numel();
+    m.dtype = dtype_code(t);
+    metas.push_back(m);
+  }
+  at::Tensor out = at::empty({}, at::TensorOptions().dtype(at::kFloat).device(device));
+  if (metas.empty()) return out.zero_();
+  const Uploaded up = upload(metas, device);
+  at::Tensor partials =
+      at::empty({up.table.num_blocks}, at::TensorOptions().dtype(at::kDouble).device(device));
+  C10_CUDA_CHECK(fc::launch_norm(up.table, inf, partials.data_ptr<double>(), out.data_ptr<float>(),
+                                 scalar_ptr(inv_scale), const_cast<float*>(scalar_ptr(found_inf)),
+                                 c10::cuda::getCurrentCUDAStream()));
+  return out;
+}
+
+}  // namespace
+
+void adam_step(const Bucket& b, const at::Tensor& hp, bool amsgrad, bool maximize,
+               bool decoupled, const std::optional<at::Tensor>& clip_coef,
+               const std::optional<at::Tensor>& inv_scale,
+               const std::optional<at::Tensor>& found_inf) {
+  const fc::AdamFlags flags{amsgrad, maximize, decoupled};
+  update_step(b, hp, amsgrad ? 3 : 2,
+              amsgrad ? "exp_avg, exp_avg_sq, max_exp_avg_sq" : "exp_avg, exp_avg_sq", clip_coef,
+              inv_scale, found_inf, "cuda_adam_step",
+              [&](const fc::Table& t, fc::DType d, bool master, const double* h,
+                  fc::StepScalars s, cudaStream_t stream) {
+                return fc::launch_adam(t, d, master, h, flags, s, stream);
+              });
+}
+
+void sgd_step(const Bucket& b, const at::Tensor& hp, bool nesterov, bool maximize,
+              const std::optional<at::Tensor>& clip_coef,
+              const std::optional<at::Tensor>& inv_scale,
+              const std::optional<at::Tensor>& found_inf) {
+  // Buckets are keyed by "momentum != 0": the buffers' list, or none (plus a master copy).
+  const size_t algo_states = b.states.size() - (has_master(b) ? 1 : 0);
+  TORCH_CHECK(algo_states <= 1, "states: SGD keeps at most one state list (momentum_buffer) "
+              "besides the master copies, got ", b.states.size());
+  const fc::SgdFlags flags{algo_states == 1, nesterov, maximize};
+  update_step(b, hp, algo_states, "momentum_buffer or none", clip_coef, inv_scale, found_inf,
+              "cuda_sgd_step",
+              [&](const fc::Table& t, fc::DType d, bool master, const double* h,
+                  fc::StepScalars s, cudaStream_t stream) {
+                return fc::launch_sgd(t, d, master, h, flags, s, stream);
+              });
+}
+
+// Norm of every grad of the bucket, pending params included (the reference's bucket_norm).
+at::Tensor bucket_norm(const Bucket& b, double norm_type,
+                       const std::optional<at::Tensor>& inv_scale,
+                       const std::optional<at::Tensor>& found_inf) {
+  const bool inf = check_norm_type(norm_type);
+  if (b.params.empty() && b.pending.empty()) return at::zeros({}, at::kFloat);
+  const at::Device device = (b.params.empty() ? b.pending : b.params)[0].device();
+  TORCH_CHECK(device.is_cuda(), "cuda_bucket_norm: the bucket is on ", device);
+  std::vector<at::Tensor> grads;
+  for (size_t i = 0; i < b.params.size(); ++i) {
+    if (b.grad(i).defined()) grads.push_back(b.grad(i));
+  }
+  for (const at::Tensor& p : b.pending) {
+    if (p.grad().defined()) grads.push_back(p.grad());
+  }
+  return norm_of(grads, device, inf, inv_scale, found_inf, "grads");
+}
+
+at::Tensor tensors_norm(const std::vector<at::Tensor>& tensors, double norm_type,
+                        const std::optional<at::Tensor>& inv_scale,
+                        const std::optional<at::Tensor>& found_inf) {
+  const bool inf = check_norm_type(norm_type);
+  if (tensors.empty()) return at::zeros({}, at::kFloat);
+  TORCH_CHECK(tensors[0].device().is_cuda(), "cuda_tensors_norm: tensors[0] is on ",
+              tensors[0].device());
+  return norm_of(tensors, tensors[0].device(), inf, inv_scale, found_inf, "tensors");
+}
+
+void tensors_scale_(const std::vector<at::Tensor>& tensors, const at::Tensor& coef) {
+  if (tensors.empty()) return;
+  const at::Device device = tensors[0].device();
+  TORCH_CHECK(device.is_cuda(), "cuda_tensors_scale_: tensors[0] is on ", device);
+  check_tensors(tensors, device, "tensors");
+  TORCH_CHECK(coef.defined() && coef.device() == device && coef.scalar_type() == at::kFloat &&
+                  coef.numel() == 1,
+              "coef must be a one-element float32 tensor on ", device);
+  c10::cuda::CUDAGuard guard(device);
+  std::vector<fc::TensorMeta> metas;
+  Staging staging;
+  for (const at::Tensor& t : tensors) {
+    if (t.numel() == 0) continue;
+    fc::TensorMeta m{};
+    m.ptr[fc::kGrad] = staging.flat(t, Staging::layout_of(t), true);
+    m.numel = t.numel();
+    m.dtype = dtype_code(t);
+    metas.push_back(m);
+  }
+  if (metas.empty()) return;
+  const Uploaded up = upload(metas, device);
+  C10_CUDA_CHECK(fc::launch_scale(up.table, coef.data_ptr<float>(),
+                                  c10::cuda::getCurrentCUDAStream()));
+  staging.write_back();
+}
+
+}  // namespace cuda_glue
+}  // namespace fusedopt
