@@ -5,8 +5,8 @@ and whether errors raised inside fusedopt._C reach Python as exceptions.
    ``opt.step()``, the bare extension call, and the cpu backend on CPU tensors of the same
    counts on the same host (its C++ glue checks the same things per tensor), with torch's fused
    AdamW for scale; then torch.profiler's CPU ops of the CUDA step.
-2. Bad input to fusedopt._C, each in a subprocess: a Bucket whose state dtype differs from its
-   params (CPU and CUDA tensors), and a step with a malformed hyper-parameter table. Each must
+2. Bad input to fusedopt._C, each in a subprocess: a Bucket whose state shape differs from its
+   params' (CPU and CUDA tensors), and a step with a malformed hyper-parameter table. Each must
    raise, not crash. On a GPU, a minimal load_inline extension then throws the same two kinds
    of exception, to tell a crash of every extension built there from one of fusedopt._C alone.
 Prints plain text (the log is read by a person).
@@ -23,14 +23,15 @@ import torch
 import fusedopt
 
 BAD_INPUT = {
-    "Bucket: float32 state beside float16 params (CPU)": """
+    "Bucket: a state of another shape than its param (CPU)": """
 import torch; from fusedopt import _C
-low = [torch.zeros(5, dtype=torch.float16) for _ in range(2)]
-_C.Bucket(low, [[p.float() for p in low]], [torch.zeros(()) for _ in low], [0, 0], [])""",
-    "Bucket: float32 state beside float16 params (CUDA)": """
+ps = [torch.zeros(5) for _ in range(2)]
+_C.Bucket(ps, [[torch.zeros(4) for p in ps]], [torch.zeros(()) for _ in ps], [0, 0], [])""",
+    "Bucket: a state of another shape than its param (CUDA)": """
 import torch; from fusedopt import _C
-low = [torch.zeros(5, dtype=torch.float16, device='cuda') for _ in range(2)]
-_C.Bucket(low, [[p.float() for p in low]], [torch.zeros((), device='cuda') for _ in low], [0, 0], [])""",
+ps = [torch.zeros(5, device='cuda') for _ in range(2)]
+_C.Bucket(ps, [[torch.zeros(4, device='cuda') for p in ps]],
+          [torch.zeros((), device='cuda') for _ in ps], [0, 0], [])""",
     "cuda_adam_step: hp of the wrong dtype": """
 import torch; from fusedopt import _C
 p = [torch.nn.Parameter(torch.zeros(5, device='cuda'))]; p[0].grad = torch.ones(5, device='cuda')
@@ -114,7 +115,7 @@ def bad_input(cuda):
                               timeout=120)
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1][:200]
         verdict = ("raised" if done.returncode == 1 and "Error" in last
-                   else f"CRASHED (exit {done.returncode})")
+                   else "CRASHED" if done.returncode < 0 else f"NOT RAISED (exit {done.returncode})")
         print(f"  {what}: {verdict}: {last}", flush=True)
     if cuda:   # which layer crashes: any extension built there, or only fusedopt._C
         for which in ("std_throw", "torch_check"):
