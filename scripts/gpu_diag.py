@@ -73,10 +73,10 @@ def host_times(device):
             opt = make(n, device, per_param, "cuda")
             row.append(f"cuda step {host_us(opt.step, sync=sync):8.1f}")
             b = opt._buckets[0]
-            hp = opt._tables[b.spec.device]
-            ext = b.backend._extension()
-            call = lambda: ext.cuda_adam_step(b.handle, hp, False, False, True, None, None, None)
-            row.append(f"bare cuda_adam_step {host_us(call, sync=sync):8.1f}")
+            hp = opt.hparam_tables[b.spec.device]
+            call = lambda: b.backend.adam_step(b.handle, hp, amsgrad=False, maximize=False,
+                                               decoupled=True)
+            row.append(f"bare backend adam_step {host_us(call, sync=sync):8.1f}")
             cpu = make(n, torch.device("cpu"), per_param, "cpu")
             row.append(f"cpu backend step {host_us(cpu.step):8.1f}")
             fused = make(n, device, per_param, "torch-fused")
