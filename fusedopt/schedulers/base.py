@@ -66,7 +66,8 @@ def get_slot(optimizer, name):
 # explicit ``scheduler.step()`` warns if that counter says no optimizer step ran yet, or if the
 # counter is gone (``optimizer.step`` was replaced afterwards). The protocol is mmengine's
 # (``step._with_counter``, ``owner._global_step``), so mmengine's and fusedopt's schedulers on
-# one optimizer share one counter. Cost: one Python call and an int increment per step.
+# one optimizer share one counter. Cost: one Python call and an int increment per step. Steps
+# run inside torch.compile are not counted (see ``counted``).
 _ORDER_DOC = "https://pytorch.org/docs/stable/optim.html#how-to-adjust-learning-rate"
 
 
@@ -82,7 +83,10 @@ def count_steps(owner):
         @functools.wraps(func if func is not None else step)
         def counted(*args, **kwargs):
             obj = owner_ref()
-            obj._global_step += 1
+            # inside torch.compile the count is skipped: torch 2.11's Dynamo refuses attribute
+            # writes to an optimizer there (2.13 drops them), and the count only feeds a warning
+            if not torch.compiler.is_compiling():
+                obj._global_step += 1
             call = func.__get__(obj, type(obj)) if func is not None else step
             return call(*args, **kwargs)
 
