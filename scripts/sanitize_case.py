@@ -2,7 +2,7 @@
 initcheck, synccheck): every CUDA kernel path of one backend, once, on a few tensors.
 
 Covered: Adam, AdamW, AdamW+amsgrad, SGD without momentum, with momentum, with nesterov; fp32,
-fp16, bf16, fp64; each bucket mixing aligned and misaligned (odd storage offset) tensors with
+fp16, bf16, fp64, and fp32 master weights of fp16/bf16 params; each bucket mixing aligned and misaligned (odd storage offset) tensors with
 empty and 1-element ones and one of two chunks (70,000 elements > 64 Ki); clip (2-norm) and
 inf-norm before steps, a GradScaler-style scaled step and a found_inf step; the multi-dtype
 norm and scale kernels. Prints one line per path; the sanitizer reports the errors.
@@ -23,6 +23,10 @@ CASES = [("Adam", fusedopt.FusedAdam, dict(weight_decay=0.1)),
          ("SGD", fusedopt.FusedSGD, dict(lr=0.1)),
          ("SGD-momentum", fusedopt.FusedSGD, dict(lr=0.1, momentum=0.9, dampening=0.1)),
          ("SGD-nesterov", fusedopt.FusedSGD, dict(lr=0.1, momentum=0.9, nesterov=True))]
+# fp32 master copies of fp16/bf16 params (Note [master copy]): one more state list per bucket
+MASTER_CASES = [("AdamW-master", fusedopt.FusedAdamW, dict(master_weights=True)),
+                ("SGD-momentum-master", fusedopt.FusedSGD,
+                 dict(lr=0.1, momentum=0.9, master_weights=True))]
 
 
 def params(dtype, device):
@@ -49,7 +53,8 @@ def main():
     device = torch.device(args.device)
     torch.manual_seed(0)
     for dtype in DTYPES:
-        for name, cls, kwargs in CASES:
+        low = dtype in (torch.float16, torch.bfloat16)
+        for name, cls, kwargs in CASES + (MASTER_CASES if low else []):
             ps = params(dtype, device)
             opt = cls([{"params": ps[::2]}, {"params": ps[1::2], "lr": 1e-4}],
                       backend=args.backend, **kwargs)
