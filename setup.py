@@ -60,6 +60,12 @@ def _extensions():
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     cxx = ["-O3", "-fopenmp"]   # cpp_extension adds the -std= torch needs (c++20 for 2.13)
+    # Note [shared libstdc++]: a compiler set up to link libstdc++ statically (the GPU machine's
+    # /opt/gcc/bin/g++, 2026-11-27) gives the extension a private copy whose iostreams are never
+    # initialised: every TORCH_CHECK message with a number in it then crashed the process (g++ 13)
+    # or lost the number (g++ 12). A -lstdc++ of our own, ahead of the driver's static one,
+    # binds the process's shared libstdc++, as torch's own libraries do; elsewhere it is a no-op.
+    link = ["-fopenmp", "-lstdc++"]
     include_dirs = [os.path.abspath("csrc")]
     why_not = _why_no_cuda(cpp_extension)
     with_cuda = why_not is None
@@ -79,12 +85,12 @@ def _extensions():
             define_macros=[("FUSEDOPT_WITH_CUDA", "1")],
             # no --use_fast_math: it flushes fp32 subnormals (small Adam second moments) to zero
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link,
         )
     else:
         ext = cpp_extension.CppExtension(
             "fusedopt._C", sources, include_dirs=include_dirs,
-            extra_compile_args=cxx, extra_link_args=["-fopenmp"],
+            extra_compile_args=cxx, extra_link_args=link,
         )
     # A failed build warns instead of failing the install: Note [import never fails].
     ext.optional = not _flag("FUSEDOPT_REQUIRE_EXT")

@@ -5,8 +5,9 @@ process with SIGSEGV, while the same sources raise cleanly here with g++ 12 and 
 Each case below runs in its own subprocess, so one crash hides nothing:
 1. The bad-input cases against each fusedopt._C named by --ext (a tree whose fusedopt/ holds one:
    gpu_check.sh passes the one built there by setup.py and, with FUSEDOPT_PREBUILT, the one
-   carried from the CPU machine). Each must raise RuntimeError.
-2. A minimal extension that throws a TORCH_CHECK, throws a std::runtime_error, and throws and
+   carried from the CPU machine). Each must raise RuntimeError with the numbers in its message.
+2. A minimal extension that throws a TORCH_CHECK (one with a number in its message: the case
+   that crashed, Note [shared libstdc++] in setup.py), throws a std::runtime_error, and throws and
    catches inside C++, built two ways: torch's JIT (load_inline: ninja, torch's flags only) and
    setuptools (BuildExtension: Python's sysconfig flags too, the way setup.py builds fusedopt).
    Which of them crash separates "every throw", "setuptools' flags" and "fusedopt's code".
@@ -14,7 +15,8 @@ Each case below runs in its own subprocess, so one crash hides nothing:
    compiler that built it (.comment), its NEEDED libraries and any unwinder linked into it.
 4. For the first crash: a native backtrace (gdb where present; else a preloaded SIGSEGV handler,
    symbolised with addr2line).
-Prints plain text; exits 1 if a fusedopt._C case crashed or did not raise.
+Prints plain text; exits 1 if a fusedopt._C case crashed or did not raise its message (those
+verdicts are in capitals; the minimal extension's, only diagnostics, in lower case).
 
 usage: python scripts/gpu_throw.py [--ext TREE ...] [--no-cuda] [--no-minimal]
 """
@@ -27,18 +29,18 @@ import sysconfig
 import tempfile
 
 BAD_INPUT = {
-    "Bucket: a state of another shape than its param (CPU)": """
+    "Bucket: a state of another shape than its param (CPU)": ("params[0] has [5]", """
 ps = [torch.zeros(5) for _ in range(2)]
-_C.Bucket(ps, [[torch.zeros(4) for p in ps]], [torch.zeros(()) for _ in ps], [0, 0], [])""",
-    "Bucket: a state of another shape than its param (CUDA)": """
+_C.Bucket(ps, [[torch.zeros(4) for p in ps]], [torch.zeros(()) for _ in ps], [0, 0], [])"""),
+    "Bucket: a state of another shape than its param (CUDA)": ("params[0] has [5]", """
 ps = [torch.zeros(5, device='cuda') for _ in range(2)]
 _C.Bucket(ps, [[torch.zeros(4, device='cuda') for p in ps]],
-          [torch.zeros((), device='cuda') for _ in ps], [0, 0], [])""",
-    "cuda_adam_step: hp of the wrong dtype": """
+          [torch.zeros((), device='cuda') for _ in ps], [0, 0], [])"""),
+    "cuda_adam_step: hp of the wrong dtype": ("of shape [1, 5]", """
 p = [torch.nn.Parameter(torch.zeros(5, device='cuda'))]; p[0].grad = torch.ones(5, device='cuda')
 b = _C.Bucket(p, [[torch.zeros(5, device='cuda')], [torch.zeros(5, device='cuda')]],
               [torch.zeros((), device='cuda')], [0], [])
-_C.cuda_adam_step(b, torch.zeros(1, 5, device='cuda'), False, False, True, None, None, None)""",
+_C.cuda_adam_step(b, torch.zeros(1, 5, device='cuda'), False, False, True, None, None, None)"""),
 }
 LOAD_C = "import sys, torch; sys.path.insert(0, {tree!r}); from fusedopt import _C\n"
 
@@ -47,6 +49,7 @@ MINIMAL_SRC = r"""
 #include <stdexcept>
 void torch_check() { TORCH_CHECK(false, "a TORCH_CHECK from a minimal extension"); }
 void std_throw() { throw std::runtime_error("a std::runtime_error from a minimal extension"); }
+void number() { TORCH_CHECK(false, "a TORCH_CHECK with the number ", int64_t{5}); }
 std::string caught_inside() {
   try { TORCH_CHECK(false, "thrown"); } catch (const std::exception&) { return "caught"; }
   return "not thrown";
@@ -55,6 +58,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("torch_check", &torch_check);
   m.def("std_throw", &std_throw);
   m.def("caught_inside", &caught_inside);
+  m.def("number", &number);
 }
 """
 SETUP_PY = """
@@ -116,6 +120,8 @@ def verdict(done, expect="Error"):
         return "CRASHED", f"signal {-done.returncode}: {last}"
     if done.returncode == 1 and expect in last:
         return "raised", last
+    if done.returncode == 1 and "Error" in last:
+        return "RAISED WRONG MESSAGE", last
     if done.returncode == 0 and expect == "":
         return "ok", done.stdout.strip()[-200:]
     return "NOT RAISED", f"exit {done.returncode}: {last}"
@@ -186,11 +192,11 @@ def fusedopt_cases(trees, cuda, workdir):
             print("  no fusedopt/_C*.so there: skipped")
             continue
         describe_so(so)
-        for what, case in BAD_INPUT.items():
+        for what, (expect, case) in BAD_INPUT.items():
             if not cuda and "cuda" in case:
                 continue
             code = LOAD_C.format(tree=tree) + case
-            status, detail = verdict(run(code))
+            status, detail = verdict(run(code), expect)
             print(f"  {what}: {status}: {detail}", flush=True)
             if status != "raised":
                 bad += 1
@@ -226,10 +232,11 @@ def minimal_cases(workdir):
             print("  " + sh(f"tail -n 5 {d}/build.log").replace("\n", "\n  "))
             continue
         describe_so(sh(f"ls {d}/{name}*.so | head -n 1"))
-        for fn, expect in (("caught_inside", ""), ("std_throw", "Error"), ("torch_check", "Error")):
+        for fn, expect in (("caught_inside", ""), ("std_throw", "Error"), ("torch_check", "Error"),
+                           ("number", "number 5")):
             code = f"import sys, torch; sys.path.insert(0, {d!r}); import {name}; print({name}.{fn}())"
-            status, detail = verdict(run(code), expect)
-            print(f"  {fn}: {status}: {detail}", flush=True)
+            status, detail = verdict(run(code), expect)   # lower case: not counted
+            print(f"  {fn}: {status.lower()}: {detail}", flush=True)
 
 
 def main():

@@ -7,6 +7,8 @@ public classes (params AND state over 10+ steps), and closed forms for the norms
 """
 import copy
 import math
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -463,6 +465,18 @@ def test_master_copy_levels_agree_bit_for_bit(monkeypatch, algo, flags, dtype):
         spec, hp = make_spec(algo, flags, dtype)
         runs[name] = run_backend(C, with_masters(spec), hp, algo, flags, steps=4)
     assert_same_bits(runs)
+
+
+def test_extension_links_the_shared_libstdcxx():
+    """Note [shared libstdc++] (setup.py): fusedopt._C uses the process's libstdc++, never a
+    private static copy, whose iostreams are never initialised (a TORCH_CHECK message with a
+    number in it crashed the GPU machine's build, 2026-11-27)."""
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("readelf (binutils) is not installed")
+    out = subprocess.run([readelf, "-d", C.__file__], capture_output=True, text=True,
+                         check=True).stdout
+    assert "[libstdc++.so" in out, f"{C.__file__} does not link the shared libstdc++:\n{out}"
 
 
 def test_bad_master_lists():

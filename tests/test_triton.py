@@ -18,7 +18,7 @@ import fusedopt
 from fusedopt import backends
 from helpers import (CASES, CASE_IDS, FUSED, TORCH, compare_master_runs, group_overrides,
                      make_params, set_grads, split_groups)
-from tolerances import LOW_PRECISION_FACTOR, assert_close, max_error
+from tolerances import LOW_PRECISION_FACTOR, adam_master_drift, assert_close, max_error
 
 AVAILABLE = "triton" in fusedopt.available_backends()
 needs_triton = pytest.mark.skipif(not AVAILABLE, reason=f"triton backend unavailable: "
@@ -219,9 +219,12 @@ def test_master_weights_match_oracle(oracle, dtype, algo, kwargs):
         opt.step()
         opt_ref.step()
     # a param without a grad in the last step keeps the NaN: compare the stepped ones
+    # Adam's states are stored in fp16/bf16, rounded from the fused arithmetic (tolerances.py)
+    drift = (None if algo == "SGD" else
+             adam_master_drift(dtype, max(g["lr"] for g in opt.param_groups), STEPS))
     stepped = [i for i, p in enumerate(ours) if p.grad is not None]
     compare_master_runs([ours[i] for i in stepped], opt, [theirs[i] for i in stepped], opt_ref,
-                        f"{algo} {dtype} masters vs {oracle}")
+                        f"{algo} {dtype} masters vs {oracle}", master_atol=drift)
 
 
 @needs_triton
