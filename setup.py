@@ -60,12 +60,14 @@ def _extensions():
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     cxx = ["-O3", "-fopenmp"]   # cpp_extension adds the -std= torch needs (c++20 for 2.13)
-    # Note [shared libstdc++]: a compiler set up to link libstdc++ statically (the GPU machine's
-    # /opt/gcc/bin/g++, 2026-11-27) gives the extension a private copy whose iostreams are never
-    # initialised: every TORCH_CHECK message with a number in it then crashed the process (g++ 13)
-    # or lost the number (g++ 12). A -lstdc++ of our own, ahead of the driver's static one,
-    # binds the process's shared libstdc++, as torch's own libraries do; elsewhere it is a no-op.
-    link = ["-fopenmp", "-lstdc++"]
+    # Note [shared libstdc++]: a compiler whose own library directory holds only a static
+    # libstdc++ (the GPU machine's /opt/gcc/bin/g++, 2026-11-27) gives the extension a private
+    # copy whose iostreams are never initialised: every TORCH_CHECK message with a number in it
+    # then crashed the process (g++ 13) or lost the number (g++ 12 with -static-libstdc++). A
+    # plain -lstdc++ finds that directory's library too (run 4 of bench/results/nvidia-h200);
+    # naming the shared object binds the process's libstdc++, as torch's own libraries do.
+    # Elsewhere it is the library g++ links anyway.
+    link = ["-fopenmp", "-l:libstdc++.so.6"]
     include_dirs = [os.path.abspath("csrc")]
     why_not = _why_no_cuda(cpp_extension)
     with_cuda = why_not is None

@@ -78,7 +78,7 @@ def jit_build(name, *, cuda, what):
         return cpp_extension.load(
             name=name, sources=sources, extra_include_paths=[CSRC],
             extra_cflags=["-O3", "-fopenmp", *defines], extra_cuda_cflags=["-O3", *defines],
-            extra_ldflags=["-fopenmp", "-lstdc++"],          # Note [shared libstdc++], setup.py
+            extra_ldflags=["-fopenmp", "-l:libstdc++.so.6"],  # Note [shared libstdc++], setup.py
             verbose=os.environ.get("FUSEDOPT_JIT_VERBOSE") == "1")
     except Exception as exc:   # said here too: backend='auto' then quietly picks another one
         lines = str(exc).strip().splitlines()

@@ -20,8 +20,9 @@
 #             racecheck initcheck synccheck; a one-line note where the tool is missing or refuses)
 # Parts run in that order against one time budget (GPU_CHECK_BUDGET seconds, default 420: under
 # 8 minutes with the machine's start); a part that would not fit in what is left is skipped and
-# the summary says so. Measured on an H200 (run of 2026-11-27): build 50 s, tests 75 s, bench
-# 80 s, stress 25 s, memcheck + racecheck 20 s, initcheck over 100 s. OUTDIR gets at most 8
+# the summary says so. Measured on an H200 (runs of 2026-11-27): build 50-84 s, tests 100 s,
+# compile 57 s, bench 80-115 s, lowprec 23 s, diag 35 s (+40 s for gpu_throw's minimal builds),
+# stress 25 s, memcheck + racecheck + synccheck 20 s, initcheck 7 s. OUTDIR gets at most 8
 # files: summary.md first (each part's status and time), tests.log (with each failure as it
 # happened), sanitize.log, targets.md, lowprec.md, compile.md, throw.log and results.tar.gz
 # (every log, JSON and PNG).
