@@ -10,8 +10,8 @@ import torch
 import fusedopt
 from fusedopt import backends
 from helpers import (CASES, CASE_IDS, FUSED, TORCH, compare_master_runs, group_overrides,
-                     make_params, set_grads, split_groups)
-from tolerances import LOW_PRECISION_FACTOR, adam_master_drift, assert_close, max_error
+                     make_params, set_grads, split_groups, start_from_same_states)
+from tolerances import LOW_PRECISION_FACTOR, assert_close, max_error
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA device (torch.cuda.is_available() is False)")
@@ -479,8 +479,9 @@ def test_fp16_tensor_over_2_31_elements():
 def test_master_weights_match_reference(dtype, algo, kwargs):
     """master_weights=True (Note [master copy]): every option, three groups, None grads, a
     transposed view, vs the reference backend (itself bitwise torch's math on the masters:
-    tests/test_master_weights.py). Params overwritten with NaN before the last step show the
-    kernel never reads them."""
+    tests/test_master_weights.py). Each step starts from our states (start_from_same_states), so
+    every step's transition is held to fp32 rounding. Params overwritten with NaN before the
+    last step show the kernel never reads them."""
     base = make_params(SHAPES, dtype, NONCONTIGUOUS)
     overrides = group_overrides(algo, kwargs)
     ours, ref = on_cuda(base), on_cuda(base)
@@ -494,14 +495,12 @@ def test_master_weights_match_reference(dtype, algo, kwargs):
             for p in ours:
                 if "master_param" in opt.state.get(p, {}):
                     p.detach().fill_(float("nan"))
+        start_from_same_states(ours, opt, ref, opt_ref)
         opt.step()
         opt_ref.step()
-    # Adam's states are stored in fp16/bf16, rounded from the fused arithmetic (tolerances.py)
-    drift = (None if algo == "SGD" else
-             adam_master_drift(dtype, max(g["lr"] for g in opt.param_groups), STEPS))
     stepped = [i for i, p in enumerate(ours) if p.grad is not None]
     compare_master_runs([ours[i] for i in stepped], opt, [ref[i] for i in stepped], opt_ref,
-                        f"{algo} {dtype} masters vs reference", master_atol=drift)
+                        f"{algo} {dtype} masters vs reference")
 
 
 # last: on the first GPU run (2026-11-27) building this Bucket crashed the process (its

@@ -17,8 +17,8 @@ import torch
 import fusedopt
 from fusedopt import backends
 from helpers import (CASES, CASE_IDS, FUSED, TORCH, compare_master_runs, group_overrides,
-                     make_params, set_grads, split_groups)
-from tolerances import LOW_PRECISION_FACTOR, adam_master_drift, assert_close, max_error
+                     make_params, set_grads, split_groups, start_from_same_states)
+from tolerances import LOW_PRECISION_FACTOR, assert_close, max_error
 
 AVAILABLE = "triton" in fusedopt.available_backends()
 needs_triton = pytest.mark.skipif(not AVAILABLE, reason=f"triton backend unavailable: "
@@ -206,7 +206,8 @@ MASTER_CASES = [CASES[2], CASES[5], CASES[7], CASES[9], CASES[10]]
 def test_master_weights_match_oracle(oracle, dtype, algo, kwargs):
     """master_weights=True (Note [master copy]): three groups, None grads, a transposed view.
     The kernels step the fp32 masters and write each param as its master's rounding without
-    reading it: params overwritten with NaN before a step do not reach the update."""
+    reading it: params overwritten with NaN before a step do not reach the update. Each step
+    starts from our states (start_from_same_states): every transition is held to fp32 rounding."""
     params = make_params(SHAPES, dtype, NONCONTIGUOUS)
     ours, opt, theirs, opt_ref = pair(algo, dict(kwargs, master_weights=True), params,
                                       group_overrides(algo, kwargs), oracle)
@@ -216,15 +217,13 @@ def test_master_weights_match_oracle(oracle, dtype, algo, kwargs):
             for p in ours:
                 if "master_param" in opt.state.get(p, {}):
                     p.detach().fill_(float("nan"))
+        start_from_same_states(ours, opt, theirs, opt_ref)
         opt.step()
         opt_ref.step()
     # a param without a grad in the last step keeps the NaN: compare the stepped ones
-    # Adam's states are stored in fp16/bf16, rounded from the fused arithmetic (tolerances.py)
-    drift = (None if algo == "SGD" else
-             adam_master_drift(dtype, max(g["lr"] for g in opt.param_groups), STEPS))
     stepped = [i for i, p in enumerate(ours) if p.grad is not None]
     compare_master_runs([ours[i] for i in stepped], opt, [theirs[i] for i in stepped], opt_ref,
-                        f"{algo} {dtype} masters vs {oracle}", master_atol=drift)
+                        f"{algo} {dtype} masters vs {oracle}")
 
 
 @needs_triton

@@ -20,17 +20,6 @@ LOW_PRECISION_FACTOR = 2.0         # issue #2: error vs fp64 <= 2x torch fused's
 STORAGE_ULP = {torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 ** -10}
 
 
-def adam_master_drift(state_dtype, lr, steps):
-    """How far an fp32 master may drift from another run's when its fp16/bf16 Adam states, equal
-    to fp32 rounding before they are stored, once round to the other neighbour (one STORAGE_ULP,
-    which assert_within_ulp allows; a fused kernel's multiply-adds and torch's separate ops round
-    differently): the normalised step m/sqrt(v) is about 1 for randn grads, so one ulp of m (or
-    of v, under the square root) moves a step by at most about lr * STORAGE_ULP, at each step,
-    since a flip persists in the moving averages. H200, 2026-11-27, bf16, 12 steps at lr <= 1e-2:
-    2 of 70,000 elements 2.3e-5 apart, against this bound's 9.4e-4."""
-    return steps * lr * STORAGE_ULP[state_dtype]
-
-
 def assert_close(actual, expected, what):
     """torch.testing.assert_close with the table's tolerance and a message naming the tensor."""
     rtol, atol = TOLERANCE[expected.dtype if expected.dtype in TOLERANCE else torch.float32]
