@@ -3,7 +3,9 @@
 // [num_groups, kHpCols]; a tensor's row is group_index[t]. Schedulers and the dirty-group
 // check write rows of it with one device copy, so nothing on the per-step path reads a
 // Python float and a captured graph sees the new lr. float64 so that fp64 parameters get the
-// exact hyper-parameters torch would use (the table is a few hundred bytes: the width is free).
+// exact hyper-parameters torch would use. 8 columns: 64-byte rows, room for LARS's 7.
+// Columns 0 and 1 are every algorithm's; the others are named per algorithm
+// (csrc/algorithms.h, fusedopt/algorithms/<name>.py `columns`).
 // Python mirror: fusedopt/_hparams.py. Keep the two in step.
 #pragma once
 
@@ -12,12 +14,7 @@ namespace fusedopt {
 enum HpCol : int {
   kLr = 0,
   kWeightDecay = 1,
-  kBeta1 = 2,      // Adam beta1;  SGD momentum
-  kBeta2 = 3,      // Adam beta2;  SGD dampening
-  kEps = 4,        // Adam eps;    unused by SGD
-  kHpCols = 5,
+  kHpCols = 8,
 };
-constexpr int kMomentum = kBeta1;
-constexpr int kDampening = kBeta2;
 
 }  // namespace fusedopt
