@@ -49,7 +49,7 @@ bool has_master(const Bucket& b);
 // its param, step counters are one-element float32 tensors, group indices are >= 0.
 void check_bucket(const Bucket& b);
 // Before every step touches anything: all of the above that can change in place (dtypes,
-// shapes, devices: `p.data = ...`), the grads, the table `hp` (float64 [G, 5], contiguous, on
+// shapes, devices: `p.data = ...`), the grads, the table `hp` (float64 [G, kHpCols], contiguous, on
 // the params' device, a row for every group index) and the step scalars. `algo_states`: the
 // state lists the algorithm keeps (`states_are` names them in errors), a master list aside.
 // Returns whether the bucket has a master list.

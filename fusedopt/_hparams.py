@@ -31,7 +31,7 @@ import torch
 from fusedopt import _engine, _ext
 
 LR, WEIGHT_DECAY, BETA1, BETA2, EPS = range(5)
-NUM_COLS = 5
+NUM_COLS = 8      # csrc/hparams.h kHpCols: room for every algorithm's columns
 MOMENTUM, DAMPENING = BETA1, BETA2   # SGD reuses the Adam beta columns
 
 

@@ -176,7 +176,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     # ---- hyper-parameters (Note [one truth], fusedopt/_hparams.py) ----------------------------
     @property
     def hparam_tables(self):
-        """{device: float64 [num_groups, 5] table} (Note [lr lives on the device]), following
+        """{device: float64 [num_groups, NUM_COLS] table} (Note [lr lives on the device]), following
         the param_group dicts as the next step will see them."""
         self._sync_hparams()
         return self._hparams.tables

@@ -39,7 +39,7 @@ struct SgdFlags {
   bool maximize;
 };
 
-// hp: the float64 [G, 5] hyper-parameter table of csrc/hparams.h on the same device.
+// hp: the float64 [G, kHpCols] hyper-parameter table of csrc/hparams.h on the same device.
 cudaError_t launch_adam(const Table& table, DType dtype, bool master, const double* hp,
                         AdamFlags flags, StepScalars scalars, cudaStream_t stream);
 

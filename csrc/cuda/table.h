@@ -42,7 +42,7 @@ struct TensorMeta {
   void* ptr[kSlots];
   float* step;       // 0-d float32 step counter on the device (update kernels only)
   int64_t numel;
-  int32_t group;     // row of the float64 [G, 5] hyper-parameter table (csrc/hparams.h)
+  int32_t group;     // row of the float64 [G, kHpCols] hyper-parameter table (csrc/hparams.h)
   int32_t dtype;     // DType of ptr[kGrad] / ptr[kParam] / states
 };
 
