@@ -11,17 +11,25 @@ Note [import never fails]: importing this module never raises; a missing or brok
 makes ``unavailable_reason()`` say why.
 """
 import collections
+import importlib
 
 import torch
 
 from fusedopt import _engine, _hparams
 from fusedopt.backends import combine_norms, reference
 
+# The algorithm table: the descriptors (fusedopt.algorithms) whose block math kernels/ holds, each
+# in the module of its name (kernels/preamble.py says what one holds). Adding an algorithm: its
+# module in kernels/ and its name here.
+KERNEL_NAMES = ("adam", "sgd", "lion", "lars", "lamb")
+KERNELS = {}
+
 try:
     import triton
     import triton.language as tl
 
     from fusedopt import kernels
+    KERNELS = {name: importlib.import_module(f"fusedopt.kernels.{name}") for name in KERNEL_NAMES}
     _IMPORT_ERROR = None
     _INTERPRETED = not isinstance(kernels.update_kernel, triton.runtime.jit.JITFunction)
 except Exception as exc:  # Note [import never fails]
@@ -264,10 +272,6 @@ def pending_with_grad(handle):
     return [i for i, p in enumerate(handle.spec.pending) if p.grad is not None]
 
 
-# The algorithm table: the descriptors (fusedopt.algorithms) whose block math kernels/ holds, in
-# the module of the same name (kernels/preamble.py says what one holds). Adding an algorithm: its
-# module in kernels/, its import in kernels/__init__.py and its name here.
-KERNELS = ("adam", "sgd", "lion", "lars", "lamb")
 _plans = {}
 
 
@@ -278,8 +282,8 @@ def _plan(algo, flags):
     if key not in _plans:
         if algo.name not in KERNELS:
             raise ValueError(f"the triton backend has no kernel for algorithm {algo.name!r} "
-                             f"(it has {sorted(KERNELS)})")
-        module = getattr(kernels, algo.name)
+                             f"(it has {list(KERNEL_NAMES)})")
+        module = KERNELS[algo.name]
         names, values = algo.column_names, algo.flag_dict(flags)
         columns = module.Columns(*(names.index(name) for name in module.Columns._fields))
         flag_values = module.Flags(*(values[name] for name in module.Flags._fields))
