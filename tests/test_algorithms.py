@@ -131,7 +131,7 @@ def _lars_loop(params, groups, defaults, steps):
                     d_p = (d_p.add(buffers[p], alpha=group["momentum"]) if group["nesterov"]
                            else buffers[p])
                 p.detach().add_(-d_p)
-    return buffers
+    return {p: {"momentum_buffer": buf} for p, buf in buffers.items()}
 
 
 def _lamb_loop(params, groups, defaults, steps):
@@ -172,7 +172,8 @@ def _lamb_loop(params, groups, defaults, steps):
                     ratio = w / u if w > 0 and u > 0 else 1.0
                     update = update * (min(ratio, 1.0) if group["trust_clip"] else ratio)
                 p.detach().add_(update, alpha=-group["lr"])
-    return moments
+    return {p: {"exp_avg": m, "exp_avg_sq": v, "step": torch.tensor(float(t))}
+            for p, (m, v, t) in moments.items()}
 
 
 LAMB_DEFAULTS = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
@@ -182,45 +183,32 @@ LARS_DEFAULTS = dict(lr=0.1, momentum=0.0, weight_decay=0.0, dampening=0.0, eta=
                      nesterov=False, eps=1e-8)
 
 
-@pytest.mark.parametrize("case", [i for name, i in NEW_IDS if name == "FusedLARS"])
-def test_lars_reference_matches_the_plain_loop(case):
-    kwargs, groups = NEW_CASES["FusedLARS"][case]
-    if kwargs.get("maximize"):
-        kwargs = {k: v for k, v in kwargs.items() if k != "maximize"}   # mmpretrain has none
-    base = make_params([(7,), (3, 5), (33, 17), (1,), (12, 10), (5,)], torch.float64)
-    ours, theirs = clone_params(base), clone_params(base)
-    opt = fusedopt.FusedLARS(split_groups(ours, groups), backend="reference", **kwargs)
-    for step in range(10):
-        set_grads([ours], step)
-        opt.step()
-    buffers = _lars_loop(theirs, groups, dict(LARS_DEFAULTS, **kwargs), 10)
-    for i, (p, q) in enumerate(zip(ours, theirs)):
-        assert_close(p, q, f"param {i}")
-        if q in buffers:
-            assert_close(opt.state[p]["momentum_buffer"], buffers[q], f"momentum_buffer {i}")
+ORACLES = {"FusedLARS": (_lars_loop, LARS_DEFAULTS),
+           "FusedLAMB": (_lamb_loop, LAMB_DEFAULTS)}
 
 
-@pytest.mark.parametrize("case", [i for name, i in NEW_IDS if name == "FusedLAMB"])
-def test_lamb_reference_matches_the_plain_loop(case):
-    kwargs, groups = NEW_CASES["FusedLAMB"][case]
-    if kwargs.get("maximize"):
-        kwargs = {k: v for k, v in kwargs.items() if k != "maximize"}   # timm has none
-    # the global clip's norm and coefficient are 0-d float32 tensors (docs/internals.md, "Step
-    # semantics"): fp64 runs agree to fp64 rounding only without it
-    dtype = torch.float64 if kwargs.get("max_grad_norm", 1.0) is None else torch.float32
+@pytest.mark.parametrize("name, case", [c for c in NEW_IDS if c[0] in ORACLES],
+                         ids=[f"{n}-{i}" for n, i in NEW_IDS if n in ORACLES])
+def test_reference_matches_the_plain_loop(name, case):
+    """The oracle against the published step written out plainly. Neither original has
+    ``maximize``; LAMB's global clip has a 0-d float32 norm and coefficient (docs/internals.md,
+    "Step semantics"), so its fp64 runs agree to fp64 rounding only without it."""
+    kwargs, groups = NEW_CASES[name][case]
+    kwargs = {k: v for k, v in kwargs.items() if k != "maximize"}
+    loop, defaults = ORACLES[name]
+    dtype = torch.float32 if kwargs.get("max_grad_norm", 1.0 if name == "FusedLAMB" else None) \
+        else torch.float64
     base = make_params([(7,), (3, 5), (33, 17), (1,), (12, 10), (5,)], dtype)
     ours, theirs = clone_params(base), clone_params(base)
-    opt = fusedopt.FusedLAMB(split_groups(ours, groups), backend="reference", **kwargs)
+    opt = optimizer_classes()[name](split_groups(ours, groups), backend="reference", **kwargs)
     for step in range(10):
         set_grads([ours], step)
         opt.step()
-    moments = _lamb_loop(theirs, groups, dict(LAMB_DEFAULTS, **kwargs), 10)
+    states = loop(theirs, groups, dict(defaults, **kwargs), 10)
     for i, (p, q) in enumerate(zip(ours, theirs)):
         assert_close(p, q, f"param {i}")
-        if q in moments:
-            assert_close(opt.state[p]["exp_avg"], moments[q][0], f"exp_avg {i}")
-            assert_close(opt.state[p]["exp_avg_sq"], moments[q][1], f"exp_avg_sq {i}")
-            assert opt.state[p]["step"].item() == moments[q][2]
+        for key, value in states.get(q, {}).items():
+            assert_close(opt.state[p][key], value, f"param {i} state[{key!r}]")
 
 
 # ---- every backend against the reference ------------------------------------------------------
