@@ -549,16 +549,21 @@ def test_availability():
     assert backends.resolve("auto", torch.device("cpu")).NAME != "triton"
 
 
-def test_import_never_fails_without_triton():
-    """Note [import never fails]: with triton unimportable, fusedopt imports, lists no triton and
-    says why."""
-    code = ("import sys; sys.modules['triton'] = None\n"
+@pytest.mark.parametrize("missing,reason", [
+    ("triton", "triton could not be imported"),
+    pytest.param("fusedopt.kernels", "triton imports, but fusedopt's Triton kernels",
+                 marks=pytest.mark.skipif(TRITON_ERROR is not None, reason="no triton here"))],
+    ids=["triton", "kernels"])
+def test_import_never_fails(missing, reason):
+    """Note [import never fails]: with triton, or fusedopt's kernels, unimportable, fusedopt
+    imports, lists no triton and says which of the two is missing."""
+    code = (f"import sys; sys.modules[{missing!r}] = None\n"
             "import fusedopt; from fusedopt import backends\n"
             "assert 'triton' not in fusedopt.available_backends()\n"
             "print(backends.unavailable_reason('triton'))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.startswith("triton could not be imported"), done.stdout
+    assert done.stdout.startswith(reason), done.stdout
 
 
 @pytest.mark.skipif(RUNS_HERE or TRITON_ERROR is not None,

@@ -24,17 +24,24 @@ from fusedopt.backends import combine_norms, reference
 KERNEL_NAMES = ("adam", "sgd", "lion", "lars", "lamb")
 KERNELS = {}
 
+# Note [import never fails]: what failed to import, and why. Two steps, so that a broken
+# fusedopt.kernels (a GPU run once skipped 57 tests as "triton could not be imported" when the
+# install lacked kernels/) is not reported as a missing triton.
+_IMPORT_ERROR, _INTERPRETED = None, False
 try:
     import triton
     import triton.language as tl
-
-    from fusedopt import kernels
-    KERNELS = {name: importlib.import_module(f"fusedopt.kernels.{name}") for name in KERNEL_NAMES}
-    _IMPORT_ERROR = None
-    _INTERPRETED = not isinstance(kernels.update_kernel, triton.runtime.jit.JITFunction)
-except Exception as exc:  # Note [import never fails]
-    _IMPORT_ERROR = exc
-    _INTERPRETED = False
+except Exception as exc:  # noqa: BLE001
+    _IMPORT_ERROR = ("triton could not be imported", exc)
+else:
+    try:
+        from fusedopt import kernels
+        KERNELS = {name: importlib.import_module(f"fusedopt.kernels.{name}")
+                   for name in KERNEL_NAMES}
+        _INTERPRETED = not isinstance(kernels.update_kernel, triton.runtime.jit.JITFunction)
+    except Exception as exc:  # noqa: BLE001
+        _IMPORT_ERROR = ("triton imports, but fusedopt's Triton kernels (fusedopt.kernels, "
+                         "kernels/ in the source tree) do not", exc)
 
 NAME = "triton"
 
@@ -115,7 +122,8 @@ def upload(values, dtype, device):
 
 def unavailable_reason():
     if _IMPORT_ERROR is not None:
-        return f"triton could not be imported ({type(_IMPORT_ERROR).__name__}: {_IMPORT_ERROR})"
+        what, exc = _IMPORT_ERROR
+        return f"{what} ({type(exc).__name__}: {exc})"
     if _INTERPRETED or torch.cuda.is_available():
         return None
     return "no CUDA device (on CPU tensors it needs TRITON_INTERPRET=1 before triton is imported)"
