@@ -32,9 +32,6 @@ import triton.language as tl
 
 from fusedopt.kernels.numerics import load_grad, rounded
 
-KSUMS = 2      # per-tensor sums of a two-stage algorithm (csrc/algorithms.h kSums)
-
-
 @triton.jit
 def locate(blocks, pid):
     """(tensor index, block within it) of program ``pid``."""
@@ -147,10 +144,10 @@ def update_kernel(blocks, meta, grads, counters, hp, partials, totals, inv_scale
                   C: tl.constexpr, F: tl.constexpr, L: tl.constexpr, STAGE: tl.constexpr,
                   DTYPE: tl.constexpr, CT: tl.constexpr, MASTER: tl.constexpr,
                   BLOCK: tl.constexpr):
-    """STAGE 0: a one-stage algorithm's step. Note [two stages]: STAGE 1 stores each block's
-    partial sums in ``partials`` (float64 [B, 2]) and the tensor's last block adds them up into
-    ``totals`` (float64 [T, 2]); STAGE 2 is the step, reading the totals. Only the updating stage
-    advances the step counters."""
+    """STAGE 0: a one-stage algorithm's step. Note [two stages] (csrc/algorithms.h): STAGE 1
+    stores each block's kSums = 2 partial sums in ``partials`` (float64 [B, 2]) and the tensor's
+    last block adds them up into ``totals`` (float64 [T, 2]); STAGE 2 is the step, reading the
+    totals. Only the updating stage advances the step counters."""
     if skipped(found_inf):
         return
     pid = tl.program_id(0)
