@@ -1,6 +1,7 @@
-"""Block size and warp count of the Triton Adam kernel (kernels/table.py's launch-size rule),
-measured: one fp32 AdamW bucket, each (BLOCK, num_warps) variant timed with CUDA events over the
-same tensors, its registers, spills and resident programs per SM read from the compiled kernel.
+"""Block size and warp count of the Triton update kernel (the launch-size rule of
+fusedopt/backends/triton.py), measured: one fp32 AdamW bucket, each (BLOCK, num_warps) variant
+timed with CUDA events over the same tensors, its registers, spills and resident programs per SM
+read from the compiled kernel.
 
 usage: python bench/triton_blocks.py [--numel 500M] [--tensors 100] [--json PATH]
        (--device cpu --numel 20k: the same flow under TRITON_INTERPRET=1, for scripts/gpu_check.sh
@@ -14,7 +15,8 @@ import torch
 
 import fusedopt
 from fusedopt.bench.cli import _count
-from fusedopt.kernels import adam_kernel, table
+from fusedopt.backends import triton as tb
+from fusedopt.kernels import update_kernel
 
 VARIANTS = [(512, 2), (512, 4), (1024, 2), (1024, 4), (1024, 8), (2048, 4), (2048, 8)]
 
@@ -37,10 +39,10 @@ def time_steps(opt, device, steps):
 
 
 def compiled_kernels():
-    """Triton's JIT cache of the Adam kernel on this GPU: {key: compiled kernel}."""
+    """Triton's JIT cache of the update kernel on this GPU: {key: compiled kernel}."""
     if not torch.cuda.is_available():
         return {}
-    return dict(adam_kernel.device_caches[torch.cuda.current_device()][0])
+    return dict(update_kernel.device_caches[torch.cuda.current_device()][0])
 
 
 def occupancy(compiled, warps):
@@ -67,12 +69,12 @@ def main():
     for p in params:
         p.grad = torch.randn_like(p)
     rows = []
-    block_size, default_warps = table.block_size, table.NUM_WARPS
+    block_size, default_warps = tb.block_size, tb.NUM_WARPS
     default_block = block_size(torch.float32)
     try:
         for block, warps in VARIANTS:
-            table.block_size = lambda dtype, block=block: block
-            table.NUM_WARPS = warps
+            tb.block_size = lambda dtype, block=block: block
+            tb.NUM_WARPS = warps
             opt = fusedopt.FusedAdamW(params, weight_decay=0.01, backend="triton")
             before = compiled_kernels()
             ms = time_steps(opt, device, args.steps)
@@ -85,7 +87,7 @@ def main():
             print(json.dumps(rows[-1]), flush=True)
             del opt
     finally:
-        table.block_size, table.NUM_WARPS = block_size, default_warps
+        tb.block_size, tb.NUM_WARPS = block_size, default_warps
     doc = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                torch=torch.__version__, numel=args.numel, tensors=args.tensors, variants=rows)
     if args.json:

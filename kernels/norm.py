@@ -5,28 +5,21 @@ Note [norm in one launch]: a fixed number of programs (at most MAX_PROGRAMS) wal
 finish (acq_rel counter, as in Note [step in one launch]) reduces the partials in program order,
 so the result is deterministic for a given bucket. 1024 programs of 4 warps are ~7.8 per SM on
 132 SMs, one resident wave (an SM holds 16 such programs), and the final reduction reads 4 KiB.
-NaN propagates like torch.linalg.vector_norm: the inf-norm's max keeps NaN.
+NaN propagates like torch.linalg.vector_norm: the inf-norm's max keeps NaN. The table layout ``L``
+and MAX_PROGRAMS come from fusedopt/backends/triton.py as constexprs.
 """
 import triton
 import triton.language as tl
 
-from fusedopt.kernels.table import (META_COLS, NO_GRAD, NUMEL, aligned16, locate, sqrt_rn,
-                                    typed)
-
-MAX_PROGRAMS = 1024
-_META_COLS, _NUMEL = tl.constexpr(META_COLS), tl.constexpr(NUMEL)
-_NO_GRAD = tl.constexpr(NO_GRAD)
-
-
-def num_programs(num_blocks):
-    return max(1, min(num_blocks, MAX_PROGRAMS))
+from fusedopt.kernels.numerics import sqrt_rn
+from fusedopt.kernels.preamble import aligned16, locate, typed
 
 
 # num_blocks is a size: specialising on it (== 1, multiple of 16) would recompile per bucket.
 @triton.jit(do_not_specialize=["blocks", "meta", "grads", "partials", "counter", "out",
                                "num_blocks"])
 def norm_kernel(blocks, meta, grads, partials, counter, out, num_blocks,
-                DTYPE: tl.constexpr, ACC: tl.constexpr, INF: tl.constexpr,
+                L: tl.constexpr, DTYPE: tl.constexpr, ACC: tl.constexpr, INF: tl.constexpr,
                 BLOCK: tl.constexpr, MAX_PROGRAMS: tl.constexpr):
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
@@ -37,8 +30,8 @@ def norm_kernel(blocks, meta, grads, partials, counter, out, num_blocks,
     while i < num_blocks:
         t, b = locate(blocks, i)
         g_address = tl.load(grads + t)
-        if g_address != _NO_GRAD:          # grad None: contributes nothing
-            n = tl.load(meta + t * _META_COLS + _NUMEL)
+        if g_address != L.no_grad:          # grad None: contributes nothing
+            n = tl.load(meta + t * L.meta_cols + L.numel)
             offs = b.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
             if b.to(tl.int64) * BLOCK + BLOCK <= n:  # unmasked full block: vector loads
                 if aligned16(g_address, 0, 0, 0, 0):     # Note [alignment per tensor]

@@ -16,20 +16,47 @@ import torch
 
 import fusedopt
 from fusedopt import backends
-from helpers import (CASES, CASE_IDS, FUSED, TORCH, compare_master_runs, group_overrides,
-                     make_params, set_grads, split_groups, start_from_same_states)
+from fusedopt.algorithms import ALGORITHMS, optimizer_classes
+from fusedopt.backends import triton as tb      # Note [import never fails]
+from helpers import (CASES, CASE_IDS, TORCH, compare_master_runs, group_overrides, make_params,
+                     set_grads, split_groups, start_from_same_states)
+from test_algorithms import NEW_CASES
 from tolerances import LOW_PRECISION_FACTOR, assert_close, max_error
 
-AVAILABLE = "triton" in fusedopt.available_backends()
-needs_triton = pytest.mark.skipif(not AVAILABLE, reason=f"triton backend unavailable: "
-                                  f"{backends.unavailable_reason('triton')}")
-if AVAILABLE:
-    from fusedopt.backends import triton as tb
-    DEVICE = torch.device("cpu" if tb._INTERPRETED else "cuda")
-    ORACLES = ["reference"] + (["cuda"] if "cuda" in fusedopt.available_backends()
-                               and DEVICE.type == "cuda" else [])
+try:
+    import triton
+    TRITON_ERROR = None
+except Exception as exc:      # noqa: BLE001 (any failure to import means: no triton here)
+    TRITON_ERROR = exc
+
+if TRITON_ERROR is None:
+    @triton.jit
+    def _probe():
+        pass
+    INTERPRETED = not isinstance(_probe, triton.runtime.jit.JITFunction)
 else:
-    DEVICE, ORACLES = torch.device("cpu"), ["reference"]
+    INTERPRETED = False
+# Where triton runs (a GPU, or its interpreter), fusedopt's Triton backend must load: if it does
+# not, every test below fails with the backend's own reason (the constructors raise it), instead of
+# skipping. They skip only where triton itself is missing or has nothing to run on.
+RUNS_HERE = TRITON_ERROR is None and (INTERPRETED or torch.cuda.is_available())
+needs_triton = pytest.mark.skipif(
+    not RUNS_HERE, reason=f"triton is not importable ({TRITON_ERROR!r})" if TRITON_ERROR
+    else "no GPU and no TRITON_INTERPRET=1: test_rerun_under_the_interpreter runs these")
+DEVICE = torch.device("cpu" if INTERPRETED else "cuda")
+ORACLES = ["reference"] + (["cuda"] if "cuda" in fusedopt.available_backends()
+                           and DEVICE.type == "cuda" else [])
+KERNELS = {}        # the real kernels, before record_launches stands in for them
+if hasattr(tb, "kernels"):      # imported (without a GPU or the interpreter, unusable here)
+    KERNELS = {name: getattr(tb.kernels, name) for name in ("update_kernel", "norm_kernel")}
+
+# (class name, options, three groups with different hyper-parameters): every option of Adam and
+# SGD (helpers.CASES) and the new classes' cases (test_algorithms.NEW_CASES)
+ALL_CASES = ([(f"Fused{name}", kwargs, group_overrides(name, kwargs)) for name, kwargs in CASES]
+             + [(name, kwargs, groups) for name, cases in NEW_CASES.items()
+                for kwargs, groups in cases])
+ALL_IDS = ([f"Fused{i}" for i in CASE_IDS]
+           + [f"{name}-{i}" for name, cases in NEW_CASES.items() for i in range(len(cases))])
 
 # fp32 blocks are 1024 elements, fp64 ones 512: (2049,) spans 3 resp. 5 blocks with a ragged
 # tail; (0,) still counts a step; (12, 10) is a transposed (non-contiguous, dense) view.
@@ -64,20 +91,34 @@ def compare(ours, theirs, opt_ours, opt_theirs, where):
                          f"{where}: param {i} state[{key!r}]")
 
 
-def pair(algo, kwargs, params, groups, oracle):
+def pair(name, kwargs, params, groups, oracle):
+    """(our params, a triton optimizer of class ``name`` over them, the twin's, the twin)."""
+    cls = optimizer_classes()[name]
     ours, theirs = on_device(params), on_device(params)
-    return (ours, FUSED[algo](split_groups(ours, groups), backend="triton", **kwargs),
-            theirs, FUSED[algo](split_groups(theirs, groups), backend=oracle, **kwargs))
+    return (ours, cls(split_groups(ours, groups), backend="triton", **kwargs),
+            theirs, cls(split_groups(theirs, groups), backend=oracle, **kwargs))
+
+
+def test_every_algorithm_has_cases():
+    """A new descriptor in fusedopt.algorithms needs its Triton kernel and its cases here."""
+    covered = {optimizer_classes()[name].ALGORITHM.name for name, _, _ in ALL_CASES}
+    assert covered == set(ALGORITHMS)
+    assert set(tb.KERNEL_NAMES) == set(ALGORITHMS)
+
+
+@needs_triton
+def test_backend_loads_where_triton_runs():
+    assert tb.unavailable_reason() is None, tb.unavailable_reason()
 
 
 @needs_triton
 @pytest.mark.parametrize("oracle", ORACLES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-@pytest.mark.parametrize("algo,kwargs", CASES, ids=CASE_IDS)
-def test_matches_oracle_over_steps(oracle, dtype, algo, kwargs):
+@pytest.mark.parametrize("name,kwargs,groups", ALL_CASES, ids=ALL_IDS)
+def test_matches_oracle_over_steps(oracle, dtype, name, kwargs, groups):
     """Every option of every algorithm, three groups, None grads (also on the first step)."""
     params = make_params(SHAPES, dtype, NONCONTIGUOUS)
-    ours, opt, theirs, opt_ref = pair(algo, kwargs, params, group_overrides(algo, kwargs), oracle)
+    ours, opt, theirs, opt_ref = pair(name, kwargs, params, groups, oracle)
     for step in range(STEPS):
         set_grads([ours, theirs], step)
         opt.step()
@@ -86,14 +127,19 @@ def test_matches_oracle_over_steps(oracle, dtype, algo, kwargs):
 
 
 @needs_triton
-@pytest.mark.parametrize("algo,kwargs", [("AdamW", dict(amsgrad=True, weight_decay=0.1)),
-                                         ("Adam", dict(weight_decay=0.1, maximize=True)),
-                                         ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True))],
-                         ids=["AdamW-amsgrad", "Adam-maximize", "SGD-nesterov"])
-def test_grad_scale_clip_and_found_inf(algo, kwargs):
-    """AMP unscale and the deferred clip coefficient inline; found_inf skips on device."""
+@pytest.mark.parametrize("name,kwargs", [
+    ("FusedAdamW", dict(amsgrad=True, weight_decay=0.1)),
+    ("FusedAdam", dict(weight_decay=0.1, maximize=True)),
+    ("FusedSGD", dict(lr=0.1, momentum=0.9, nesterov=True)),
+    ("FusedLion", dict(lr=1e-3, weight_decay=0.1)),
+    ("FusedLARS", dict(lr=0.1, momentum=0.9, weight_decay=1e-3)),
+    ("FusedLAMB", dict(lr=1e-2, trust_clip=True))],
+    ids=["AdamW-amsgrad", "Adam-maximize", "SGD-nesterov", "Lion", "LARS", "LAMB"])
+def test_grad_scale_clip_and_found_inf(name, kwargs):
+    """AMP unscale and the deferred clip coefficient inline; found_inf skips on device (both
+    stages of a two-stage algorithm: its counters advance once per step taken)."""
     params = make_params(SHAPES, torch.float32, NONCONTIGUOUS)
-    ours, opt, theirs, opt_ref = pair(algo, kwargs, params, [{}, {"lr": 0.003}], "reference")
+    ours, opt, theirs, opt_ref = pair(name, kwargs, params, [{}, {"lr": 0.003}], "reference")
     for step in range(4):
         set_grads([ours, theirs], step, none_every=0)
         for o, ps in ((opt, ours), (opt_ref, theirs)):
@@ -120,34 +166,38 @@ def test_layouts_the_kernel_cannot_walk():
     strided = torch.nn.Parameter(base[0].detach()[:, ::2])           # not dense
     transposed = torch.nn.Parameter(base[1].detach().t())            # dense, not contiguous
     plain = make_params([(3000,)])[0]
-    for algo, kwargs in [("AdamW", dict(amsgrad=True)), ("SGD", dict(momentum=0.9, lr=0.1))]:
-        ours, opt, theirs, opt_ref = pair(algo, kwargs, [strided, transposed, plain], [{}],
+    for name, kwargs in [("FusedAdamW", dict(amsgrad=True)),
+                         ("FusedSGD", dict(momentum=0.9, lr=0.1)), ("FusedLAMB", {})]:
+        ours, opt, theirs, opt_ref = pair(name, kwargs, [strided, transposed, plain], [{}],
                                           "reference")
         for step in range(4):
             set_grads([ours, theirs], step, none_every=0)
             ours[1].grad = ours[1].grad.contiguous()     # strides differ from the param's
             assert_close(opt.clip_grad_norm_(1.0).cpu(), torch_norm([p.grad for p in ours], 2.0),
-                         f"{algo} step {step} norm")    # the strided grad is not dense either
+                         f"{name} step {step} norm")    # the strided grad is not dense either
             fusedopt.clip_grad_norm_(theirs, 1.0)
             opt.step()
             opt_ref.step()
-        compare(ours, theirs, opt, opt_ref, f"{algo} after 4 steps")
+        compare(ours, theirs, opt, opt_ref, f"{name} after 4 steps")
         assert opt._buckets[0].handle.fallback is not None
 
 
 @needs_triton
-@pytest.mark.parametrize("algo,kwargs", [("AdamW", dict(amsgrad=True)),
-                                         ("SGD", dict(momentum=0.9, lr=0.1))], ids=["AdamW", "SGD"])
-def test_moved_storage_and_misaligned_views(algo, kwargs):
+@pytest.mark.parametrize("name,kwargs", [("FusedAdamW", dict(amsgrad=True)),
+                                         ("FusedSGD", dict(momentum=0.9, lr=0.1)),
+                                         ("FusedLARS", dict(momentum=0.9, lr=0.1))],
+                         ids=["AdamW", "SGD", "LARS"])
+def test_moved_storage_and_misaligned_views(name, kwargs):
     """``p.data = ...`` and a state's ``.data = ...`` between steps move the storage the table
     points at (the old one is freed): the next step must use the new one. Views at odd element
     offsets (not 16-byte aligned) share the bucket with aligned tensors of full blocks (Note
-    [alignment per tensor]); their grads are misaligned too."""
+    [alignment per tensor]); their grads are misaligned too. LARS: a two-stage algorithm's
+    sums over several blocks of misaligned tensors."""
     flat = make_params([(2 * 4096 + 2048 + 9,)])[0].detach()
     params = [torch.nn.Parameter(flat[1:4097].clone()),                 # aligned, 2 full blocks
               torch.nn.Parameter(flat[4097:4097 + 4096]),               # offset 4097: misaligned
               torch.nn.Parameter(flat[3:3 + 2050])]                     # misaligned, ragged tail
-    ours, opt, theirs, opt_ref = pair(algo, kwargs, params, [{}], "reference")
+    ours, opt, theirs, opt_ref = pair(name, kwargs, params, [{}], "reference")
     for p in ours:                       # pair() copies into fresh storage: re-misalign ours
         if p.data_ptr() % 16 == 0 and p is not ours[0]:
             buf = torch.empty(p.numel() + 1, dtype=p.dtype, device=p.device)[1:]
@@ -162,11 +212,11 @@ def test_moved_storage_and_misaligned_views(algo, kwargs):
             for p, q in zip(ours, theirs):
                 p.data = p.detach().clone()
             state = opt.state[ours[0]]
-            key = "exp_avg" if algo == "AdamW" else "momentum_buffer"
+            key = opt.ALGORITHM.state_names(opt._buckets[0].flags)[0]
             state[key].data = state[key].detach().clone()
         opt.step()
         opt_ref.step()
-    compare(ours, theirs, opt, opt_ref, f"{algo} after moved storage")
+    compare(ours, theirs, opt, opt_ref, f"{name} after moved storage")
 
 
 @needs_triton
@@ -182,7 +232,7 @@ def test_low_precision_error_bound(dtype, algo, kwargs):
     low_torch = [torch.nn.Parameter(p.detach().cpu().to(dtype)) for p in master]
     opts = [TORCH[algo](oracle, foreach=False, **kwargs),
             TORCH[algo](low_torch, fused=True, **kwargs),
-            FUSED[algo](low_ours, backend="triton", **kwargs)]
+            getattr(fusedopt, f"Fused{algo}")(low_ours, backend="triton", **kwargs)]
     for step in range(8):
         set_grads([oracle, low_torch, low_ours], step, none_every=0)
         for o in opts:
@@ -195,22 +245,24 @@ def test_low_precision_error_bound(dtype, algo, kwargs):
         f"{err_torch:.3g}")
 
 
-MASTER_CASES = [CASES[2], CASES[5], CASES[7], CASES[9], CASES[10]]
+# Adam amsgrad, AdamW, SGD plain, with dampening, nesterov; the first case of each new class
+MASTER_CASES = [ALL_CASES[i] for i in (2, 5, 7, 9, 10)] + [
+    (name, *cases[0]) for name, cases in NEW_CASES.items()]
+MASTER_IDS = [ALL_IDS[i] for i in (2, 5, 7, 9, 10)] + [f"{name}-0" for name in NEW_CASES]
 
 
 @needs_triton
 @pytest.mark.parametrize("oracle", ORACLES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("algo,kwargs", MASTER_CASES,
-                         ids=[CASE_IDS[CASES.index(c)] for c in MASTER_CASES])
-def test_master_weights_match_oracle(oracle, dtype, algo, kwargs):
+@pytest.mark.parametrize("name,kwargs,groups", MASTER_CASES, ids=MASTER_IDS)
+def test_master_weights_match_oracle(oracle, dtype, name, kwargs, groups):
     """master_weights=True (Note [master copy]): three groups, None grads, a transposed view.
     The kernels step the fp32 masters and write each param as its master's rounding without
     reading it: params overwritten with NaN before a step do not reach the update. Each step
     starts from our states (start_from_same_states): every transition is held to fp32 rounding."""
     params = make_params(SHAPES, dtype, NONCONTIGUOUS)
-    ours, opt, theirs, opt_ref = pair(algo, dict(kwargs, master_weights=True), params,
-                                      group_overrides(algo, kwargs), oracle)
+    ours, opt, theirs, opt_ref = pair(name, dict(kwargs, master_weights=True), params, groups,
+                                      oracle)
     for step in range(STEPS):
         set_grads([ours, theirs], step)
         if step == STEPS - 1:
@@ -223,21 +275,24 @@ def test_master_weights_match_oracle(oracle, dtype, algo, kwargs):
     # a param without a grad in the last step keeps the NaN: compare the stepped ones
     stepped = [i for i, p in enumerate(ours) if p.grad is not None]
     compare_master_runs([ours[i] for i in stepped], opt, [theirs[i] for i in stepped], opt_ref,
-                        f"{algo} {dtype} masters vs {oracle}")
+                        f"{name} {dtype} masters vs {oracle}")
 
 
 @needs_triton
-def test_master_weights_save_load_continue_is_bitwise():
-    """state_dict carries the fp32 masters; a resumed run is bitwise the uninterrupted one."""
+@pytest.mark.parametrize("name", ["FusedAdamW", "FusedLAMB"])
+def test_master_weights_save_load_continue_is_bitwise(name):
+    """state_dict carries the fp32 masters; a resumed run is bitwise the uninterrupted one (LAMB:
+    a two-stage step is reproducible bit for bit, Note [two stages])."""
+    cls = optimizer_classes()[name]
     base = make_params([(2049,), (3, 5)], torch.bfloat16)
     straight, first = on_device(base), on_device(base)
-    opts = [FUSED["AdamW"](ps, backend="triton", master_weights=True) for ps in (straight, first)]
+    opts = [cls(ps, backend="triton", master_weights=True) for ps in (straight, first)]
     for step in range(3):
         set_grads([straight, first], step, none_every=0)
         for o in opts:
             o.step()
     resumed = on_device(first)
-    opt_resumed = FUSED["AdamW"](resumed, backend="triton", master_weights=True)
+    opt_resumed = cls(resumed, backend="triton", master_weights=True)
     opt_resumed.load_state_dict(copy.deepcopy(opts[1].state_dict()))
     for step in range(3, 6):
         set_grads([straight, resumed], step, none_every=0)
@@ -257,7 +312,7 @@ def test_bucket_norm_matches_reference(dtype, norm_type):
     """The optimizer's fused clip reads every grad of the bucket, params without state too.
     Checked against torch's vector_norm of every grad element in fp64."""
     params = make_params(SHAPES + [(5000,)], dtype, NONCONTIGUOUS)
-    ours, opt, theirs, opt_ref = pair("AdamW", {}, params, [{}, {"lr": 0.01}], "reference")
+    ours, opt, theirs, opt_ref = pair("FusedAdamW", {}, params, [{}, {"lr": 0.01}], "reference")
     for step in range(2):
         set_grads([ours, theirs], step)       # step 0: some params get no grad, stay pending
         want = torch_norm([p.grad for p in ours if p.grad is not None], norm_type)
@@ -286,6 +341,42 @@ def test_tensors_norm_mixed_dtypes_and_non_finite(norm_type):
     assert tb.tensors_norm([], norm_type).item() == 0.0
 
 
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("name,kwargs", [("FusedLARS", dict(lr=0.1, weight_decay=1e-3)),
+                                         ("FusedLAMB", dict(lr=1e-2, max_grad_norm=None))],
+                         ids=["LARS", "LAMB"])
+def test_two_stage_totals_and_reproducibility(name, kwargs, dtype):
+    """Note [two stages]: stage 1 leaves each tensor's two sums in the handle's totals, its
+    blocks' float64 partials added in block order (a tensor of 5000 fp32 elements has 5 blocks of
+    1024, a ragged tail included; an empty one sums to 0); they equal the fp64 sums of the
+    reference (LARS: |p|^2, |g|^2; LAMB: |p|^2 then the update's, checked through the step). The
+    same step from the same state gives the same bits: no float atomics."""
+    base = make_params([(5000,), (0,), (2049,), (3, 5)], dtype)
+    runs = []
+    for _ in range(2):
+        params = on_device(base)
+        opt = optimizer_classes()[name](params, backend="triton", **kwargs)
+        for step in range(3):
+            set_grads([params], step, none_every=0)
+            before = [p.detach().double().cpu().clone() for p in params]
+            grads = [p.grad.double().cpu() for p in params]
+            opt.step()
+        runs.append((params, opt))
+        handle = opt._buckets[0].handle
+        totals = handle.sums[1].cpu().view(-1, 2)
+        for t, i in enumerate(handle.walk):
+            want = before[i].square().sum()
+            assert_close(totals[t, 0], want, f"{name} |p|^2 of tensor {i}")
+            if name == "FusedLARS":
+                assert_close(totals[t, 1], grads[i].square().sum(), f"|g|^2 of tensor {i}")
+    (a, opt_a), (b, opt_b) = runs
+    for p, q in zip(a, b):
+        assert torch.equal(p, q)
+        for key, value in opt_a.state[p].items():
+            assert torch.equal(value, opt_b.state[q][key]), key
+
+
 class Recorder:
     """Stands in for a kernel: records each launch as (kernel, args, kwargs), then runs it."""
 
@@ -302,9 +393,16 @@ class Recorder:
 
 def record_launches(setattr_, execute=True):
     seen = []
-    for name in ("adam_kernel", "sgd_kernel", "norm_kernel"):
-        setattr_(tb, name, Recorder(getattr(tb, name), seen, execute))
+    for name, kernel in KERNELS.items():
+        setattr_(tb.kernels, name, Recorder(kernel, seen, execute))
     return seen
+
+
+def launch_name(kwargs):
+    """``adam-0`` for an update launch of Adam's block math in stage 0, ``norm``."""
+    if "UPDATE" not in kwargs:
+        return "norm"
+    return f"{kwargs['UPDATE'].fn.__module__.rsplit('.', 1)[-1]}-{kwargs['STAGE']}"
 
 
 def specialise(kernel, args, kwargs, target):
@@ -322,10 +420,11 @@ def specialise(kernel, args, kwargs, target):
 @needs_triton
 def test_one_launch_per_bucket_and_no_recompilation(monkeypatch):
     """Shapes, lrs, weight decays, clip thresholds, group counts and table re-allocations are
-    table contents: after warm-up, one launch per bucket and no new kernel over 100 steps (12
-    under the interpreter) that change lr, weight decay and the clip threshold. Counted as the keys Triton's JIT caches kernels under,
-    computed by Triton's own binder from the arguments of each launch: for the current GPU, or
-    under the interpreter (which has no cache) for an sm_90 target."""
+    table contents: after warm-up, one launch per bucket (two for a two-stage algorithm) and no
+    new kernel over 100 steps (12 under the interpreter) that change lr, weight decay and the
+    clip threshold. Counted as the keys Triton's JIT caches kernels under, computed by Triton's
+    own binder from the arguments of each launch: for the current GPU, or under the interpreter
+    (which has no cache) for an sm_90 target."""
     import triton
     from triton.backends.compiler import GPUTarget
     target = (GPUTarget("cuda", 90, 32) if DEVICE.type == "cpu"
@@ -333,12 +432,13 @@ def test_one_launch_per_bucket_and_no_recompilation(monkeypatch):
     launches = record_launches(monkeypatch.setattr)
 
     def keys():
-        return {str(specialise(kernel, args, kwargs, target)[3:]) + kernel.fn.__name__
+        return {str(specialise(kernel, args, kwargs, target)[3:]) + launch_name(kwargs)
                 for kernel, args, kwargs in launches}
 
-    def run(shapes, groups, steps):
+    def run(shapes, groups, steps, name="FusedAdamW"):
         params = on_device(make_params(shapes))
-        opt = FUSED["AdamW"](split_groups(params, groups), backend="triton", weight_decay=0.1)
+        opt = optimizer_classes()[name](split_groups(params, groups), backend="triton",
+                                        lr=1e-3, weight_decay=0.1)
         for step in range(steps):
             set_grads([params], step, none_every=0)
             opt.clip_grad_norm_(0.5 + step % 3)                # clip threshold changes
@@ -349,17 +449,20 @@ def test_one_launch_per_bucket_and_no_recompilation(monkeypatch):
         return opt
 
     def compiled():        # kernels in Triton's JIT cache, this process's earlier tests included
-        from fusedopt.kernels import adam_kernel, norm_kernel
-        return {k.fn.__name__: len(k.device_caches[torch.cuda.current_device()][0])
-                for k in (adam_kernel, norm_kernel)} if DEVICE.type == "cuda" else {}
+        return {name: len(k.device_caches[torch.cuda.current_device()][0])
+                for name, k in KERNELS.items()} if DEVICE.type == "cuda" else {}
 
     run([(3,), (5, 4)], [{}], 2)
+    run([(3,), (5, 4)], [{}], 2, "FusedLARS")
     warm, warm_cache = keys(), compiled()
-    assert len(warm) == 2, warm                               # AdamW update + 2-norm
+    assert len(warm) == 4, warm       # AdamW's update, LARS's two stages, the 2-norm
     launches.clear()
     steps = 100 if DEVICE.type == "cuda" else 12
     opt = run([(2049,), (1,), (0,), (17, 3), (700,)], [{}, {"lr": 0.1}, {"lr": 0.2}], steps)
     assert len(launches) == steps * 2, "one update and one norm launch per step and bucket"
+    launches.clear()
+    run([(2049,), (0,), (700,)], [{}, {"lr": 0.2}], 3, "FusedLARS")
+    assert [launch_name(kw) for _, _, kw in launches] == ["norm", "lars-1", "lars-2"] * 3
     opt.add_param_group({"params": on_device(make_params([(33,)])), "lr": 1e-4})
     set_grads([[p for g in opt.param_groups for p in g["params"]]], 9, none_every=0)
     opt.clip_grad_norm_(1.0)          # a step without it is another flag (clip_coef None)
@@ -368,8 +471,7 @@ def test_one_launch_per_bucket_and_no_recompilation(monkeypatch):
     assert compiled() == warm_cache, "Triton's JIT cache grew after warm-up"
 
 
-@pytest.mark.skipif(not AVAILABLE and backends.unavailable_reason("triton").startswith(
-    "triton could not"), reason="triton is not importable")
+@pytest.mark.skipif(TRITON_ERROR is not None, reason="triton is not importable")
 def test_compiles_for_sm90_with_vector_accesses():
     """The interpreter runs Python, not Triton's compiler (which once rejected code the
     interpreter ran). A subprocess without TRITON_INTERPRET compiles what the backend launches
@@ -379,40 +481,50 @@ def test_compiles_for_sm90_with_vector_accesses():
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=os.path.dirname(__file__),
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert done.stdout.split() == ["adam_kernel", "norm_kernel", "sgd_kernel", "adam_kernel",
-                                   "sgd_kernel"], done.stdout
+    names = [launches for launches, *_ in SM90_LAUNCHES]
+    assert done.stdout.split() == " ".join(names[:1] + ["norm"] + names[1:]).split(), done.stdout
+
+
+# (launch names, algorithm, flags, dtype, fp32 masters): Adam with amsgrad (and a 2-norm), SGD
+# with momentum, both with masters (Note [master copy]), Lion, LARS with momentum, LAMB with
+# masters: both stages of the two-stage ones
+SM90_LAUNCHES = [("adam-0", "adam", dict(amsgrad=True, decoupled=True), torch.float32, False),
+                 ("sgd-0", "sgd", dict(momentum=True, nesterov=True), torch.bfloat16, False),
+                 ("adam-0", "adam", dict(decoupled=True), torch.bfloat16, True),
+                 ("sgd-0", "sgd", dict(momentum=True), torch.float16, True),
+                 ("lion-0", "lion", {}, torch.float32, False),
+                 ("lars-1 lars-2", "lars", dict(momentum=True), torch.float32, False),
+                 ("lamb-1 lamb-2", "lamb", dict(bias_correction=True, grad_averaging=True,
+                                                decoupled=True), torch.bfloat16, True)]
 
 
 def check_sm90_ptx():
     """Launch the backend on CPU tensors with recording stand-ins (nothing runs), compile each
     launch for sm_90 and assert: 16-byte vector accesses on full blocks (ALIGNED,
-    kernels/table.py), correctly rounded division and square roots, and the acq_rel counter of
-    Note [step in one launch]."""
+    kernels/preamble.py), correctly rounded division and square roots, and the acq_rel counter
+    of Note [step in one launch]."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from fusedopt import _engine
+    from fusedopt import _engine, _hparams
     from fusedopt.backends import triton as backend_module
     global tb
     tb = backend_module
     launches = record_launches(setattr, execute=False)
-    # (dtype, state lists, with fp32 master copies): Adam with amsgrad, SGD with momentum, then
-    # both with masters (Note [master copy])
-    for dtype, num_states, master in [(torch.float32, 3, False), (torch.bfloat16, 1, False),
-                                      (torch.bfloat16, 2, True), (torch.float16, 1, True)]:
+    for k, (_, name, flags, dtype, master) in enumerate(SM90_LAUNCHES):
+        algo = ALGORITHMS[name]
+        flags = algo.flags_word(flags)
         params = [torch.zeros(4096, dtype=dtype), torch.zeros(3, dtype=dtype)]
         for p in params:
             p.grad = torch.zeros_like(p)
-        states = [[torch.zeros_like(p) for p in params]] * num_states
+        states = [[torch.zeros_like(p) for p in params] for _ in algo.state_names(flags)]
         states += [[p.float() for p in params]] if master else []
-        spec = _engine.BucketSpec(torch.device("cpu"), dtype, (), params=params, states=states,
-                                  steps=[torch.zeros(()) for _ in params], group_index=[0, 0])
-        handle, hp = tb.make_bucket(spec), torch.zeros(1, 5, dtype=torch.float64)
-        if num_states >= 2:
-            tb.adam_step(handle, hp, amsgrad=num_states == 3, maximize=False, decoupled=True)
-            if not master:
-                tb.bucket_norm(handle, float("inf"))
-        else:
-            tb.sgd_step(handle, hp, nesterov=True, maximize=False)
+        spec = _engine.BucketSpec(torch.device("cpu"), dtype, flags, params=params,
+                                  states=states, steps=[torch.zeros(()) for _ in params],
+                                  group_index=[0, 0])
+        handle = tb.make_bucket(spec)
+        tb.step(handle, torch.zeros(1, _hparams.NUM_COLS, dtype=torch.float64), algo, flags)
+        if k == 0:
+            tb.bucket_norm(handle, float("inf"))
     target = GPUTarget("cuda", 90, 32)
     for kernel, args, kwargs in launches:
         jit, backend, bound, specialization, options = specialise(kernel, args, kwargs, target)
@@ -420,14 +532,14 @@ def check_sm90_ptx():
                                                                specialization, options)
         src = triton.compiler.ASTSource(jit, signature, constexprs, attrs)
         ptx = triton.compile(src, target=target, options=options.__dict__).asm["ptx"]
-        name = jit.fn.__name__
+        name = launch_name(kwargs)
         assert "ld.global.v4.b32" in ptx, f"{name}: no 16-byte vector loads"
         assert "atom.global.gpu.acq_rel.add" in ptx, f"{name}: no acq_rel block counter"
         for approx in ("div.full.f32", "div.approx", "sqrt.approx"):
             assert approx not in ptx, f"{name}: {approx}"
-        if name != "norm_kernel":
+        if name != "norm" and kwargs["STAGE"] != 1:    # stage 1 stores two sums per block
             assert "st.global.v4.b32" in ptx, f"{name}: no 16-byte vector stores"
-        print(name)
+        print(name, flush=True)
 
 
 @needs_triton
@@ -437,21 +549,25 @@ def test_availability():
     assert backends.resolve("auto", torch.device("cpu")).NAME != "triton"
 
 
-def test_import_never_fails_without_triton():
-    """Note [import never fails]: with triton unimportable, fusedopt imports, lists no triton and
-    says why."""
-    code = ("import sys; sys.modules['triton'] = None\n"
+@pytest.mark.parametrize("missing,reason", [
+    ("triton", "triton could not be imported"),
+    pytest.param("fusedopt.kernels", "triton imports, but fusedopt's Triton kernels",
+                 marks=pytest.mark.skipif(TRITON_ERROR is not None, reason="no triton here"))],
+    ids=["triton", "kernels"])
+def test_import_never_fails(missing, reason):
+    """Note [import never fails]: with triton, or fusedopt's kernels, unimportable, fusedopt
+    imports, lists no triton and says which of the two is missing."""
+    code = (f"import sys; sys.modules[{missing!r}] = None\n"
             "import fusedopt; from fusedopt import backends\n"
             "assert 'triton' not in fusedopt.available_backends()\n"
             "print(backends.unavailable_reason('triton'))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.startswith("triton could not be imported"), done.stdout
+    assert done.stdout.startswith(reason), done.stdout
 
 
-@pytest.mark.skipif(AVAILABLE or torch.cuda.is_available()
-                    or backends.unavailable_reason("triton").startswith("triton could not"),
-                    reason="the checks above run in this process")
+@pytest.mark.skipif(RUNS_HERE or TRITON_ERROR is not None,
+                    reason="the checks above run in this process, or triton is missing")
 def test_rerun_under_the_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",

@@ -1,4 +1,6 @@
-"""The Triton backend: the kernels of kernels/ (``fusedopt.kernels``), one launch per bucket.
+"""The Triton backend: the kernels of kernels/ (``fusedopt.kernels``), one launch per bucket (two
+for a two-stage algorithm), and their host half: the tables the kernels walk, the launch-size
+rule and the algorithm table.
 
 Runs on CUDA tensors; under ``TRITON_INTERPRET=1`` (set before triton is first imported) it runs
 the same kernels through Triton's interpreter on CPU tensors instead, which is how CI tests it
@@ -8,29 +10,120 @@ CPU tensors are supported. ``auto`` never picks this backend for CPU tensors.
 Note [import never fails]: importing this module never raises; a missing or broken triton only
 makes ``unavailable_reason()`` say why.
 """
+import collections
+import importlib
+
 import torch
 
-from fusedopt import _engine
+from fusedopt import _engine, _hparams
 from fusedopt.backends import combine_norms, reference
 
+# The algorithm table: the descriptors (fusedopt.algorithms) whose block math kernels/ holds, each
+# in the module of its name (kernels/preamble.py says what one holds). Adding an algorithm: its
+# module in kernels/ and its name here.
+KERNEL_NAMES = ("adam", "sgd", "lion", "lars", "lamb")
+KERNELS = {}
+
+# Note [import never fails]: what failed to import, and why. Two steps, so that a broken
+# fusedopt.kernels (a GPU run once skipped 57 tests as "triton could not be imported" when the
+# install lacked kernels/) is not reported as a missing triton.
+_IMPORT_ERROR, _INTERPRETED = None, False
 try:
     import triton
-
-    from fusedopt.kernels import adam_kernel, norm_kernel, sgd_kernel
-    from fusedopt.kernels import norm as norm_launch
-    from fusedopt.kernels import table
-    _IMPORT_ERROR = None
-    _INTERPRETED = not isinstance(adam_kernel, triton.runtime.jit.JITFunction)
-except Exception as exc:  # Note [import never fails]
-    _IMPORT_ERROR = exc
-    _INTERPRETED = False
+    import triton.language as tl
+except Exception as exc:  # noqa: BLE001
+    _IMPORT_ERROR = ("triton could not be imported", exc)
+else:
+    try:
+        from fusedopt import kernels
+        KERNELS = {name: importlib.import_module(f"fusedopt.kernels.{name}")
+                   for name in KERNEL_NAMES}
+        _INTERPRETED = not isinstance(kernels.update_kernel, triton.runtime.jit.JITFunction)
+    except Exception as exc:  # noqa: BLE001
+        _IMPORT_ERROR = ("triton imports, but fusedopt's Triton kernels (fusedopt.kernels, "
+                         "kernels/ in the source tree) do not", exc)
 
 NAME = "triton"
+
+# ---- the tables the kernels walk (Note [one launch per bucket], kernels/preamble.py) -----------
+# Meta row columns, passed to the kernels as the constexpr ``L``: numel, group row, the addresses
+# of the param, its float32 step counter, up to three states (Adam's m, v, max_v) and its fp32
+# master. 8 int64 columns: 64-byte rows. no_grad is -1, not 0: torch gives 0-element tensors the
+# address 0, and their step must still count.
+Layout = collections.namedtuple(
+    "Layout", "meta_cols numel group param step states master no_grad hp_cols")
+LAYOUT = Layout(meta_cols=8, numel=0, group=1, param=2, step=3, states=4, master=7, no_grad=-1,
+                hp_cols=_hparams.NUM_COLS)
+
+# Launch-size rule (not autotuned: autotuning would re-run an in-place update while timing it and
+# would change BLOCK, hence the block table, per device). One program moves BLOCK elements of
+# every stream: 1024 fp32 elements over 4 warps = 8 per thread = two 16-byte loads per stream and
+# thread (PTX of an sm_90 build: ld.global.v4.b32 on full blocks). Measured on an H200
+# (bench/triton_blocks.py, fp32 AdamW, 500M params in 100 tensors, Triton 3.6, 2026-11-27):
+#   BLOCK 1024, 4 warps: 4.84 ms, 128 registers, 4 programs/SM   <- the rule
+#   BLOCK 2048, 4 warps: 6.00 ms, 242 registers, 2 programs/SM   (the rule before)
+#   BLOCK 2048, 8 warps: 5.41 ms, 128 registers, 2 programs/SM
+#   BLOCK 4096, 4 warps: 4.85 ms, 255 registers + 104 B spilled
+# Registers grow with elements per thread, and 2 programs of 4 warps per SM left too few loads in
+# flight. fp64 halves BLOCK to keep the bytes and registers per thread; fp16/bf16 keep 1024 and
+# compute in fp32 registers. The last block of a tensor idles < BLOCK lanes (masked lanes move no
+# bytes): for ResNet-50's 161 tensors, 25.6 M elements, at most 161 x 1023 = 0.6% of the lanes.
+NUM_WARPS = 4
+# Contract a*b+c into FMAs, as nvcc does by default (--fmad=true) for the cuda backend and torch's
+# CUDA kernels. Pinned: Triton 3.10 turns its default off (and 3.9 warns when it is unset).
+FP_FUSION = True
+NORM_PROGRAMS = 1024          # Note [norm in one launch], kernels/norm.py
+
+
+def block_size(dtype):
+    return 512 if dtype == torch.float64 else 1024
+
+
+def triton_dtype(dtype):
+    return {torch.float32: tl.float32, torch.float64: tl.float64,
+            torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[dtype]
+
+
+def compute_dtype(dtype):
+    """Note [compute precision]: fp64 params compute in fp64, every other dtype in fp32."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def block_pairs(numels, block, device):
+    """The (tensor, block) pairs, tensor by tensor: ceil(n / block) per tensor, and one for an
+    empty tensor, whose step counter still advances (torch counts a step of a param with a
+    0-element grad). Built with tensor ops: a 1 B-parameter bucket has ~490 K pairs."""
+    counts = torch.tensor([max(1, -(-n // block)) for n in numels] or [1], dtype=torch.int64)
+    tensor = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    pairs = torch.stack([tensor, torch.arange(len(tensor)) - first], 1).to(torch.int32)
+    return upload(pairs, torch.int32, device), len(pairs) if numels else 0
+
+
+def meta_row(numel, group, param=None, step=None, states=(), master=None):
+    """One host row of ``meta``; a norm-only tensor leaves the addresses at 0."""
+    row = [0] * LAYOUT.meta_cols
+    row[LAYOUT.numel], row[LAYOUT.group] = numel, group
+    if param is not None:
+        row[LAYOUT.param], row[LAYOUT.step] = param.data_ptr(), step.data_ptr()
+    for k, state in enumerate(states):
+        row[LAYOUT.states + k] = state.data_ptr()
+    if master is not None:
+        row[LAYOUT.master] = master.data_ptr()
+    return row
+
+
+def upload(values, dtype, device):
+    """A non-empty host list or tensor on ``device`` without a host sync (through pinned
+    memory: fusedopt._engine.upload)."""
+    host = values.contiguous() if torch.is_tensor(values) else torch.tensor(values, dtype=dtype)
+    return host if device.type == "cpu" else _engine.upload(host, device)
 
 
 def unavailable_reason():
     if _IMPORT_ERROR is not None:
-        return f"triton could not be imported ({type(_IMPORT_ERROR).__name__}: {_IMPORT_ERROR})"
+        what, exc = _IMPORT_ERROR
+        return f"{what} ({type(exc).__name__}: {exc})"
     if _INTERPRETED or torch.cuda.is_available():
         return None
     return "no CUDA device (on CPU tensors it needs TRITON_INTERPRET=1 before triton is imported)"
@@ -100,35 +193,36 @@ class _Handle:
         # (is contiguous, strides) a walked tensor's grad must have, None for norm-only ones
         self.layout = [(p.is_contiguous(), p.stride()) if i < len(walk) else None
                        for i, p in enumerate(self.tensors)]
-        self.block = table.block_size(self.dtype)
+        self.block = block_size(self.dtype)
         numels = [p.numel() for p in self.tensors]
         self.walk, self.rest = walk, rest
         # the tensors whose addresses the meta rows hold: checked every step (refresh)
         self.watched = [spec.params[i] for i in walk] + [s[i] for s in spec.states for i in walk]
         self.meta = None
-        self.blocks, self.num_blocks = table.block_pairs(numels, self.block, self.device)
+        self.blocks, self.num_blocks = block_pairs(numels, self.block, self.device)
         self.update_blocks = sum(max(1, -(-n // self.block)) for n in numels[:len(walk)])
         self.counters = torch.zeros(max(1, len(self.tensors)), dtype=torch.int32,
                                     device=self.device)
         self.grads = torch.zeros(max(1, len(self.tensors)), dtype=torch.int64,
                                  device=self.device)
         self.addresses, self.watched_addresses, self.copies = None, None, []
-        self.dtypes = (table.triton_dtype(self.dtype), table.compute_dtype(self.dtype))
-        self.partials = torch.empty(norm_launch.MAX_PROGRAMS, device=self.device,
-                                    dtype=torch.float64 if self.dtype == torch.float64
-                                    else torch.float32)
+        self.dtypes = (triton_dtype(self.dtype), compute_dtype(self.dtype))
+        self.norm_partials = torch.empty(NORM_PROGRAMS, device=self.device,
+                                         dtype=torch.float64 if self.dtype == torch.float64
+                                         else torch.float32)
+        self.sums = None            # a two-stage algorithm's (partials, totals): step allocates
         self.norm_counter = torch.zeros(1, dtype=torch.int32, device=self.device)
 
     def _upload_meta(self):
         """The meta rows, with the params' and states' addresses as they are now."""
         spec = self.spec
-        rows = [table.meta_row(spec.params[i].numel(), spec.group_index[i], spec.params[i],
+        rows = [meta_row(spec.params[i].numel(), spec.group_index[i], spec.params[i],
                                spec.steps[i], [s[i] for s in self.states],
                                spec.states[-1][i] if self.master else None)
                 for i in self.walk]
-        rows += [table.meta_row(spec.params[i].numel(), spec.group_index[i]) for i in self.rest]
-        rows += [table.meta_row(p.numel(), g) for p, g in zip(spec.pending, spec.pending_group)]
-        meta = table.upload(rows or [table.meta_row(0, 0)], torch.int64, self.device)
+        rows += [meta_row(spec.params[i].numel(), spec.group_index[i]) for i in self.rest]
+        rows += [meta_row(p.numel(), g) for p, g in zip(spec.pending, spec.pending_group)]
+        meta = upload(rows or [meta_row(0, 0)], torch.int64, self.device)
         if self.meta is None:
             self.meta = meta
         else:   # in place: a captured CUDA graph keeps reading this address
@@ -154,7 +248,7 @@ class _Handle:
         for i, p in enumerate(self.tensors):
             g = p.grad if self.explicit is None else self.explicit[i]
             if g is None:
-                addresses.append(table.NO_GRAD)
+                addresses.append(LAYOUT.no_grad)
                 continue
             if g.layout is not torch.strided:
                 raise RuntimeError("sparse gradients are not supported")
@@ -173,8 +267,8 @@ class _Handle:
                 self.copies.append(g)         # alive until the next refresh, past the launch
             addresses.append(g.data_ptr())
         if addresses != self.addresses:
-            host = addresses or [table.NO_GRAD]
-            self.grads.copy_(table.upload(host, torch.int64, self.device), non_blocking=True)
+            host = addresses or [LAYOUT.no_grad]
+            self.grads.copy_(upload(host, torch.int64, self.device), non_blocking=True)
             self.addresses = addresses
 
 
@@ -186,44 +280,60 @@ def pending_with_grad(handle):
     return [i for i, p in enumerate(handle.spec.pending) if p.grad is not None]
 
 
-def adam_step(handle, hp, *, amsgrad, maximize, decoupled, clip_coef=None, inv_scale=None,
-              found_inf=None):
+_plans = {}
+
+
+def _plan(algo, flags):
+    """(kernel module, Columns, Flags, stages) of ``algo`` with flags word ``flags``: the module's
+    column and flag names resolved against the descriptor, once per (algorithm, flags)."""
+    key = (algo.name, flags)
+    if key not in _plans:
+        if algo.name not in KERNELS:
+            raise ValueError(f"the triton backend has no kernel for algorithm {algo.name!r} "
+                             f"(it has {list(KERNEL_NAMES)})")
+        module = KERNELS[algo.name]
+        names, values = algo.column_names, algo.flag_dict(flags)
+        columns = module.Columns(*(names.index(name) for name in module.Columns._fields))
+        flag_values = module.Flags(*(values[name] for name in module.Flags._fields))
+        stages = (1, 2) if hasattr(module, "sums") else (0,)
+        _plans[key] = (module, columns, flag_values, stages)
+    return _plans[key]
+
+
+def step(handle, hp, algo, flags, *, clip_coef=None, inv_scale=None, found_inf=None):
+    """One step of ``algo`` (a descriptor of fusedopt.algorithms) with flags word ``flags``: one
+    launch of kernels/preamble.py's kernel with the algorithm's block math, two for a two-stage
+    algorithm (Note [two stages]: per-tensor sums, then the step)."""
+    module, columns, flag_values, stages = _plan(algo, flags)
     handle.refresh_grads()
     if handle.num_walk:
         dtype, compute = handle.dtypes
-        adam_kernel[(handle.update_blocks,)](
-            handle.blocks, handle.meta, handle.grads, handle.counters, hp, inv_scale, clip_coef,
-            found_inf, DTYPE=dtype, CT=compute, AMSGRAD=amsgrad, MAXIMIZE=maximize,
-            DECOUPLED=decoupled, MASTER=handle.master, BLOCK=handle.block,
-            num_warps=table.NUM_WARPS, enable_fp_fusion=table.FP_FUSION)
+        partials = totals = None
+        if len(stages) == 2:
+            if handle.sums is None:       # float64 [blocks, 2] and [tensors, 2]
+                handle.sums = tuple(torch.empty(2 * count, dtype=torch.float64,
+                                                device=handle.device)
+                                    for count in (handle.update_blocks, handle.num_walk))
+            partials, totals = handle.sums
+        for stage in stages:
+            kernels.update_kernel[(handle.update_blocks,)](
+                handle.blocks, handle.meta, handle.grads, handle.counters, hp, partials, totals,
+                inv_scale, clip_coef, found_inf, PREPARE=module.prepare, UPDATE=module.update,
+                SUMS=getattr(module, "sums", None), C=columns, F=flag_values, L=LAYOUT,
+                STAGE=stage, DTYPE=dtype, CT=compute, MASTER=handle.master, BLOCK=handle.block,
+                num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
     if handle.fallback is not None:
-        reference.adam_step(handle.fallback, hp, amsgrad=amsgrad, maximize=maximize,
-                            decoupled=decoupled, clip_coef=clip_coef, inv_scale=inv_scale,
-                            found_inf=found_inf)
-
-
-def sgd_step(handle, hp, *, nesterov, maximize, clip_coef=None, inv_scale=None, found_inf=None):
-    handle.refresh_grads()
-    if handle.num_walk:
-        dtype, compute = handle.dtypes
-        sgd_kernel[(handle.update_blocks,)](
-            handle.blocks, handle.meta, handle.grads, handle.counters, hp, inv_scale, clip_coef,
-            found_inf, DTYPE=dtype, CT=compute, HAS_BUFFER=len(handle.states) == 1,
-            NESTEROV=nesterov, MAXIMIZE=maximize, MASTER=handle.master, BLOCK=handle.block,
-            num_warps=table.NUM_WARPS, enable_fp_fusion=table.FP_FUSION)
-    if handle.fallback is not None:
-        reference.sgd_step(handle.fallback, hp, nesterov=nesterov, maximize=maximize,
-                           clip_coef=clip_coef, inv_scale=inv_scale, found_inf=found_inf)
+        reference.step(handle.fallback, hp, algo, flags, clip_coef=clip_coef,
+                       inv_scale=inv_scale, found_inf=found_inf)
 
 
 def _launch_norm(blocks, meta, grads, num_blocks, dtype, norm_type, partials, counter):
     out = torch.empty((), dtype=torch.float32, device=grads.device)
-    norm_kernel[(norm_launch.num_programs(num_blocks),)](
-        blocks, meta, grads, partials, counter, out, num_blocks,
-        DTYPE=table.triton_dtype(dtype), ACC=table.compute_dtype(dtype),
-        INF=norm_type == float("inf"), BLOCK=table.block_size(dtype),
-        MAX_PROGRAMS=norm_launch.MAX_PROGRAMS, num_warps=table.NUM_WARPS,
-        enable_fp_fusion=table.FP_FUSION)
+    kernels.norm_kernel[(max(1, min(num_blocks, NORM_PROGRAMS)),)](
+        blocks, meta, grads, partials, counter, out, num_blocks, L=LAYOUT,
+        DTYPE=triton_dtype(dtype), ACC=compute_dtype(dtype), INF=norm_type == float("inf"),
+        BLOCK=block_size(dtype), MAX_PROGRAMS=NORM_PROGRAMS, num_warps=NUM_WARPS,
+        enable_fp_fusion=FP_FUSION)
     return out
 
 
@@ -232,8 +342,7 @@ def bucket_norm(handle, norm_type):
     if not handle.tensors:
         return torch.zeros((), dtype=torch.float32, device=handle.device)
     return _launch_norm(handle.blocks, handle.meta, handle.grads, handle.num_blocks,
-                        handle.dtype, norm_type, handle.partials,
-                        handle.norm_counter)
+                        handle.dtype, norm_type, handle.norm_partials, handle.norm_counter)
 
 
 def tensors_norm(tensors, norm_type):
@@ -247,11 +356,11 @@ def tensors_norm(tensors, norm_type):
     for dtype, ts in by_dtype.items():
         device = ts[0].device
         numels = [t.numel() for t in ts]
-        blocks, num_blocks = table.block_pairs(numels, table.block_size(dtype), device)
-        meta = table.upload([table.meta_row(n, 0) for n in numels], torch.int64, device)
+        blocks, num_blocks = block_pairs(numels, block_size(dtype), device)
+        meta = upload([meta_row(n, 0) for n in numels], torch.int64, device)
         addresses = [t.data_ptr() for t in ts]
-        grads = table.upload(addresses, torch.int64, device)
-        partials = torch.empty(norm_launch.MAX_PROGRAMS, device=device,
+        grads = upload(addresses, torch.int64, device)
+        partials = torch.empty(NORM_PROGRAMS, device=device,
                                dtype=torch.float64 if dtype == torch.float64 else torch.float32)
         norms.append(_launch_norm(blocks, meta, grads, num_blocks, dtype, norm_type, partials,
                                   torch.zeros(1, dtype=torch.int32, device=device)))
