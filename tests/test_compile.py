@@ -33,7 +33,7 @@ def model():
 # per class: options that exercise its flags and states
 OPTIONS = {"AdamW": {}, "Adam": dict(weight_decay=0.01, amsgrad=True),
            "SGD": dict(momentum=0.9, nesterov=True), "Lion": dict(weight_decay=0.1),
-           "LARS": dict(momentum=0.9, weight_decay=1e-4), "LAMB": dict(max_grad_norm=0.5)}
+           "LARS": dict(lr=0.1, momentum=0.9, weight_decay=1e-4), "LAMB": dict(max_grad_norm=0.5)}
 
 
 def optimizer(algo, m, backend):

@@ -50,8 +50,9 @@ ALGORITHM = Algorithm(
     flag_keys=("bias_correction", "grad_averaging", "trust_clip", "always_adapt", "adam_w_mode",
                "maximize"),
     aliases={"momentum": "beta1"}, step_in_state=True, two_stage=True,
-    # the second pass reads p, m and v again; the global clip's norm reads g once more
-    rereads=lambda size, start: start + 3 * size)
+    # the global clip's norm reads g; the first pass reads g, p, m and v and writes nothing (the
+    # second recomputes the moments from them: the same bits as the reference's, fp16/bf16 too)
+    rereads=lambda size, start: 4 * size + start)
 
 
 class FusedLAMB(FusedOptimizer, torch.optim.Optimizer):
