@@ -34,10 +34,14 @@ def split(impl):
     return base, base != impl
 
 
-def default_impls(device, dtype=torch.float32):
+def default_impls(device, dtype=torch.float32, *, host=False):
     """What a run without --impl compares on ``device``: fusedopt as users get it (and, for
     fp16/bf16 params, with master weights), its reference backend, torch's three
-    implementations, and the third-party ones that could run there."""
+    implementations, and the third-party ones that could run there. ``host`` (the host
+    preset): each fusedopt backend of the device and torch's fused implementation."""
+    if host:
+        backends = ["cuda", "triton"] if device.type == "cuda" else ["cpu"]
+        return [f"fusedopt-{b}" for b in backends] + ["fusedopt-reference", "torch-fused"]
     master = ["fusedopt+master"] if dtype in (torch.float16, torch.bfloat16) else []
     if device.type == "cuda":
         return ["fusedopt", *master, "fusedopt-cuda", "fusedopt-triton", "fusedopt-reference",
@@ -89,9 +93,10 @@ def unavailable_reason(impl, optimizer, device):
     return _import(module)[1]
 
 
-def build(impl, optimizer, groups, device):
-    """The optimizer of ``impl`` over ``groups`` (a list of param-group dicts)."""
-    hp = hyper(optimizer)
+def build(impl, optimizer, groups, device, hp=None):
+    """The optimizer of ``impl`` over ``groups`` (a list of param-group dicts), with the
+    constructor keywords ``hp`` (default: ``hyper(optimizer)``)."""
+    hp = hyper(optimizer) if hp is None else hp
     adamw = optimizer == "adamw"
     impl, master = split(impl)
     if impl.startswith("fusedopt"):
@@ -131,29 +136,30 @@ def backend_of(impl, opt):
     return ",".join(names) or None
 
 
-def make_step(impl, opt, params, *, clip, amp, device):
-    """A no-argument callable running one training-loop optimizer step of ``impl``."""
+def make_step(impl, opt, params, *, clip, amp, device, max_norm=MAX_NORM):
+    """A no-argument callable running one training-loop optimizer step of ``impl`` (``clip``:
+    to ``max_norm``)."""
     fused = impl.startswith("fusedopt")
     if not amp:
         if not clip:
             return opt.step
         if fused:
             def step():
-                opt.clip_grad_norm_(MAX_NORM)
+                opt.clip_grad_norm_(max_norm)
                 opt.step()
         else:
             def step():
-                torch.nn.utils.clip_grad_norm_(params, MAX_NORM, foreach=True)
+                torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
                 opt.step()
         return step
     if fused:
-        return _fused_amp_step(opt, clip=clip, device=device)
+        return _fused_amp_step(opt, clip=clip, device=device, max_norm=max_norm)
     scaler = _scaler(device)
 
     def step():
         if clip:
             scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(params, MAX_NORM, foreach=True)
+            torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
         scaler.step(opt)
         scaler.update()
     return step
@@ -165,11 +171,11 @@ def _scaler(device):
     return scaler
 
 
-def _fused_amp_step(opt, *, clip, device):
+def _fused_amp_step(opt, *, clip, device, max_norm):
     """fusedopt's fused AMP step, through the public ``fusedopt.AmpOptimWrapper`` (fp16 scaling)."""
     from fusedopt.config import AmpOptimWrapper
     wrapper = AmpOptimWrapper(optimizer=opt, dtype="float16",
-                              clip_grad=dict(max_norm=MAX_NORM) if clip else None)
+                              clip_grad=dict(max_norm=max_norm) if clip else None)
     wrapper.loss_scaler.scale(torch.ones((), device=device))
     if not wrapper._fused_amp_ok():
         raise RuntimeError("fusedopt.AmpOptimWrapper did not take its fused AMP path")
