@@ -43,10 +43,17 @@ def test_short_cpu_run_json_schema_and_plot(tmp_path, capsys):
         assert r["host_overhead_us"] > 0 and r["peak_mem_bytes"] > 0
         assert r["samples"] == 2
         assert r["min_ms"] <= r["median_ms"] and r["roofline_frac_best"] > 0
+    # the baseline: the fastest torch implementation whose check passed (here both do)
+    assert all(r["check"]["verdict"] in ("ok", "oracle") for r in data["results"]), data["results"]
+    torch_rows = [r for r in data["results"] if r["impl"].startswith("torch-")]
+    base = min(torch_rows, key=lambda r: r["median_ms"])
+    for r in data["results"]:
+        assert r["baseline"] == base["impl"]
+        assert r["vs_baseline"] == pytest.approx(base["median_ms"] / r["median_ms"])
     fused = next(r for r in data["results"] if r["impl"] == "torch-fused")
     assert fused["vs_torch_fused"] == pytest.approx(1.0)
     out = capsys.readouterr().out
-    assert "torch-fused" in out and "vs torch-fused" in out and "roofline" not in out
+    assert "torch-fused" in out and f"vs {base['impl']}" in out and "roofline" not in out
     assert f"vs stream: GB/s / {dev['copy_gbps']:.1f} GB/s" in out
     if have_matplotlib():
         assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
@@ -126,7 +133,9 @@ BAD = [
     (["--preset", "resnet51"], "--preset"),
     (["--preset", "resnet50", "--numel", "1000"], "--preset"),
     (["--dtype", "fp64"], "--dtype"),
-    (["--optimizer", "lamb"], "--optimizer"),
+    (["--optimizer", "adagrad"], "--optimizer"),
+    (["--preset", "host", "--sweep", "groups"], "--sweep"),
+    (["--preset", "host", "--groups", "4"], "--groups"),
     (["--steps", "0"], "--steps"),
     (["--warmup", "-1"], "--warmup"),
     (["--sweep", "lr"], "--sweep"),

@@ -97,8 +97,9 @@ def build_parser():
                     f"and a plot ({RESULTS_DIR}/<device>/ unless --json/--plot say otherwise).")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None,
                    help="device to run on (default: cuda if available, else cpu)")
-    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adamw",
-                   help="algorithm (sgd: momentum 0.9); default adamw")
+    p.add_argument("--optimizer", choices=list(_impls.optimizers()), default="adamw",
+                   help="algorithm: a fusedopt class without 'Fused' (sgd and lars: momentum "
+                        "0.9; bench/README.md gives each one's hyper-parameters); default adamw")
     p.add_argument("--numel", type=_count, default=None, metavar="N",
                    help="synthetic set: N parameters in all (e.g. 20M); default 20M")
     p.add_argument("--tensors", type=_positive, default=None, metavar="K",
@@ -202,7 +203,8 @@ def _memory_check(args, live, elem):
     """Warn when the run will not fit in memory (every implementation keeps its own state, and
     one with master weights 4 B/param more)."""
     n_live, masters = len(live), sum(_impls.split(i)[1] for i in live)
-    states = {"adam": 2, "adamw": 2, "sgd": 1}[args.optimizer]
+    algo, flags = _impls.flags_of(args.optimizer)
+    states = len(algo.state_names(flags))
     need = args.numel * (elem * (2 + (1 if args.clip or args.amp else 0) + states * n_live)
                          + 4 * masters * (elem < 4))
     if args.device == "cuda":

@@ -32,21 +32,18 @@ COPY_BYTES_PER_ELEM = 8
 CPU_STREAM_NUMEL = 20_000_000
 CUDA_STREAM_NUMEL = 1 << 28
 
-_STEP_UNITS = {"adam": 7, "adamw": 7, "sgd": 5}   # element reads+writes of one update, per param
-
-
 def bytes_per_param(optimizer, dtype, *, clip=False, amp=False, master=False):
-    """Bytes one step must move per parameter (bench/README.md, "Effective bandwidth"): Adam/AdamW read
-    p, g, m, v and write p, m, v (7 elements: fp32 28 B); SGD with momentum reads p, g, buf and
-    writes p, buf (5: 20 B). A clip norm or AMP's found_inf check needs one more read of every grad
+    """Bytes one step must move per parameter (bench/README.md, "Effective bandwidth"): the
+    algorithm's own count (``Algorithm.bytes_per_param`` at the bench's flags: Adam/AdamW read
+    p, g, m, v and write p, m, v, fp32 28 B; SGD with momentum 20; a two-stage algorithm's
+    second reads added). A clip norm or AMP's found_inf check needs one more read of every grad
     before the update (fp32 AdamW + clip: 32 B), and both share that read. ``master``: fp16/bf16
     params with fp32 master copies read the master (4 B) instead of the param and write both
-    (Note [master copy]): bf16 AdamW 14 -> 20 B."""
+    (Note [master copy]): bf16 AdamW 14 -> 20 B; a no-op for fp32."""
+    algo, flags = _impls.flags_of(optimizer)
+    master = master and dtype in (torch.float16, torch.bfloat16)
     size = torch.empty((), dtype=dtype).element_size()
-    moved = (_STEP_UNITS[optimizer] + (1 if clip or amp else 0)) * size
-    if master and dtype in (torch.float16, torch.bfloat16):
-        moved += 4 + 4 - size
-    return moved
+    return algo.bytes_per_param(dtype, flags, master=master) + (size if clip or amp else 0)
 
 
 def synthetic_shapes(numel, tensors):
