@@ -171,6 +171,21 @@ class Timer:
         return t
 
 
+def per_call_s(fn, n, device=None):
+    """Seconds per call over ``n`` back-to-back calls of ``fn`` (on CUDA the device synchronised
+    before and after): for calls too short to time one by one (bench/hparams.py,
+    bench/scheduler_step.py)."""
+    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else None
+    if sync:
+        sync()
+    t0 = time.perf_counter_ns()
+    for _ in range(n):
+        fn()
+    if sync:
+        sync()
+    return (time.perf_counter_ns() - t0) / 1e9 / n
+
+
 def quantile(values, q):
     v = sorted(values)
     if not v:
