@@ -394,6 +394,12 @@ def test_wrong_implementations_are_flagged_and_never_the_baseline(tmp_path, monk
                      r"\(bound 8", out, re.M), out
     assert re.search(r"^WRONG: torch-foreach: ", out, re.M) and "vs torch-forloop" in out
     assert not re.search(r"^(fusedopt|torch-forloop)\S* WRONG", out, re.M)
+    from fusedopt.bench import summary           # the sweep table (issue 27) says the same
+    cells = dict(zip(summary.HEADER, summary.row(data)))
+    assert cells["vs fastest correct torch"] == \
+        f"{by['fusedopt']['vs_baseline']:.2f}x vs torch-forloop"
+    assert cells["torch rows WRONG"] == "torch-foreach, torch-fused"
+    assert cells["level"] == data["device"]["fusedopt_cpu_level"] in ("avx512", "avx2", "scalar")
 
 
 def _torch_fused_sgd_moves(dtype):

@@ -33,11 +33,19 @@ def describe_device(device):
                     memory_bytes=prop.total_memory, multiprocessors=prop.multi_processor_count)
     else:
         info.update(name=cpu_name(), cores=os.cpu_count() or 1, threads=torch.get_num_threads(),
-                    cpu_capability=torch.backends.cpu.get_cpu_capability())
+                    cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                    fusedopt_cpu_level=_fusedopt_cpu_level())
     if hasattr(os, "getloadavg"):
         info["loadavg_1min_end"] = os.getloadavg()[0]
     info["slug"] = device_slug(device)
     return info
+
+
+def _fusedopt_cpu_level():
+    """The level fusedopt's CPU kernels run at (avx512, avx2, scalar; FUSEDOPT_CPU_CAPABILITY caps
+    it), None without the extension."""
+    from fusedopt import _ext
+    return _ext.C.cpu_capability() if _ext.C is not None else None
 
 
 def device_info(device, references):
