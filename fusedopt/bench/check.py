@@ -167,5 +167,5 @@ def describe(rec):
             f"{rec['bound_ulps']:g}; the oracle moved a median element {_n(rec['moved_ulps'])} "
             "ulps")
     if rec["moved_ulps"] > 0:
-        text += f": off by {100 * rec['err_ulps'] / rec['moved_ulps']:.2g}% of that"
+        text += f": off by {_n(100 * rec['err_ulps'] / rec['moved_ulps'])}% of that"
     return text + ")"
