@@ -144,7 +144,8 @@ def main(argv=None):
     out = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                     f"scheduler_step_{device.type}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    info = dict(provenance(device), mmengine=mmengine.__version__, options=vars(args), headline_ratio=headline,
+    info = dict(provenance(device), mmengine=mmengine.__version__, options=vars(args),
+                headline_ratio=headline,
                 worst_fused_ratio=dict(schedule=worst[0][0], optimizer=worst[0][1],
                                        ratio=worst[1]) if worst else None,
                 records=records,

@@ -26,7 +26,8 @@ def snapshot(m, opt):
     """Params, the whole optimizer state (which params have state, each one's keys and values,
     by the param's index in the model) and the hyper-parameters of every group."""
     index = {p: i for i, p in enumerate(m.parameters())}
-    state = {index.get(p, repr(p)): {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
+    state = {index.get(p, repr(p)): {k: v.clone() if torch.is_tensor(v) else v
+                                     for k, v in s.items()}
              for p, s in opt.state.items()}
     return ([p.detach().clone() for p in m.parameters()], state,
             [(g["lr"], g["betas"], g["weight_decay"], len(g["params"])) for g in opt.param_groups])

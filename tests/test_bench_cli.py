@@ -473,8 +473,9 @@ def test_host_preset(tmp_path, monkeypatch, capsys):
 # ---- provenance: device, revision, a dirty tree seen (issue 28 item 6) ----------------------------
 def _git(root, *args):
     subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True,
-                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-                        "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"})
+                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+                        "PATH": "/usr/bin:/bin"})
 
 
 def test_git_dirty_is_computed_from_the_tree(tmp_path, monkeypatch):

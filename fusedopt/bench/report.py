@@ -277,8 +277,9 @@ def notes(results, copy_gbps, real_copy_gbps=None):
                      "alongside; a reference, not a ceiling")
     if real_copy_gbps and any(r.get("real_copy_frac") for r in results):
         best = max(r["real_copy_frac"] for r in results if r.get("real_copy_frac"))
-        lines.append(f"copy_: {real_copy_gbps:.1f} GB/s timed alongside (torch's copy_, 8 B/element); "
-                     f"the best row reaches {100 * best:.0f}% of it (JSON: real_copy_frac)")
+        lines.append(f"copy_: {real_copy_gbps:.1f} GB/s timed alongside (torch's copy_, "
+                     f"8 B/element); the best row reaches {100 * best:.0f}% of it "
+                     "(JSON: real_copy_frac)")
     base = _point_baseline(results)
     if base:
         how = ("the fastest torch implementation whose check passed" if any(

@@ -22,7 +22,8 @@ def row(doc, impl="fusedopt"):
 
     def pct(v):
         return "-" if v is None else f"{100 * v:.0f}%"
-    return [o["optimizer"], o["dtype"], d.get("fusedopt_cpu_level") or d.get("cpu_capability") or "-",
+    level = d.get("fusedopt_cpu_level") or d.get("cpu_capability") or "-"
+    return [o["optimizer"], o["dtype"], level,
             "-" if not rec else f"{rec['median_ms']:.2f}",
             pct(rec and rec.get("roofline_frac")), pct(rec and rec.get("real_copy_frac")),
             f"{ratio:.2f}x vs {base}" if ratio else "-", ", ".join(wrongs) or "-"]
