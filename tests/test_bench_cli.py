@@ -455,15 +455,18 @@ def test_host_preset(tmp_path, monkeypatch, capsys):
         assert r["tensors"] == r["groups"] == n and r["numel"] == 64 * n
         assert r["host_us"] == pytest.approx(r["median_ms"] * 1e3)
         assert r["ns_per_tensor_avg"] == pytest.approx(r["median_ms"] * 1e6 / n)
+        assert 0 < r["cpu_us"] == pytest.approx(r["cpu_ms"] * 1e3)
         one = next(x for x in ok if x["impl"] == r["impl"] and x["sweep_value"] == 1)
         if n == 1:
-            assert r["ns_per_tensor"] is None
+            assert r["ns_per_tensor"] is None and r["ns_per_tensor_cpu"] is None
         else:
             assert r["ns_per_tensor"] == pytest.approx((r["median_ms"] - one["median_ms"]) * 1e6
                                                        / (n - 1))
+            assert r["ns_per_tensor_cpu"] == pytest.approx((r["cpu_ms"] - one["cpu_ms"]) * 1e6
+                                                           / (n - 1))
     assert "copy_gbps" not in data["device"] or data["device"]["copy_gbps"] is None
     out = capsys.readouterr().out
-    assert "host time of a step" in out and "ns/t" in out
+    assert "host time of a step" in out and "ns/t" in out and "cpu µs" in out
     rows = [line.split() for line in out.splitlines() if re.match(r"^\s*(1|3|8)\s", line)]
     assert [row[0] for row in rows] == ["1", "3", "8"]
     if have_matplotlib():

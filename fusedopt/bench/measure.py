@@ -170,6 +170,22 @@ class Timer:
             torch.cuda.synchronize()
         return t
 
+    def host_and_cpu_ms(self, fn):
+        """(host wall ms, process CPU ms) of the call alone. Note [CPU time on a shared host]:
+        a step longer than the scheduler's time slice is preempted on a loaded machine and its
+        wall time grows with the load, not with its work: at load 11 on 2 cores the cpu
+        backend's 5000-group step took 28 ms of wall time and 4.0 ms of CPU time (1000 groups:
+        0.85 and 0.85 ms). The process's CPU time counts every thread, spinning OpenMP workers
+        too: with OMP_NUM_THREADS=1 it is the step's own work."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        c0, t0 = time.process_time_ns(), time.perf_counter_ns()
+        fn()
+        t, c = time.perf_counter_ns() - t0, time.process_time_ns() - c0
+        if self.cuda:
+            torch.cuda.synchronize()
+        return t / 1e6, c / 1e6
+
 
 def per_call_s(fn, n, device=None):
     """Seconds per call over ``n`` back-to-back calls of ``fn`` (on CUDA the device synchronised
@@ -249,7 +265,7 @@ class Entry:
     def __init__(self, impl):
         self.impl, self.status, self.reason = impl, "ok", None
         self.opt = self.step = self.backend = None
-        self.times, self.host = [], []
+        self.times, self.host, self.cpu = [], [], []
         self.peak_mem = self.launches = None
 
     def fail(self, exc):
@@ -303,7 +319,7 @@ def run_point(impl_names, *, optimizer, shapes, groups, dtype, clip, amp, steps,
               references=(), host=False):
     """Time every implementation on one parameter set, in rounds with one pass of each bandwidth
     reference. Returns (entries, {reference: its pass times in ms}). ``host``: time the host
-    side only (Timer.host_us; the host preset), without peak memory, launches or the twin set
+    side only (Timer.host_and_cpu_ms: wall and CPU time; the host preset), without peak memory, launches or the twin set
     of Note [host overhead]."""
     reasons = {i: _impls.unavailable_reason(i, optimizer, device) for i in impl_names}
     entries = [Entry(i) for i in impl_names]
@@ -325,18 +341,21 @@ def run_point(impl_names, *, optimizer, shapes, groups, dtype, clip, amp, steps,
            device=device, profile_first=not host)
     timer = Timer(device)
     slots = [_ReferenceSlot(r) for r in references]
-    time_step = timer.host_us if host else timer
+    time_step = timer.host_and_cpu_ms if host else timer
 
     def run_one(x):
         if isinstance(x, _ReferenceSlot):
             return timer(x.reference)
         if restore is not None:
             restore()
-        return time_step(x.step) / (1e3 if host else 1)
+        return time_step(x.step)
 
     for e in live:
         e.sink = e.times
     _rounds(live, steps, warmup, run_one, extra=slots)
+    if host:     # (wall, cpu) pairs
+        for e in live:
+            e.times, e.cpu = [w for w, _ in e.times], [c for _, c in e.times]
     if device.type == "cuda" and not host:
         for e in live:
             if e.status == "ok":
