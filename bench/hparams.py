@@ -19,15 +19,14 @@ Each case times one training iteration's optimizer work on G one-tensor groups o
 * ``construct``: building the optimizer on ``--construct`` one-tensor groups, once each
   (torch's construction is quadratic in the number of groups; target >= 10x).
 
-Prints a table and writes JSON (device, versions, git revision, options, one record per case).
+Prints a table and writes JSON (fusedopt.bench.report.provenance: device, revision with its dirty
+flag, versions; then options and one record per case).
 """
 import argparse
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -36,6 +35,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import fusedopt  # noqa: E402
+from fusedopt.bench.measure import per_call_s  # noqa: E402
+from fusedopt.bench.report import provenance  # noqa: E402
 
 
 def params(groups, numel):
@@ -109,13 +110,6 @@ CASES = {"torch-scheduler": (case_torch_scheduler, ("fusedopt", "torch"), 10),
          "write-one": (case_write_one, ("fusedopt", "torch"), None)}
 
 
-def timed(fn, inner):
-    t0 = time.perf_counter()
-    for _ in range(inner):
-        fn()
-    return (time.perf_counter() - t0) / inner
-
-
 def construct(kind, groups):
     ps = [torch.nn.Parameter(torch.zeros(1)) for _ in range(groups)]
     pgs = [{"params": [p]} for p in ps]
@@ -125,15 +119,6 @@ def construct(kind, groups):
     else:
         torch.optim.AdamW(pgs, lr=1e-3)
     return time.perf_counter() - t0
-
-
-def git_revision():
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True,
-                                       stderr=subprocess.DEVNULL,
-                                       cwd=os.path.dirname(os.path.abspath(__file__))).strip()
-    except Exception:
-        return None
 
 
 def main(argv=None):
@@ -163,7 +148,7 @@ def main(argv=None):
     keys = list(runs)
     for r in range(args.rounds):          # interleaved rounds, order rotated every round
         for key in keys[r % len(keys):] + keys[:r % len(keys)]:
-            samples[key].append(timed(runs[key], args.inner))
+            samples[key].append(per_call_s(runs[key], args.inner))
     records = []
     print(f"{args.groups} groups x {args.numel} elements, {args.threads} threads, "
           f"torch {torch.__version__}")
@@ -190,12 +175,7 @@ def main(argv=None):
         print(f"construct {args.construct} groups: fusedopt {times['fusedopt']:.3f} s, torch "
               f"{times['torch']:.3f} s: {ratio:.1f}x (target >= 10x)")
     import mmengine
-    info = dict(device=platform.processor() or platform.machine(), device_type="cpu",
-                cpu_count=os.cpu_count(),
-                load_average=os.getloadavg() if hasattr(os, "getloadavg") else None,
-                python=platform.python_version(), torch=torch.__version__,
-                mmengine=mmengine.__version__, fusedopt=fusedopt.__version__,
-                extension=fusedopt.available_backends(), git_revision=git_revision(),
+    info = dict(provenance(torch.device("cpu")), mmengine=mmengine.__version__,
                 options=vars(args), records=records,
                 command=" ".join([os.path.basename(sys.executable)] + sys.argv))
     out = args.json or "bench-hparams-cpu.json"

@@ -17,16 +17,14 @@ What is timed, per schedule (each timing: the median over interleaved rounds):
   several groups it adds a dummy group, ``base_param_settings``, that both schedule);
 * on ``torch.optim.SGD`` for reference (no device table: both write the dicts).
 The headline ratio is mmengine / fusedopt for CosineAnnealingLR. Results: printed and written as
-JSON (device, versions, git revision, options, records) to bench/results/.
+JSON (fusedopt.bench.report.provenance: device, revision with its dirty flag, versions; then
+options and records) to bench/results/.
 """
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
-import time
 import warnings
 
 import torch
@@ -34,6 +32,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import fusedopt  # noqa: E402
 from fusedopt import schedulers as S  # noqa: E402
+from fusedopt.bench.measure import per_call_s  # noqa: E402
+from fusedopt.bench.report import provenance  # noqa: E402
 
 KINDS = ("FusedSGD", "OptimWrapper(FusedSGD)", "SGD")
 SCHEDULES = {     # long windows: every timed step is inside them
@@ -70,23 +70,6 @@ def build(impl, cfg, opt):
         return PARAM_SCHEDULERS.build(dict(cfg), default_args=dict(optimizer=opt))
 
 
-def timer(fn, n, sync):
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    sync()
-    return (time.perf_counter() - t0) / n
-
-
-def git_revision():
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True,
-                                       cwd=os.path.dirname(os.path.abspath(__file__))).strip()
-    except Exception:
-        return None
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--groups", type=int, default=1000)
@@ -99,7 +82,6 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import mmengine
     device = torch.device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     g = args.groups
     records = []
     warnings.simplefilter("ignore")
@@ -130,7 +112,7 @@ def main(argv=None):
                 fn()
         for _ in range(args.rounds):       # interleaved rounds: load on the machine hits all
             for key, fn in cases.items():
-                samples[key].append(timer(fn, inner, sync))
+                samples[key].append(per_call_s(fn, inner, device))
         for (opt_kind, impl), ts in samples.items():
             records.append(dict(schedule=name, optimizer=opt_kind, impl=impl, groups=g,
                                 median_us=statistics.median(ts) * 1e6,
@@ -162,14 +144,8 @@ def main(argv=None):
     out = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                     f"scheduler_step_{device.type}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    info = dict(device=(torch.cuda.get_device_name(device) if device.type == "cuda"
-                        else platform.processor() or platform.machine()),
-                device_type=device.type, cpu_count=os.cpu_count(),
-                load_average=os.getloadavg() if hasattr(os, "getloadavg") else None,
-                python=platform.python_version(),
-                torch=torch.__version__, mmengine=mmengine.__version__,
-                fusedopt=fusedopt.__version__, git_revision=git_revision(),
-                options=vars(args), headline_ratio=headline,
+    info = dict(provenance(device), mmengine=mmengine.__version__, options=vars(args),
+                headline_ratio=headline,
                 worst_fused_ratio=dict(schedule=worst[0][0], optimizer=worst[0][1],
                                        ratio=worst[1]) if worst else None,
                 records=records,

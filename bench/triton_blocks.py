@@ -16,26 +16,20 @@ import torch
 import fusedopt
 from fusedopt.bench.cli import _count
 from fusedopt.backends import triton as tb
+from fusedopt.bench.measure import Timer, quantile
+from fusedopt.bench.report import provenance
 from fusedopt.kernels import update_kernel
 
 VARIANTS = [(512, 2), (512, 4), (1024, 2), (1024, 4), (1024, 8), (2048, 4), (2048, 8)]
 
 
 def time_steps(opt, device, steps):
-    if device.type != "cuda":
-        opt.step()
-        return float("nan")
+    """Median ms of a step (measure.Timer: CUDA events); NaN off CUDA, where only the flow runs."""
     opt.step()                                       # compile and warm up
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(steps):
-        start.record()
-        opt.step()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+    if device.type != "cuda":
+        return float("nan")
+    timer = Timer(device)
+    return quantile([timer(opt.step) for _ in range(steps)], 0.5)
 
 
 def compiled_kernels():
@@ -88,8 +82,7 @@ def main():
             del opt
     finally:
         tb.block_size, tb.NUM_WARPS = block_size, default_warps
-    doc = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-               torch=torch.__version__, numel=args.numel, tensors=args.tensors, variants=rows)
+    doc = dict(provenance(device), numel=args.numel, tensors=args.tensors, variants=rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=1)

@@ -23,15 +23,31 @@ def trained():
 
 
 def snapshot(m, opt):
-    return ([p.detach().clone() for p in m.parameters()],
-            [{k: v.clone() for k, v in s.items()} for s in opt.state.values()],
-            [(g["lr"], g["betas"], g["weight_decay"]) for g in opt.param_groups])
+    """Params, the whole optimizer state (which params have state, each one's keys and values,
+    by the param's index in the model) and the hyper-parameters of every group."""
+    index = {p: i for i, p in enumerate(m.parameters())}
+    state = {index.get(p, repr(p)): {k: v.clone() if torch.is_tensor(v) else v
+                                     for k, v in s.items()}
+             for p, s in opt.state.items()}
+    return ([p.detach().clone() for p in m.parameters()], state,
+            [(g["lr"], g["betas"], g["weight_decay"], len(g["params"])) for g in opt.param_groups])
+
+
+def _same(a, b):
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return (torch.is_tensor(a) and torch.is_tensor(b) and a.dtype == b.dtype
+                and torch.equal(a, b))
+    return a == b
 
 
 def unchanged(before, after):
+    """Equal params, hyper-parameters and state: the same params with state, the same keys in
+    each, equal values (a state added, dropped or changed by a failed call shows)."""
     (p0, s0, h0), (p1, s1, h1) = before, after
-    return (all(torch.equal(a, b) for a, b in zip(p0, p1)) and h0 == h1 and
-            all(all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(s0, s1)))
+    return (len(p0) == len(p1) and all(torch.equal(a, b) for a, b in zip(p0, p1)) and h0 == h1
+            and s0.keys() == s1.keys()
+            and all(s0[i].keys() == s1[i].keys() and all(_same(s0[i][k], s1[i][k]) for k in s0[i])
+                    for i in s0))
 
 
 def grad_of_wrong_dtype(m, opt):

@@ -43,10 +43,17 @@ def test_short_cpu_run_json_schema_and_plot(tmp_path, capsys):
         assert r["host_overhead_us"] > 0 and r["peak_mem_bytes"] > 0
         assert r["samples"] == 2
         assert r["min_ms"] <= r["median_ms"] and r["roofline_frac_best"] > 0
+    # the baseline: the fastest torch implementation whose check passed (here both do)
+    assert all(r["check"]["verdict"] in ("ok", "oracle") for r in data["results"]), data["results"]
+    torch_rows = [r for r in data["results"] if r["impl"].startswith("torch-")]
+    base = min(torch_rows, key=lambda r: r["median_ms"])
+    for r in data["results"]:
+        assert r["baseline"] == base["impl"]
+        assert r["vs_baseline"] == pytest.approx(base["median_ms"] / r["median_ms"])
     fused = next(r for r in data["results"] if r["impl"] == "torch-fused")
     assert fused["vs_torch_fused"] == pytest.approx(1.0)
     out = capsys.readouterr().out
-    assert "torch-fused" in out and "vs torch-fused" in out and "roofline" not in out
+    assert "torch-fused" in out and f"vs {base['impl']}" in out and "roofline" not in out
     assert f"vs stream: GB/s / {dev['copy_gbps']:.1f} GB/s" in out
     if have_matplotlib():
         assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
@@ -126,7 +133,9 @@ BAD = [
     (["--preset", "resnet51"], "--preset"),
     (["--preset", "resnet50", "--numel", "1000"], "--preset"),
     (["--dtype", "fp64"], "--dtype"),
-    (["--optimizer", "lamb"], "--optimizer"),
+    (["--optimizer", "adagrad"], "--optimizer"),
+    (["--preset", "host", "--sweep", "groups"], "--sweep"),
+    (["--preset", "host", "--groups", "4"], "--groups"),
     (["--steps", "0"], "--steps"),
     (["--warmup", "-1"], "--warmup"),
     (["--sweep", "lr"], "--sweep"),
@@ -330,3 +339,190 @@ def test_plot_ratio_labels_clear_of_whiskers_and_caption_explains_the_line():
     fig = plot.figure(_doc(fused_gbps=15.0))
     assert "above it" not in "\n".join(t.get_text() for t in fig.texts)
     plt.close(fig)
+
+
+# ---- the check before timing (issue 27, Note [checked baselines]) --------------------------------
+class _NoStep(torch.optim.SGD):
+    """Deliberately wrong: a step that updates nothing (the shape of pytorch#191763)."""
+
+    def step(self, closure=None):
+        return None
+
+
+def _wrong_impls(monkeypatch):
+    """torch-fused steps nothing; torch-foreach steps with lr 0.1% too large. Both are wrong;
+    the no-op is also the fastest torch implementation."""
+    from fusedopt.bench import impls
+    build = impls.build
+
+    def wrong_build(impl, optimizer, groups, device, hp=None):
+        if impl == "torch-fused":
+            return _NoStep(groups, lr=1e-3)
+        if impl == "torch-foreach":
+            hp = dict(impls.hyper(optimizer) if hp is None else hp)
+            for g in groups:
+                g["lr"] = g.get("lr", hp["lr"]) * 1.001
+            hp["lr"] *= 1.001
+        return build(impl, optimizer, groups, device, hp)
+    monkeypatch.setattr(impls, "build", wrong_build)
+
+
+def test_wrong_implementations_are_flagged_and_never_the_baseline(tmp_path, monkeypatch, capsys):
+    for mod in ("rich", "rich.console", "rich.table"):
+        monkeypatch.setitem(sys.modules, mod, None)
+    _wrong_impls(monkeypatch)
+    data, _ = run_cli(tmp_path, "--impl", "fusedopt,fusedopt-reference,torch-forloop,"
+                                          "torch-foreach,torch-fused")
+    by = {r["impl"]: r for r in data["results"]}
+    assert all(r["status"] == "ok" for r in data["results"])       # wrong ones are still timed
+    assert by["fusedopt-reference"]["check"]["verdict"] == "oracle"
+    assert by["fusedopt"]["check"]["verdict"] == "ok"
+    assert by["torch-forloop"]["check"]["verdict"] == "ok"
+    for impl in ("torch-fused", "torch-foreach"):
+        c = by[impl]["check"]
+        assert c["verdict"] == "wrong" and c["err_ulps"] > c["bound_ulps"], c
+    # how far off: a no-op is off by the whole movement; 0.1% of lr by about 0.1% of it
+    assert by["torch-fused"]["check"]["err_ulps"] >= by["torch-fused"]["check"]["moved_ulps"]
+    assert by["torch-foreach"]["check"]["err_ulps"] < by["torch-foreach"]["check"]["moved_ulps"]
+    for r in data["results"]:
+        assert r["baseline"] == "torch-forloop"
+        assert r["vs_baseline"] == pytest.approx(by["torch-forloop"]["median_ms"] / r["median_ms"])
+        assert r["vs_torch_fused"] is None          # torch-fused is wrong: no ratio to it
+    out = capsys.readouterr().out
+    assert re.search(r"^torch-fused WRONG +\d", out, re.M), out
+    assert re.search(r"^WRONG: torch-fused: [\d,.]+ ulps from fusedopt-reference after 4 steps "
+                     r"\(bound 8", out, re.M), out
+    assert re.search(r"^WRONG: torch-foreach: ", out, re.M) and "vs torch-forloop" in out
+    assert not re.search(r"^(fusedopt|torch-forloop)\S* WRONG", out, re.M)
+    from fusedopt.bench import summary           # the sweep table (issue 27) says the same
+    cells = dict(zip(summary.HEADER, summary.row(data)))
+    assert cells["vs fastest correct torch"] == \
+        f"{by['fusedopt']['vs_baseline']:.2f}x vs torch-forloop"
+    assert cells["torch rows WRONG"] == "torch-foreach, torch-fused"
+    assert cells["level"] == data["device"]["fusedopt_cpu_level"] in ("avx512", "avx2", "scalar")
+
+
+def _torch_fused_sgd_moves(dtype):
+    """Whether torch's fused CPU SGD moves a 64-element param at all (pytorch#191763)."""
+    p = torch.ones(64, dtype=dtype, requires_grad=True)
+    p.grad = torch.ones(64, dtype=dtype)
+    torch.optim.SGD([p], lr=0.1, fused=True).step()
+    return bool((p.detach() != 1).any())
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_torch_fused_sgd_low_precision_shown_as_it_is(tmp_path, dtype):
+    """torch 2.12/2.13's fused CPU SGD in bf16/fp16 (#191763): flagged wrong exactly when it
+    updates nothing, and then never the baseline."""
+    data, _ = run_cli(tmp_path, "--optimizer", "sgd", "--dtype", dtype, "--impl",
+                      "fusedopt,torch-forloop,torch-fused")
+    by = {r["impl"]: r for r in data["results"]}
+    broken = not _torch_fused_sgd_moves(cli.DTYPES[dtype])
+    assert by["torch-fused"]["check"]["verdict"] == ("wrong" if broken else "ok")
+    assert by["fusedopt"]["check"]["verdict"] == "ok"
+    assert by["torch-forloop"]["check"]["verdict"] == "ok"
+    if broken:
+        assert all(r["baseline"] == "torch-forloop" for r in data["results"])
+
+
+def test_check_bound_holds_correct_implementations():
+    """Correct implementations (torch's three, fusedopt's backends) sit within the bound in
+    every dtype; the oracle moved each element by several bounds, so a no-op cannot pass."""
+    from fusedopt.bench import check
+    names = ["fusedopt", "fusedopt-reference", "torch-forloop", "torch-foreach"]
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        res = check.check_all(names, optimizer="adamw", dtype=dtype, clip=True, amp=False,
+                              device=torch.device("cpu"))
+        for impl, rec in res.items():
+            assert rec["verdict"] in ("ok", "oracle"), (dtype, impl, rec)
+            assert rec["moved_ulps"] > 4 * rec["bound_ulps"], (dtype, impl, rec)
+
+
+# ---- the host preset (issue 28 item 4) ------------------------------------------------------------
+def test_host_preset(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(presets, "HOST_COUNTS", (1, 3, 8))
+    out_json = tmp_path / "h.json"
+    assert cli.main(["--device", "cpu", "--preset", "host", "--steps", "3", "--warmup", "1",
+                     "--json", str(out_json), "--plot", str(tmp_path / "h.png")]) == 0
+    data = json.loads(out_json.read_text())
+    assert data["options"]["sweep"] == "host" and data["options"]["sweep_values"] == [1, 3, 8]
+    impls = ["fusedopt-cpu", "fusedopt-reference", "torch-fused"]
+    assert data["options"]["impl"] == impls
+    ok = [r for r in data["results"] if r["status"] == "ok"]
+    assert {r["impl"] for r in ok} >= {"fusedopt-reference", "torch-fused"}
+    for r in ok:
+        n = r["sweep_value"]
+        assert r["tensors"] == r["groups"] == n and r["numel"] == 64 * n
+        assert r["host_us"] == pytest.approx(r["median_ms"] * 1e3)
+        assert r["ns_per_tensor_avg"] == pytest.approx(r["median_ms"] * 1e6 / n)
+        assert 0 < r["cpu_us"] == pytest.approx(r["cpu_ms"] * 1e3)
+        one = next(x for x in ok if x["impl"] == r["impl"] and x["sweep_value"] == 1)
+        if n == 1:
+            assert r["ns_per_tensor"] is None and r["ns_per_tensor_cpu"] is None
+        else:
+            assert r["ns_per_tensor"] == pytest.approx((r["median_ms"] - one["median_ms"]) * 1e6
+                                                       / (n - 1))
+            assert r["ns_per_tensor_cpu"] == pytest.approx((r["cpu_ms"] - one["cpu_ms"]) * 1e6
+                                                           / (n - 1))
+    assert "copy_gbps" not in data["device"] or data["device"]["copy_gbps"] is None
+    out = capsys.readouterr().out
+    assert "host time of a step" in out and "ns/t" in out and "cpu µs" in out
+    rows = [line.split() for line in out.splitlines() if re.match(r"^\s*(1|3|8)\s", line)]
+    assert [row[0] for row in rows] == ["1", "3", "8"]
+    if have_matplotlib():
+        assert (tmp_path / "h.png").exists()
+
+
+# ---- provenance: device, revision, a dirty tree seen (issue 28 item 6) ----------------------------
+def _git(root, *args):
+    subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True,
+                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+                        "PATH": "/usr/bin:/bin"})
+
+
+def test_git_dirty_is_computed_from_the_tree(tmp_path, monkeypatch):
+    from fusedopt.bench import report
+    monkeypatch.delenv("FUSEDOPT_GIT_COMMIT", raising=False)
+    outside = tmp_path / "outside"               # a copied tree without .git
+    outside.mkdir()
+    tmp_path = tmp_path / "repo"
+    tmp_path.mkdir()
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    _git(tmp_path, "add", "a.py")
+    _git(tmp_path, "commit", "-qm", "one")
+    clean = report.git_info(str(tmp_path))
+    assert clean["dirty"] is False and clean["changes"] == [] and len(clean["commit"]) == 40
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "r.json").write_text("{}")     # a run's output
+    assert report.git_info(str(tmp_path))["dirty"] is False
+    (tmp_path / "a.py").write_text("x = 2\n")
+    (tmp_path / "new.py").write_text("")
+    info = report.git_info(str(tmp_path))
+    assert info["dirty"] is True and info["changes"] == ["a.py", "new.py"]
+    assert info["describe"].endswith("-dirty")
+    # a copied tree named by FUSEDOPT_GIT_COMMIT: compared with that commit where it is known
+    monkeypatch.setenv("FUSEDOPT_GIT_COMMIT", clean["commit"])
+    assert report.git_info(str(tmp_path))["dirty"] is True
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "new.py").unlink()
+    named = report.git_info(str(tmp_path))
+    assert named["dirty"] is False and named["named_by"] == "FUSEDOPT_GIT_COMMIT"
+    monkeypatch.setenv("FUSEDOPT_GIT_COMMIT", "f" * 40)               # unknown here: cannot tell
+    assert report.git_info(str(tmp_path))["dirty"] is None
+    assert report.git_info(str(outside))["dirty"] is None   # no .git at all, only the name
+    monkeypatch.delenv("FUSEDOPT_GIT_COMMIT")
+    assert report.git_info(str(outside)) is None
+
+
+def test_result_carries_device_revision_and_both_references(tmp_path):
+    data, _ = run_cli(tmp_path, "--impl", "fusedopt,torch-fused")
+    assert data["git"]["commit"] and data["git"]["dirty"] in (True, False)
+    dev = data["device"]
+    assert dev["slug"] and dev["name"]
+    for prefix, per_elem in (("copy", "12 B/element"), ("real_copy", "8 B/element")):
+        assert dev[f"{prefix}_gbps"] > 0 and per_elem in dev[f"{prefix}_method"]
+        assert dev[f"{prefix}_gbps_p20"] <= dev[f"{prefix}_gbps"] <= dev[f"{prefix}_gbps_p80"]
+    for r in data["results"]:
+        assert r["real_copy_frac"] == pytest.approx(r["gbps"] / r["real_copy_gbps"])

@@ -13,6 +13,7 @@ import sys
 
 import torch
 
+from fusedopt.bench import check as _check
 from fusedopt.bench import impls as _impls
 from fusedopt.bench import measure, presets, report
 
@@ -25,6 +26,7 @@ EXAMPLES = """examples:
   fusedopt-bench --numel 16000 --tensors 1000 --groups per-param --steps 200
   fusedopt-bench --preset vit-b16 --sweep groups
   fusedopt-bench --tensors 100 --sweep numel --optimizer sgd
+  fusedopt-bench --preset host                     # host time: N tiny tensors, one group each
   fusedopt-bench e2e --help                        # a video model trained end to end (issue 14)
 """
 
@@ -95,14 +97,18 @@ def build_parser():
                     f"and a plot ({RESULTS_DIR}/<device>/ unless --json/--plot say otherwise).")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None,
                    help="device to run on (default: cuda if available, else cpu)")
-    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adamw",
-                   help="algorithm (sgd: momentum 0.9); default adamw")
+    p.add_argument("--optimizer", choices=list(_impls.optimizers()), default="adamw",
+                   help="algorithm: a fusedopt class without 'Fused' (sgd and lars: momentum "
+                        "0.9; bench/README.md gives each one's hyper-parameters); default adamw")
     p.add_argument("--numel", type=_count, default=None, metavar="N",
                    help="synthetic set: N parameters in all (e.g. 20M); default 20M")
     p.add_argument("--tensors", type=_positive, default=None, metavar="K",
                    help="synthetic set: K tensors of equal size; default 200")
-    p.add_argument("--preset", choices=list(presets.PRESETS), default=None,
-                   help="a model's parameter shapes (default when no --numel/--tensors: resnet50)")
+    p.add_argument("--preset", choices=list(presets.PRESETS) + [presets.HOST], default=None,
+                   help="a model's parameter shapes (default when no --numel/--tensors: "
+                        f"resnet50); '{presets.HOST}': the host time of a step, "
+                        f"N tensors of {presets.HOST_NUMEL} elements, one group each, N in "
+                        f"{', '.join(map(str, presets.HOST_COUNTS))} (µs per step, ns per tensor)")
     p.add_argument("--groups", type=_groups, default="1", metavar="{1,per-param,N}",
                    help="param groups, each with its own lr: 1, one per tensor, or N; default 1")
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="param dtype; default fp32")
@@ -141,9 +147,16 @@ def resolve(args, parser):
         parser.error(f"argument --preset: not allowed with argument {which}")
     if args.sweep == "groups" and args.groups != "1":
         parser.error("argument --groups: not allowed with argument --sweep groups")
+    if args.preset == presets.HOST and (args.sweep or args.groups != "1"):
+        which = "--sweep" if args.sweep else "--groups"
+        parser.error(f"argument {which}: not allowed with argument --preset {presets.HOST} "
+                     "(it sweeps the tensor count, one group each)")
     if not synthetic and not args.preset:
         args.preset = "resnet50"
-    if args.preset:
+    if args.preset == presets.HOST:
+        args.sweep, args.groups = presets.HOST, "per-param"
+        args.shapes = [(presets.HOST_NUMEL,)] * max(presets.HOST_COUNTS)
+    elif args.preset:
         args.shapes = presets.shapes(args.preset)
     else:
         args.tensors = args.tensors or 200
@@ -159,12 +172,15 @@ def resolve(args, parser):
         parser.error(f"argument --groups: {args.groups} groups for {args.tensors} tensors "
                      "(at most one group per tensor)")
     args.device_obj = torch.device(args.device)
-    args.impl = args.impl or _impls.default_impls(args.device_obj, DTYPES[args.dtype])
+    args.impl = args.impl or _impls.default_impls(args.device_obj, DTYPES[args.dtype],
+                                                  host=args.sweep == presets.HOST)
     return args
 
 
 def sweep_points(args):
     """[(sweep value or None, shapes, groups)]."""
+    if args.sweep == presets.HOST:
+        return [(n, [(presets.HOST_NUMEL,)] * n, "per-param") for n in presets.HOST_COUNTS]
     if args.sweep == "numel":
         start = max(args.tensors, 2**16)
         values, v = [], start
@@ -187,7 +203,8 @@ def _memory_check(args, live, elem):
     """Warn when the run will not fit in memory (every implementation keeps its own state, and
     one with master weights 4 B/param more)."""
     n_live, masters = len(live), sum(_impls.split(i)[1] for i in live)
-    states = {"adam": 2, "adamw": 2, "sgd": 1}[args.optimizer]
+    algo, flags = _impls.flags_of(args.optimizer)
+    states = len(algo.state_names(flags))
     need = args.numel * (elem * (2 + (1 if args.clip or args.amp else 0) + states * n_live)
                          + 4 * masters * (elem < 4))
     if args.device == "cuda":
@@ -207,50 +224,56 @@ def _memory_check(args, live, elem):
 
 def run(args):
     device, dtype = args.device_obj, DTYPES[args.dtype]
+    host = args.sweep == presets.HOST
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    stream = measure.Stream(device)
+    references = [] if host else [measure.Stream(device), measure.Copy(device)]
     bpp = measure.bytes_per_param(args.optimizer, dtype, clip=args.clip, amp=args.amp)
     points = sweep_points(args)
     what = args.preset or "synthetic"
     print(f"fusedopt-bench: {args.optimizer} {args.dtype}{' +clip' if args.clip else ''}"
           f"{' +amp' if args.amp else ''} on {device.type} ({report.device_slug(device)}, "
-          f"{torch.get_num_threads()} threads) | {what}: {args.numel:,} params in "
-          f"{args.tensors} tensors, groups={args.sweep == 'groups' and 'swept' or args.groups} | "
-          f"{bpp} B/param | {args.steps} steps after {args.warmup} warm-up", flush=True)
+          f"{torch.get_num_threads()} threads) | {what}: " +
+          (f"{presets.HOST_NUMEL}-element tensors, one group each, N = "
+           f"{', '.join(map(str, presets.HOST_COUNTS))}" if host else
+           f"{args.numel:,} params in {args.tensors} tensors, groups="
+           f"{args.sweep == 'groups' and 'swept' or args.groups} | {bpp} B/param") +
+          f" | {args.steps} steps after {args.warmup} warm-up", flush=True)
     live = [i for i in args.impl if _impls.unavailable_reason(i, args.optimizer, device) is None]
-    _memory_check(args, live, torch.empty((), dtype=dtype).element_size())
+    if not host:
+        _memory_check(args, live, torch.empty((), dtype=dtype).element_size())
+    checks = _check.check_all(args.impl, optimizer=args.optimizer, dtype=dtype, clip=args.clip,
+                              amp=args.amp, device=device)
     progress = report.Progress(len(points), f"sweep {args.sweep}") if args.sweep else None
-    results, stream_ms = [], []
+    results, ref_ms = [], {r: [] for r in references}
     for value, shapes, groups in points:
-        entries, point_stream = measure.run_point(
+        entries, point_refs = measure.run_point(
             args.impl, optimizer=args.optimizer, shapes=shapes, groups=groups, dtype=dtype,
             clip=args.clip, amp=args.amp, steps=args.steps, warmup=args.warmup, device=device,
-            stream=stream)
-        stream_ms += point_stream
+            references=references, host=host)
+        for r, times in point_refs.items():
+            ref_ms[r] += times
         numel = sum(math.prod(s) for s in shapes)
-        med = measure.quantile(point_stream, 0.5)
-        copy = stream.bytes / (med * 1e-3) / 1e9 if med else None
-        best = stream.bytes / (min(point_stream) * 1e-3) / 1e9 if point_stream else None
         extra = {"numel": numel, "tensors": len(shapes),
-                 "groups": measure.group_count(groups, len(shapes)), "copy_gbps": copy,
-                 "copy_gbps_best": best}
+                 "groups": measure.group_count(groups, len(shapes))}
         if args.sweep:
             extra["sweep_value"] = value
         bytes_of = {i: numel * measure.bytes_per_param(args.optimizer, dtype, clip=args.clip,
                                                        amp=args.amp, master=True)
                     for i in args.impl if _impls.split(i)[1]}
-        results += report.records(entries, bytes_per_step=bpp * numel, copy_gbps=copy,
-                                  copy_gbps_best=best, extra=extra, bytes_of=bytes_of)
+        results += report.records(entries, bytes_per_step=bpp * numel, references=point_refs,
+                                  extra=extra, bytes_of=bytes_of, checks=checks)
         gc.collect()
         if progress:
             progress.advance(f"{args.sweep}={value}")
     if progress:
         progress.close()
+    if host:
+        report.host_figures(results)
     options = {k: v for k, v in vars(args).items() if k not in ("shapes", "device_obj")}
     options.update(bytes_per_param=bpp, max_norm=_impls.MAX_NORM if args.clip else None,
                    hyper=_impls.hyper(args.optimizer),
                    sweep_values=[v for v, _, _ in points] if args.sweep else None)
-    dev = report.device_info(device, stream, stream_ms)
+    dev = report.device_info(device, ref_ms)
     dev["loadavg_1min_start"] = load_start
     return {"device": dev, "torch": report.torch_info(),
             "git": report.git_info(), "options": options, "results": results}
@@ -259,24 +282,34 @@ def run(args):
 def show(data):
     d, o = data["device"], data["options"]
     sweep = o.get("sweep")
+    if sweep == presets.HOST:
+        report.print_host_table(data["results"])
+        return
     per_point = [r["copy_gbps"] for r in data["results"] if r.get("copy_gbps")]
+    spread = (f" (p20-p80 {d['copy_gbps_p20']:.1f}-{d['copy_gbps_p80']:.1f})"
+              if d.get("copy_gbps_p20") else "")
     if not d.get("copy_gbps"):
         print("stream: not measured")
     elif sweep and per_point:
         print(f"stream: {min(per_point):.1f}-{max(per_point):.1f} GB/s, timed at each point "
               f"alongside its steps (each point's \"vs stream\" uses its own): {d['copy_method']}")
     else:
-        print(f"stream: {d['copy_gbps']:.1f} GB/s median ({d['copy_gbps_best']:.1f} best): "
-              f"{d['copy_method']}")
+        print(f"stream: {d['copy_gbps']:.1f} GB/s median ({d['copy_gbps_best']:.1f} best)"
+              f"{spread}: {d['copy_method']}")
+    if d.get("real_copy_gbps"):
+        print(f"copy_: {d['real_copy_gbps']:.1f} GB/s median ({d['real_copy_gbps_best']:.1f} "
+              f"best, p20-p80 {d['real_copy_gbps_p20']:.1f}-{d['real_copy_gbps_p80']:.1f}): "
+              f"{d['real_copy_method']}")
     for v in o.get("sweep_values") or [None]:
         rs = [r for r in data["results"] if r.get("sweep_value") == v]
         title = f"{sweep}={v}" if sweep else "results"
         copy = rs[0].get("copy_gbps") if rs else d.get("copy_gbps")
+        real = rs[0].get("real_copy_gbps") if rs else d.get("real_copy_gbps")
         if rs:
             title += f" ({rs[0]['numel']:,} params, {rs[0]['tensors']} tensors, {rs[0]['groups']} groups"
             title += f"; stream {copy:.1f} GB/s)" if sweep and copy else ")"
         print()
-        report.print_table(title, rs, copy_gbps=copy)
+        report.print_table(title, rs, copy_gbps=copy, real_copy_gbps=real)
 
 
 def _count_text(n):

@@ -32,6 +32,8 @@ import time
 import torch
 from torch import nn
 
+from fusedopt.bench.report import provenance
+
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
@@ -412,7 +414,8 @@ def main(argv=None):
               f"{r['iter_ms']:.2f} ms, optimizer {r['optim_ms'] or float('nan'):.3f} ms",
               flush=True)
     doc = dict(device=(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
-               torch=torch.__version__, model=model_name, options=vars(args), results=results)
+               torch=torch.__version__, model=model_name, options=vars(args), results=results,
+               provenance=provenance(device))   # device, git (dirty computed), versions
     agreement(results, args)
     for r in results:
         if "agreement" in r:

@@ -19,6 +19,7 @@ is the same one with ``master_weights=True``: fp32 master copies of fp16/bf16 pa
 for fp32).
 """
 import importlib
+import inspect
 
 import torch
 
@@ -34,10 +35,14 @@ def split(impl):
     return base, base != impl
 
 
-def default_impls(device, dtype=torch.float32):
+def default_impls(device, dtype=torch.float32, *, host=False):
     """What a run without --impl compares on ``device``: fusedopt as users get it (and, for
     fp16/bf16 params, with master weights), its reference backend, torch's three
-    implementations, and the third-party ones that could run there."""
+    implementations, and the third-party ones that could run there. ``host`` (the host
+    preset): each fusedopt backend of the device and torch's fused implementation."""
+    if host:
+        backends = ["cuda", "triton"] if device.type == "cuda" else ["cpu"]
+        return [f"fusedopt-{b}" for b in backends] + ["fusedopt-reference", "torch-fused"]
     master = ["fusedopt+master"] if dtype in (torch.float16, torch.bfloat16) else []
     if device.type == "cuda":
         return ["fusedopt", *master, "fusedopt-cuda", "fusedopt-triton", "fusedopt-reference",
@@ -46,11 +51,68 @@ def default_impls(device, dtype=torch.float32):
             "torch-fused", "deepspeed"]
 
 
+def optimizers():
+    """{name: (descriptor, fusedopt class)} for every class of every algorithm in
+    ``fusedopt.algorithms.ALGORITHMS``: 'adam' (FusedAdam), 'adamw', 'sgd', 'lion', 'lars',
+    'lamb'. A new algorithm's classes appear here, and in ``--optimizer``, with no edit."""
+    from fusedopt.algorithms import ALGORITHMS
+    return {cls.__name__[len("Fused"):].lower(): (algo, cls)
+            for algo in ALGORITHMS.values() for cls in algo.classes}
+
+
+# Changes to a class's defaults for the bench: weight decay on, so every implementation does it;
+# SGD and LARS with momentum 0.9; LARS's lr (required) and decay of SimCLR's configs (lr 0.3 per
+# 256 samples, 1e-6). An algorithm without an entry runs at its class's defaults.
+_HYPER = {"adam": dict(weight_decay=1e-2), "sgd": dict(lr=1e-2, momentum=0.9, weight_decay=1e-4),
+          "lion": dict(weight_decay=1e-2), "lars": dict(lr=0.3, momentum=0.9, weight_decay=1e-6)}
+
+
 def hyper(optimizer):
-    """Constructor keywords shared by every implementation (weight decay on, so all do it)."""
-    if optimizer == "sgd":
-        return dict(lr=1e-2, momentum=0.9, weight_decay=1e-4)
-    return dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
+    """Constructor keywords shared by every implementation: the fusedopt class's positional
+    hyper-parameters (torch's order, which the peers share) with their defaults, changed by
+    ``_HYPER``."""
+    _, cls = optimizers()[optimizer]
+    params = list(inspect.signature(cls.__init__).parameters.values())[2:]   # self, params
+    hp = {p.name: p.default for p in params
+          if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty}
+    hp.update(_HYPER.get(optimizer, {}))
+    return hp
+
+
+def flags_of(optimizer):
+    """(descriptor, flags word) of ``optimizer`` at the bench's hyper-parameters."""
+    algo, cls = optimizers()[optimizer]
+    opt = cls([torch.zeros(1, requires_grad=True)], **hyper(optimizer), backend="reference")
+    return algo, algo.flags_word(algo.group_flags(opt.param_groups[0]))
+
+
+# The third-party peers: (impl, optimizer) -> {device type: (module, class, extra keywords)}.
+# No entry: the package has no such optimizer (the check, Note [checked baselines], tells
+# whether one that has it computes the same algorithm).
+_PEERS = {
+    ("apex", "adam"): {"cuda": ("apex.optimizers", "FusedAdam", dict(adam_w_mode=False))},
+    ("apex", "adamw"): {"cuda": ("apex.optimizers", "FusedAdam", dict(adam_w_mode=True))},
+    ("apex", "sgd"): {"cuda": ("apex.optimizers", "FusedSGD", {})},
+    ("apex", "lamb"): {"cuda": ("apex.optimizers", "FusedLAMB", dict(adam_w_mode=True))},
+    ("te", "adam"): {"cuda": ("transformer_engine.pytorch.optimizers", "FusedAdam",
+                              dict(adam_w_mode=False))},
+    ("te", "adamw"): {"cuda": ("transformer_engine.pytorch.optimizers", "FusedAdam",
+                               dict(adam_w_mode=True))},
+    ("te", "sgd"): {"cuda": ("transformer_engine.pytorch.optimizers", "FusedSGD", {})},
+    ("deepspeed", "adam"): {"cpu": ("deepspeed.ops.adam", "DeepSpeedCPUAdam",
+                                    dict(adamw_mode=False)),
+                            "cuda": ("deepspeed.ops.adam", "FusedAdam", dict(adam_w_mode=False))},
+    ("deepspeed", "adamw"): {"cpu": ("deepspeed.ops.adam", "DeepSpeedCPUAdam",
+                                     dict(adamw_mode=True)),
+                             "cuda": ("deepspeed.ops.adam", "FusedAdam", dict(adam_w_mode=True))},
+    ("deepspeed", "lion"): {"cpu": ("deepspeed.ops.lion", "DeepSpeedCPULion", {}),
+                            "cuda": ("deepspeed.ops.lion", "FusedLion", {})},
+}
+
+
+def _torch_class(optimizer):
+    """torch.optim's class of ``optimizer`` (FusedAdamW -> torch.optim.AdamW), or None."""
+    return getattr(torch.optim, optimizers()[optimizer][1].__name__[len("Fused"):], None)
 
 
 def _import(module):
@@ -77,48 +139,34 @@ def unavailable_reason(impl, optimizer, device):
             return f"fusedopt backend {backend!r} does not step tensors on {device.type}"
         return None
     if impl.startswith("torch-"):
+        if _torch_class(optimizer) is None:
+            return f"torch.optim has no {optimizers()[optimizer][1].__name__[len('Fused'):]}"
         if impl == "torch-fused" and device.type not in ("cpu", "cuda", "mps", "xpu"):
             return f"torch has no fused {optimizer} on {device.type}"
         return None
-    if device.type != "cuda" and impl in ("apex", "te"):
-        return f"{impl}'s fused optimizers run on CUDA tensors only"
-    if impl == "deepspeed" and optimizer == "sgd":
-        return "DeepSpeed has no fused SGD"
-    module = {"apex": "apex.optimizers", "te": "transformer_engine.pytorch.optimizers",
-              "deepspeed": "deepspeed.ops.adam"}[impl]
-    return _import(module)[1]
+    where = _PEERS.get((impl, optimizer))
+    if where is None:
+        return f"{impl} has no fused {optimizer}"
+    if device.type not in where:
+        return f"{impl}'s fused {optimizer} runs on {' and '.join(where).upper()} tensors only"
+    return _import(where[device.type][0])[1]
 
 
-def build(impl, optimizer, groups, device):
-    """The optimizer of ``impl`` over ``groups`` (a list of param-group dicts)."""
-    hp = hyper(optimizer)
-    adamw = optimizer == "adamw"
+def build(impl, optimizer, groups, device, hp=None):
+    """The optimizer of ``impl`` over ``groups`` (a list of param-group dicts), with the
+    constructor keywords ``hp`` (default: ``hyper(optimizer)``)."""
+    hp = hyper(optimizer) if hp is None else hp
     impl, master = split(impl)
     if impl.startswith("fusedopt"):
-        import fusedopt
-        cls = {"adam": fusedopt.FusedAdam, "adamw": fusedopt.FusedAdamW, "sgd": fusedopt.FusedSGD}
-        return cls[optimizer](groups, **hp, backend=impl.partition("-")[2] or "auto",
-                              master_weights=master)
+        return optimizers()[optimizer][1](groups, **hp, backend=impl.partition("-")[2] or "auto",
+                                          master_weights=master)
     if impl.startswith("torch-"):
-        cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
         flags = {"torch-forloop": dict(foreach=False), "torch-foreach": dict(foreach=True),
                  "torch-fused": dict(fused=True)}[impl]
-        return cls[optimizer](groups, **hp, **flags)
-    if impl == "apex":
-        mod = _import("apex.optimizers")[0]
-        if optimizer == "sgd":
-            return mod.FusedSGD(groups, **hp)
-        return mod.FusedAdam(groups, **hp, adam_w_mode=adamw)
-    if impl == "te":
-        mod = _import("transformer_engine.pytorch.optimizers")[0]
-        if optimizer == "sgd":
-            return mod.FusedSGD(groups, **hp)
-        return mod.FusedAdam(groups, **hp, adam_w_mode=adamw)
-    if impl == "deepspeed":
-        mod = _import("deepspeed.ops.adam")[0]
-        if device.type == "cpu":
-            return mod.DeepSpeedCPUAdam(groups, **hp, adamw_mode=adamw)
-        return mod.FusedAdam(groups, **hp, adam_w_mode=adamw)
+        return _torch_class(optimizer)(groups, **hp, **flags)
+    if (impl, optimizer) in _PEERS:
+        module, name, extra = _PEERS[(impl, optimizer)][device.type]
+        return getattr(_import(module)[0], name)(groups, **hp, **extra)
     raise ValueError(f"unknown implementation {impl!r}")
 
 
@@ -131,29 +179,30 @@ def backend_of(impl, opt):
     return ",".join(names) or None
 
 
-def make_step(impl, opt, params, *, clip, amp, device):
-    """A no-argument callable running one training-loop optimizer step of ``impl``."""
+def make_step(impl, opt, params, *, clip, amp, device, max_norm=MAX_NORM):
+    """A no-argument callable running one training-loop optimizer step of ``impl`` (``clip``:
+    to ``max_norm``)."""
     fused = impl.startswith("fusedopt")
     if not amp:
         if not clip:
             return opt.step
         if fused:
             def step():
-                opt.clip_grad_norm_(MAX_NORM)
+                opt.clip_grad_norm_(max_norm)
                 opt.step()
         else:
             def step():
-                torch.nn.utils.clip_grad_norm_(params, MAX_NORM, foreach=True)
+                torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
                 opt.step()
         return step
     if fused:
-        return _fused_amp_step(opt, clip=clip, device=device)
+        return _fused_amp_step(opt, clip=clip, device=device, max_norm=max_norm)
     scaler = _scaler(device)
 
     def step():
         if clip:
             scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(params, MAX_NORM, foreach=True)
+            torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
         scaler.step(opt)
         scaler.update()
     return step
@@ -165,11 +214,11 @@ def _scaler(device):
     return scaler
 
 
-def _fused_amp_step(opt, *, clip, device):
+def _fused_amp_step(opt, *, clip, device, max_norm):
     """fusedopt's fused AMP step, through the public ``fusedopt.AmpOptimWrapper`` (fp16 scaling)."""
     from fusedopt.config import AmpOptimWrapper
     wrapper = AmpOptimWrapper(optimizer=opt, dtype="float16",
-                              clip_grad=dict(max_norm=MAX_NORM) if clip else None)
+                              clip_grad=dict(max_norm=max_norm) if clip else None)
     wrapper.loss_scaler.scale(torch.ones((), device=device))
     if not wrapper._fused_amp_ok():
         raise RuntimeError("fusedopt.AmpOptimWrapper did not take its fused AMP path")

@@ -17,28 +17,33 @@ import torch
 
 from fusedopt.bench import impls as _impls
 
-# The stream, the reference of "vs stream": in-place a.add_(b, alpha=...) reads a and b and writes
-# a: 12 B per fp32 element, with no write-allocate traffic owed (the definition issue 2 uses, on
-# 20M floats on CPU). A reference access pattern, not a ceiling: a step may beat it.
+# Note [bandwidth references]: two of torch's element-wise ops over fp32 vectors, timed in the same
+# rounds as the steps (one pass of each per round), give the step's GB/s its yardsticks:
+# - the stream, in-place a.add_(b, alpha=...): reads a and b and writes a, 12 B per element with no
+#   write-allocate traffic owed (the definition issue 2 uses, on 20M floats on CPU); the "vs stream"
+#   column and the JSON's copy_gbps / roofline_frac (names kept for the committed results);
+# - a real copy, dst.copy_(src): reads src, writes dst, 8 B per element (STREAM's "copy"
+#   convention: the write-allocate read a CPU may add is not counted); "vs copy_", real_copy_gbps.
+# Neither is a ceiling: a step may beat them. Both are given with their p20-p80 spread: on the
+# H200 the add_ reference moved by 4% between runs of unchanged kernels (issue 28), enough to flip
+# a 90%-of-copy target, so a ratio is only as firm as its reference's spread.
 STREAM_BYTES_PER_ELEM = 12
+COPY_BYTES_PER_ELEM = 8
 CPU_STREAM_NUMEL = 20_000_000
 CUDA_STREAM_NUMEL = 1 << 28
 
-_STEP_UNITS = {"adam": 7, "adamw": 7, "sgd": 5}   # element reads+writes of one update, per param
-
-
 def bytes_per_param(optimizer, dtype, *, clip=False, amp=False, master=False):
-    """Bytes one step must move per parameter (bench/README.md, "Effective bandwidth"): Adam/AdamW read
-    p, g, m, v and write p, m, v (7 elements: fp32 28 B); SGD with momentum reads p, g, buf and
-    writes p, buf (5: 20 B). A clip norm or AMP's found_inf check needs one more read of every grad
+    """Bytes one step must move per parameter (bench/README.md, "Effective bandwidth"): the
+    algorithm's own count (``Algorithm.bytes_per_param`` at the bench's flags: Adam/AdamW read
+    p, g, m, v and write p, m, v, fp32 28 B; SGD with momentum 20; a two-stage algorithm's
+    second reads added). A clip norm or AMP's found_inf check needs one more read of every grad
     before the update (fp32 AdamW + clip: 32 B), and both share that read. ``master``: fp16/bf16
     params with fp32 master copies read the master (4 B) instead of the param and write both
-    (Note [master copy]): bf16 AdamW 14 -> 20 B."""
+    (Note [master copy]): bf16 AdamW 14 -> 20 B; a no-op for fp32."""
+    algo, flags = _impls.flags_of(optimizer)
+    master = master and dtype in (torch.float16, torch.bfloat16)
     size = torch.empty((), dtype=dtype).element_size()
-    moved = (_STEP_UNITS[optimizer] + (1 if clip or amp else 0)) * size
-    if master and dtype in (torch.float16, torch.bfloat16):
-        moved += 4 + 4 - size
-    return moved
+    return algo.bytes_per_param(dtype, flags, master=master) + (size if clip or amp else 0)
 
 
 def synthetic_shapes(numel, tensors):
@@ -73,24 +78,64 @@ def make_params(shapes, dtype, device, *, grad_scale=1.0, seed=0):
     return params
 
 
-class Stream:
-    """The stream: ``a.add_(b, alpha=1e-7)`` over fp32 vectors, 12 B/element."""
+def _reference_numel(device):
+    numel = CPU_STREAM_NUMEL if device.type == "cpu" else CUDA_STREAM_NUMEL
+    if device.type == "cuda":     # both references' vectors (4 of them) in a quarter of free memory
+        free, _ = torch.cuda.mem_get_info(device)
+        while numel > (1 << 22) and 16 * numel > free // 4:
+            numel //= 2
+    return numel
 
-    def __init__(self, device):
-        numel = CPU_STREAM_NUMEL if device.type == "cpu" else CUDA_STREAM_NUMEL
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            while numel > (1 << 22) and 8 * numel > free // 4:
-                numel //= 2
-        self.numel = numel
+
+class Reference:
+    """One bandwidth reference of Note [bandwidth references]; ``prefix`` names its JSON fields."""
+
+    def __init__(self, device, *, numel, bytes_per_elem, prefix, method):
+        self.numel, self.prefix, self.method = numel, prefix, method
         self.a = torch.ones(numel, device=device)
         self.b = torch.ones(numel, device=device)
-        self.bytes = STREAM_BYTES_PER_ELEM * numel
-        self.method = (f"in-place a.add_(b, alpha=...) on {numel} fp32 elements, "
-                       f"{STREAM_BYTES_PER_ELEM} B/element")
+        self.bytes = bytes_per_elem * numel
+
+    def gbps(self, ms):
+        return self.bytes / (ms * 1e-3) / 1e9 if ms else None
+
+    def summary(self, times):
+        """{<prefix>_gbps (median), _best, _p20, _p80 (GB/s at the p80 and p20 times), _ms,
+        _method} of the pass times ``times`` (ms)."""
+        p = self.prefix
+        if not times:
+            return {f"{p}_gbps": None, f"{p}_method": self.method}
+        return {f"{p}_ms": quantile(times, 0.5), f"{p}_gbps": self.gbps(quantile(times, 0.5)),
+                f"{p}_gbps_best": self.gbps(min(times)),
+                f"{p}_gbps_p20": self.gbps(quantile(times, 0.8)),
+                f"{p}_gbps_p80": self.gbps(quantile(times, 0.2)), f"{p}_method": self.method}
+
+
+class Stream(Reference):
+    """The stream: ``a.add_(b, alpha=1e-7)`` over fp32 vectors, 12 B/element."""
+
+    def __init__(self, device, numel=None):
+        numel = numel or _reference_numel(device)
+        super().__init__(device, numel=numel, bytes_per_elem=STREAM_BYTES_PER_ELEM, prefix="copy",
+                         method=f"in-place a.add_(b, alpha=...) on {numel} fp32 elements, "
+                                f"{STREAM_BYTES_PER_ELEM} B/element")
 
     def __call__(self):
         self.a.add_(self.b, alpha=1e-7)
+
+
+class Copy(Reference):
+    """A real copy: ``a.copy_(b)`` over fp32 vectors, 8 B/element."""
+
+    def __init__(self, device, numel=None):
+        numel = numel or _reference_numel(device)
+        super().__init__(device, numel=numel, bytes_per_elem=COPY_BYTES_PER_ELEM,
+                         prefix="real_copy",
+                         method=f"a.copy_(b) on {numel} fp32 elements, {COPY_BYTES_PER_ELEM} "
+                                "B/element")
+
+    def __call__(self):
+        self.a.copy_(self.b)
 
 
 class Timer:
@@ -124,6 +169,37 @@ class Timer:
         if self.cuda:
             torch.cuda.synchronize()
         return t
+
+    def host_and_cpu_ms(self, fn):
+        """(host wall ms, process CPU ms) of the call alone. Note [CPU time on a shared host]:
+        a step longer than the scheduler's time slice is preempted on a loaded machine and its
+        wall time grows with the load, not with its work: at load 11 on 2 cores the cpu
+        backend's 5000-group step took 28 ms of wall time and 4.0 ms of CPU time (1000 groups:
+        0.85 and 0.85 ms). The process's CPU time counts every thread, spinning OpenMP workers
+        too: with OMP_NUM_THREADS=1 it is the step's own work."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        c0, t0 = time.process_time_ns(), time.perf_counter_ns()
+        fn()
+        t, c = time.perf_counter_ns() - t0, time.process_time_ns() - c0
+        if self.cuda:
+            torch.cuda.synchronize()
+        return t / 1e6, c / 1e6
+
+
+def per_call_s(fn, n, device=None):
+    """Seconds per call over ``n`` back-to-back calls of ``fn`` (on CUDA the device synchronised
+    before and after): for calls too short to time one by one (bench/hparams.py,
+    bench/scheduler_step.py)."""
+    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else None
+    if sync:
+        sync()
+    t0 = time.perf_counter_ns()
+    for _ in range(n):
+        fn()
+    if sync:
+        sync()
+    return (time.perf_counter_ns() - t0) / 1e9 / n
 
 
 def quantile(values, q):
@@ -189,7 +265,7 @@ class Entry:
     def __init__(self, impl):
         self.impl, self.status, self.reason = impl, "ok", None
         self.opt = self.step = self.backend = None
-        self.times, self.host = [], []
+        self.times, self.host, self.cpu = [], [], []
         self.peak_mem = self.launches = None
 
     def fail(self, exc):
@@ -215,9 +291,10 @@ def _build(entries, optimizer, groups, params, *, clip, amp, device, profile_fir
             e.fail(exc)
 
 
-def _rounds(entries, rounds, warmup, run_one, extra=None):
-    """Interleaved rounds; ``run_one(entry) -> float`` appended to ``sink`` after warmup."""
-    slots = [e for e in entries if e.status == "ok"] + ([extra] if extra is not None else [])
+def _rounds(entries, rounds, warmup, run_one, extra=()):
+    """Interleaved rounds; ``run_one(entry) -> float`` appended to ``sink`` after warmup;
+    ``extra``: more slots (the bandwidth references) timed in every round."""
+    slots = [e for e in entries if e.status == "ok"] + list(extra)
     n = len(slots)
     for r in range(warmup + rounds):
         for k in range(n):
@@ -233,14 +310,17 @@ def _rounds(entries, rounds, warmup, run_one, extra=None):
                 slot.sink.append(value)
 
 
-class _StreamSlot:
-    def __init__(self, stream):
-        self.stream, self.sink = stream, []
+class _ReferenceSlot:
+    def __init__(self, reference):
+        self.reference, self.sink = reference, []
 
 
 def run_point(impl_names, *, optimizer, shapes, groups, dtype, clip, amp, steps, warmup, device,
-              stream):
-    """Time every implementation on one parameter set. Returns (entries, stream times in ms)."""
+              references=(), host=False):
+    """Time every implementation on one parameter set, in rounds with one pass of each bandwidth
+    reference. Returns (entries, {reference: its pass times in ms}). ``host``: time the host
+    side only (Timer.host_and_cpu_ms: wall and CPU time; the host preset), without peak memory, launches or the twin set
+    of Note [host overhead]."""
     reasons = {i: _impls.unavailable_reason(i, optimizer, device) for i in impl_names}
     entries = [Entry(i) for i in impl_names]
     for e in entries:
@@ -258,21 +338,25 @@ def run_point(impl_names, *, optimizer, shapes, groups, dtype, clip, amp, steps,
         def restore():
             torch._foreach_copy_(grads, master)
     _build(live, optimizer, param_groups(params, groups, lr), params, clip=clip, amp=amp,
-           device=device, profile_first=True)
+           device=device, profile_first=not host)
     timer = Timer(device)
-    slot = _StreamSlot(stream)
+    slots = [_ReferenceSlot(r) for r in references]
+    time_step = timer.host_and_cpu_ms if host else timer
 
     def run_one(x):
-        if x is slot:
-            return timer(stream)
+        if isinstance(x, _ReferenceSlot):
+            return timer(x.reference)
         if restore is not None:
             restore()
-        return timer(x.step)
+        return time_step(x.step)
 
     for e in live:
         e.sink = e.times
-    _rounds(live, steps, warmup, run_one, extra=slot)
-    if device.type == "cuda":
+    _rounds(live, steps, warmup, run_one, extra=slots)
+    if host:     # (wall, cpu) pairs
+        for e in live:
+            e.times, e.cpu = [w for w, _ in e.times], [c for _, c in e.times]
+    if device.type == "cuda" and not host:
         for e in live:
             if e.status == "ok":
                 try:
@@ -283,9 +367,11 @@ def run_point(impl_names, *, optimizer, shapes, groups, dtype, clip, amp, steps,
         e.opt = e.step = None
     del params
     gc.collect()
-    _host_overhead(live, optimizer=optimizer, n_tensors=len(shapes), groups=groups, dtype=dtype,
-                   clip=clip, amp=amp, steps=steps, warmup=warmup, device=device)
-    return entries, slot.sink
+    if not host:
+        _host_overhead(live, optimizer=optimizer, n_tensors=len(shapes), groups=groups,
+                       dtype=dtype, clip=clip, amp=amp, steps=steps, warmup=warmup,
+                       device=device)
+    return entries, {s.reference: s.sink for s in slots}
 
 
 def _host_overhead(entries, *, optimizer, n_tensors, groups, dtype, clip, amp, steps, warmup,

@@ -62,12 +62,20 @@ def figure(data):
     copy = data["device"].get("copy_gbps")
     sweep = data["options"].get("sweep")
     fig, (ax_t, ax_b) = plt.subplots(1, 2, figsize=(13, 5.6))
+    if sweep == "host":
+        _host(ax_t, ax_b, ok)
+        fig.suptitle(title_of(data), fontsize=9)
+        fig.text(0.01, 0.01, "Host time of one step: N tensors of 64 elements, one group each; "
+                 "median step (host clock), and each tensor's cost above one, "
+                 "(t(N) - t(1)) / (N - 1).", fontsize=8, ha="left", va="bottom", wrap=True)
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
+        return fig
     if sweep:
         impls = list(dict.fromkeys(r["impl"] for r in ok))
         for impl in impls:
             rs = sorted((r for r in ok if r["impl"] == impl), key=lambda r: r["sweep_value"])
             xs = [r["sweep_value"] for r in rs]
-            ax_t.plot(xs, [r["median_ms"] for r in rs], marker="o", label=impl)
+            ax_t.plot(xs, [r["median_ms"] for r in rs], marker="o", label=_label(rs[0]))
             ax_t.fill_between(xs, [r["p20_ms"] for r in rs], [r["p80_ms"] for r in rs], alpha=0.15)
             ax_b.plot(xs, [r["gbps"] for r in rs], marker="o", label=impl)
         for ax in (ax_t, ax_b):
@@ -100,13 +108,14 @@ def figure(data):
 
 
 def _bars(ax_t, ax_b, ok):
-    names = [r["impl"] for r in ok]
+    names = [_label(r) for r in ok]
     x = range(len(ok))
     med = [r["median_ms"] for r in ok]
     top = [r["p80_ms"] for r in ok]
     err = [[m - r["p20_ms"] for m, r in zip(med, ok)], [t - m for m, t in zip(med, top)]]
-    ax_t.bar(x, med, yerr=err, capsize=3, color="tab:blue")
-    ax_b.bar(x, [r["gbps"] for r in ok], color="tab:green")
+    wrong = ["tab:red" if _wrong(r) else None for r in ok]
+    ax_t.bar(x, med, yerr=err, capsize=3, color=[w or "tab:blue" for w in wrong])
+    ax_b.bar(x, [r["gbps"] for r in ok], color=[w or "tab:green" for w in wrong])
     log = bool(med) and max(med) > 20 * min(med)
     if log:
         ax_t.set_yscale("log")
@@ -116,13 +125,48 @@ def _bars(ax_t, ax_b, ok):
         ax.grid(True, axis="y", alpha=0.3)
     # the ratio above the p80 whisker's cap, not on the bar's top where the whisker runs
     for i, r in enumerate(ok):
-        if r.get("vs_torch_fused"):
-            ax_t.annotate(f"{r['vs_torch_fused']:.2f}x\nvs torch-fused", (i, top[i]),
+        base, ratio = _baseline(r)
+        if ratio:
+            ax_t.annotate(f"{ratio:.2f}x\nvs {base}", (i, top[i]),
                           xytext=(0, 4), textcoords="offset points", ha="center", va="bottom",
                           fontsize=7)
     if top:   # headroom for the two-line labels (about 25 pt of a 300 pt tall axis)
         low, high = ax_t.get_ylim()
         ax_t.set_ylim(low, high * 10 ** (0.15 * math.log10(high / low)) if log else high * 1.18)
+
+
+def _baseline(r):
+    """(baseline, ratio): the fastest correct torch implementation (Note [checked baselines]);
+    torch-fused in results written before the check."""
+    if "baseline" in r:
+        return r["baseline"], r["vs_baseline"]
+    return "torch-fused", r.get("vs_torch_fused")
+
+
+def _wrong(r):
+    return (r.get("check") or {}).get("verdict") == "wrong"
+
+
+def _label(r):
+    return r["impl"] + (" WRONG" if _wrong(r) else "")
+
+
+def _host(ax_t, ax_b, ok):
+    for impl in dict.fromkeys(r["impl"] for r in ok):
+        rs = sorted((r for r in ok if r["impl"] == impl), key=lambda r: r["sweep_value"])
+        ax_t.plot([r["sweep_value"] for r in rs], [r["median_ms"] * 1e3 for r in rs], marker="o",
+                  label=_label(rs[0]))
+        per = [r for r in rs if r.get("ns_per_tensor") is not None]
+        ax_b.plot([r["sweep_value"] for r in per], [r["ns_per_tensor"] for r in per], marker="o",
+                  label=_label(rs[0]))
+    for ax in (ax_t, ax_b):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("tensors (one group each)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    ax_t.set_ylabel("host time of a step, µs (median)")
+    ax_b.set_ylabel("ns per tensor above one")
 
 
 def plot(data, path):

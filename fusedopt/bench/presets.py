@@ -107,6 +107,14 @@ PRESETS = {
 }
 
 
+# The host preset (``--preset host``, issue 28): N tensors of 64 elements, one group each, N swept
+# over these counts. The compute is negligible (64 elements: one or two vectors), so a step's
+# time is host time: Python, dispatch, per-tensor and per-group work, launches.
+HOST = "host"
+HOST_NUMEL = 64
+HOST_COUNTS = (1, 16, 152, 465, 1000, 5000)
+
+
 def shapes(name):
     """The list of parameter shapes of preset ``name``."""
     return [shape for _, shape in PRESETS[name]()]
