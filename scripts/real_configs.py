@@ -491,14 +491,15 @@ def main(argv=None):
         print(f"[{i:3d}] {row['optimizer']:8s} x{len(configs):<3d} {flag}  {configs[0]}",
               flush=True)
 
-    entry_keys = Counter(k for cfg, _ in distinct.values()
-                         for e in ((cfg.get("paramwise_cfg") or {}).get("custom_keys")
-                                   or {}).values() for k in e)
+    entries = [e for cfg, _ in distinct.values()
+               for e in ((cfg.get("paramwise_cfg") or {}).get("custom_keys") or {}).values()]
+    entry_keys = Counter(k for e in entries for k in e)
     summary = {"command": "python scripts/real_configs.py " + " ".join(
                    a if "=" not in a else a.split("=")[0] + "=..." for a in (argv or sys.argv[1:])),
                "versions": versions(mm_how), "sources": sources, "steps": args.steps,
                "distinct_wrappers": len(distinct), "compared": len(wrappers),
                "not_compared": dict(outside.most_common()),
+               "custom_keys_entries": len(entries),
                "custom_keys_entry_keys": dict(entry_keys.most_common()),
                "known_differences": KNOWN,
                "results": summarise([w for w in wrappers

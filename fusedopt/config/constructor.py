@@ -28,9 +28,9 @@ refused: a near-miss of a paramwise multiplier that the optimizer does not take
 warning: the multiplier it was meant to be never applies, so training runs on with a wrong lr or
 weight decay (``lr_mul=0`` meant to freeze a backbone trains it), which no later check can tell;
 a warning is one line among a run's thousands of log lines. The cost of refusing is a rename, at
-build time, of a tag that looks like a misspelt multiplier. None of the 101 distinct
-``custom_keys`` entries of mmpretrain's and mmaction2's configs is refused
-(``scripts/real_configs.py``).
+build time, of a tag that looks like a misspelt multiplier. None of the 196 entries in the 157
+distinct optim_wrappers of mmpretrain's and mmaction2's configs is refused (their keys:
+decay_mult, lr_mult, lars_exclude, fix_lr; ``scripts/real_configs.py``).
 """
 from __future__ import annotations
 
