@@ -138,7 +138,7 @@ def test_real_config_snippet_builds_and_steps_like_mmengine(case, mode, dname):
 
 def test_snippets_move_the_params():
     """The comparison above is not vacuous: 3 steps change every trainable parameter, and the
-    clip_grad cases clip (the stand-in's grads have norm ~100 > 40)."""
+    clip_grad cases clip (the stand-in's grads have norm ~160 > 40)."""
     for case, cfg in CASES.items():
         mm, _ = real_configs.builders("as-written", MM_OPTIMIZERS)
         snaps = real_configs.run(mm, cfg, torch.float64, steps=3)
