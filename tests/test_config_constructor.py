@@ -1,4 +1,6 @@
 """DefaultOptimWrapperConstructor / build_optim_wrapper: the paramwise rules and bad input."""
+import logging
+
 import pytest
 import torch
 from torch import nn
@@ -173,6 +175,89 @@ def test_cfg_not_mutated():
     build_optim_wrapper(m, cfg)
     assert cfg == before
 
+
+
+# ---- custom_keys entries: every key passes into the group (Note [custom_keys entries]) ------------
+def test_custom_keys_entry_keys_pass_into_the_group():
+    m = Net()
+    g = groups_by_name(m, build(m, paramwise_cfg=dict(custom_keys={
+        "bn": dict(decay_mult=0, lars_exclude=True), "head": dict(fix_lr=True, tag="x"),
+        "layer1": dict(momentum=0.5, lr_mult=2.0)})))
+    assert g["backbone.bn.weight"]["lars_exclude"] is True
+    assert g["backbone.bn.weight"]["weight_decay"] == 0
+    assert g["head.bias"]["fix_lr"] is True and g["head.bias"]["tag"] == "x"
+    assert g["backbone.layer1.weight"]["momentum"] == 0.5
+    assert g["backbone.layer1.weight"]["lr"] == pytest.approx(0.2)
+    assert "fix_lr" not in g["backbone.layer0.weight"]
+
+
+@pytest.mark.parametrize("opt_type", ["SGD", "FusedSGD"])
+def test_group_keys_the_optimizer_does_not_read_are_kept(opt_type):
+    """torch.optim keeps unknown group keys (add_param_group fills defaults around them), in
+    param_groups and in the state_dict; so do fusedopt's optimizers. The steps are those of the
+    same groups without the keys."""
+    def run(extra):
+        torch.manual_seed(0)
+        m = nn.Linear(3, 2)
+        cfg = dict(optimizer=dict(type=opt_type, lr=0.1, momentum=0.9, weight_decay=1e-2),
+                   paramwise_cfg=dict(custom_keys={"bias": dict(decay_mult=0, **extra)}))
+        ow = build_optim_wrapper(m, cfg)
+        for _ in range(3):
+            ow.update_params(m(torch.ones(4, 3)).square().sum())
+        return m, ow
+    (m0, _), (m1, ow) = run({}), run(dict(fix_lr=True, lars_exclude=True))
+    torch.testing.assert_close(m1.bias, m0.bias, rtol=0, atol=0)
+    torch.testing.assert_close(m1.weight, m0.weight, rtol=0, atol=0)
+    sd = ow.optimizer.state_dict()
+    bias_group = next(g for g in sd["param_groups"] if g.get("fix_lr"))
+    assert bias_group["lars_exclude"] is True
+    twin = nn.Linear(3, 2)          # torch's SGD takes the state_dict, keys and all
+    torch_opt = torch.optim.SGD([{"params": [twin.weight]}, {"params": [twin.bias]}], lr=0.1,
+                                momentum=0.9)
+    torch_opt.load_state_dict(sd)
+    assert torch_opt.param_groups[1]["fix_lr"] is True
+    assert torch_opt.param_groups[1]["lars_exclude"] is True
+
+
+@pytest.mark.parametrize("entry,match", [
+    (dict(lr_mul=0.0), r"'lr_mul' \(did you mean 'lr_mult'\?\)"),
+    (dict(decay_mul=0.0, fix_lr=True), r"'decay_mul' \(did you mean 'decay_mult'\?\)"),
+    (dict(lrmult=0.1), r"'lrmult' \(did you mean 'lr_mult'\?\)"),
+    (dict(norm_decay_mult=0.0), r"'norm_decay_mult' \(a top-level paramwise_cfg key\)"),
+    (dict(bias_lr_mul=2.0), r"'bias_lr_mul' \(like 'bias_lr_mult', a top-level"),
+])
+def test_misspelt_multiplier_in_an_entry_raises(entry, match):
+    with pytest.raises(ValueError, match=r"custom_keys\['head'\] has misspelt or misplaced "
+                                         r"multiplier key\(s\) " + match) as e:
+        build(Net(), paramwise_cfg=dict(custom_keys={"head": entry}))
+    assert isinstance(e.value, AssertionError)      # mmengine's assert-style error type
+
+
+def test_near_miss_that_the_optimizer_takes_passes():
+    class Opt(torch.optim.SGD):
+        def __init__(self, params, lr=0.1, lr_mul=1.0):
+            super().__init__(params, lr=lr * lr_mul)
+    m = Net()
+    g = groups_by_name(m, build_optim_wrapper(m, dict(
+        optimizer=dict(type=Opt, lr=0.1), paramwise_cfg=dict(custom_keys={"head": dict(
+            lr_mul=0.5, decay_rate=0.9, weight_decay_mult=2.0, conv1_lr_mult=3.0)}))))
+    # differently named keys (similarity < 0.8 to every multiplier) pass as well
+    assert g["head.weight"]["lr_mul"] == 0.5 and g["head.weight"]["decay_rate"] == 0.9
+    assert g["head.weight"]["weight_decay_mult"] == 2.0
+
+
+def test_delete_slip_in_paramwise_cfg_warns_and_builds(caplog):
+    """mmpretrain's Twins configs write paramwise_cfg=dict(_delete=True, ...): mmengine's Config
+    directive is _delete_, so the base's keys were merged in; the key itself is ignored (as
+    mmengine ignores it) with a warning that says so."""
+    m = Net()
+    with caplog.at_level(logging.WARNING, logger="fusedopt.config"):
+        g = groups_by_name(m, build(m, paramwise_cfg=dict(_delete=True, norm_decay_mult=0.0)))
+    assert g["backbone.bn.weight"]["weight_decay"] == 0.0
+    assert any("paramwise_cfg._delete is ignored" in r.getMessage() and "'_delete_'" in
+               r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="'norm_decay_mul'"):      # other unknown keys raise
+        build(m, paramwise_cfg=dict(_delete=True, norm_decay_mul=0.0))
 
 # ---- bad input ---------------------------------------------------------------------------------
 def test_unknown_paramwise_key_raises_naming_it():

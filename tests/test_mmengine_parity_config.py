@@ -333,18 +333,22 @@ def test_constructor_subclass_with_its_own_paramwise_keys():
             cls(**copy.deepcopy(bad))
 
 
-def test_unknown_key_in_a_custom_keys_entry_raises():
-    """Issue #16: mmengine copies a misspelt key into the group and the multiplier never
-    applies; fusedopt names it and suggests lr_mult. Keys the optimizer takes per group stay
-    allowed, with mmengine's meaning."""
+def _group_settings(ow):
+    return [{k: v for k, v in g.items() if k != "params"} for g in ow.optimizer.param_groups]
+
+
+def test_custom_keys_entries_pass_through_like_mmengine():
+    """Issue #26: every key of an entry goes into the group, as mmengine copies it (lars_exclude
+    for LARS, SimSiam's fix_lr, per-group optimizer arguments); a near-miss of a multiplier
+    raises (mmengine copies it too, and the multiplier it was meant to be never applies)."""
     good = dict(optimizer=dict(type="SGD", lr=0.1, momentum=0.9, weight_decay=1e-4),
-                paramwise_cfg=dict(custom_keys={"head": dict(lr_mult=0.5, momentum=0.5,
-                                                             decay_mult=0.)}))
+                paramwise_cfg=dict(custom_keys={
+                    "head": dict(lr_mult=0.5, momentum=0.5, decay_mult=0.),
+                    "bn": dict(decay_mult=0, lars_exclude=True), "conv1": dict(fix_lr=True)}))
     a = mm.build_optim_wrapper(Net(), copy.deepcopy(good))
     b = fusedopt.build_optim_wrapper(Net(), copy.deepcopy(good))
-    strip = [{k: v for k, v in g.items() if k != "params"} for g in a.optimizer.param_groups]
-    assert strip == [{k: v for k, v in g.items() if k != "params"}
-                     for g in b.optimizer.param_groups]
+    assert _group_settings(a) == _group_settings(b)
+    assert any(g.get("lars_exclude") for g in _group_settings(b))
     bad = copy.deepcopy(good)
     bad["paramwise_cfg"]["custom_keys"] = {"bias": dict(lr_mul=0.)}
     mm.build_optim_wrapper(Net(), copy.deepcopy(bad))         # mmengine: silently no multiplier
@@ -352,6 +356,16 @@ def test_unknown_key_in_a_custom_keys_entry_raises():
                                          r"'lr_mult'\?\)") as e:
         fusedopt.build_optim_wrapper(Net(), copy.deepcopy(bad))
     assert isinstance(e.value, AssertionError)
+
+
+def test_delete_slip_builds_like_mmengine():
+    """mmpretrain's Twins configs: paramwise_cfg has `_delete=True` (mmengine's Config reads
+    `_delete_`); mmengine's constructor ignores the key, fusedopt's warns and ignores it."""
+    cfg = dict(optimizer=dict(type="AdamW", lr=1e-3, weight_decay=0.05),
+               paramwise_cfg=dict(_delete=True, norm_decay_mult=0.0, bias_decay_mult=0.0))
+    a = mm.build_optim_wrapper(Net(), copy.deepcopy(cfg))
+    b = fusedopt.build_optim_wrapper(Net(), copy.deepcopy(cfg))
+    assert _group_settings(a) == _group_settings(b)
 
 
 # ---- warnings through mmengine's logger (adapter) --------------------------------------------
