@@ -6,15 +6,15 @@
 #             machine's own build runs in the background for part diag
 #   tests     every GPU test file, each test under a timeout (tests/conftest.py); a test that
 #             crashes the process is noted and the file runs again without it
-#   compile   scripts/gpu_compile.py: a training step under torch.compile(mode="reduce-overhead"),
+#   compile   scripts/gpu/gpu_compile.py: a training step under torch.compile(mode="reduce-overhead"),
 #             fusedopt against torch.optim: time, CUDA-graph skips, params against eager
-#   bench     the benchmarks behind the GPU targets (scripts/gpu_targets.py lists them) and the
+#   bench     the benchmarks behind the GPU targets (scripts/gpu/gpu_targets.py lists them) and the
 #             Triton launch-size sweep (bench/triton_blocks.py), JSON + PNG, targets met or missed
-#   lowprec   scripts/gpu_lowprec.py: fp16/bf16 error against fp64 vs torch fused's, 200 steps;
+#   lowprec   scripts/gpu/gpu_lowprec.py: fp16/bf16 error against fp64 vs torch fused's, 200 steps;
 #             GradScaler with injected inf/nan and skip_nonfinite leave everything bitwise as is
-#   diag      scripts/gpu_diag.py: where a step's host time goes; scripts/gpu_throw.py: bad input
+#   diag      scripts/gpu/gpu_diag.py: where a step's host time goes; scripts/gpu/gpu_throw.py: bad input
 #             to fusedopt._C raises, not crashes (and, if it crashes, why)
-#   stress    scripts/gpu_stress.py: 1200 tensors of random sizes, empty and misaligned ones,
+#   stress    scripts/gpu/gpu_stress.py: 1200 tensors of random sizes, empty and misaligned ones,
 #             a found_inf step, against torch's fused AdamW, for the cuda and triton backends
 #   sanitize  scripts/sanitize_case.py under compute-sanitizer (SANITIZE_TOOLS, default memcheck
 #             racecheck initcheck synccheck; a one-line note where the tool is missing or refuses)
@@ -152,7 +152,7 @@ part_build() {
       >"$LOGS/install.log" 2>&1 || { echo "pip install failed: see logs/install.log"; return 1; }
     "$PY" -c "from fusedopt import _C; assert hasattr(_C, 'cuda_adam_step'), 'no CUDA kernels'" >&2 \
       || { echo "FUSEDOPT_PREBUILT: the tree's fusedopt/_C does not load or lacks the CUDA kernels"; return 1; }
-    # this machine's own build, in a copy, for scripts/gpu_throw.py (part diag); 8 of the cores,
+    # this machine's own build, in a copy, for scripts/gpu/gpu_throw.py (part diag); 8 of the cores,
     # the tests use the rest. Its streams go to files: $(...) around this function would wait.
     mkdir -p "$DEVBUILD"
     tar --exclude='*.so' --exclude=build -cf - csrc setup.py pyproject.toml README.md fusedopt \
@@ -163,7 +163,7 @@ part_build() {
     echo "carried fusedopt/_C (FUSEDOPT_PREBUILT, $(sed -n 's/^.*\] *//p' <(readelf -p .comment fusedopt/_C*.so 2>/dev/null) | head -n 1)); this machine's build runs in the background"
     return 0
   fi
-  # -v: the compile and link lines go into the log (scripts/gpu_throw.py asks about the flags)
+  # -v: the compile and link lines go into the log (scripts/gpu/gpu_throw.py asks about the flags)
   MAX_JOBS=$(nproc) FUSEDOPT_CUDA_ARCHS=$arch FUSEDOPT_REQUIRE_EXT=1 FUSEDOPT_REQUIRE_CUDA=1 \
     "$PY" -m pip install -v --no-deps --no-index --no-build-isolation -e . >"$LOGS/build.log" 2>&1 \
     || { echo "pip install failed: see logs/build.log"; tail -n 30 "$LOGS/build.log" >&2; return 1; }
@@ -215,11 +215,11 @@ part_tests() {
 part_compile() {
   local args=(--json "$WORK/results/bench/compile.json")
   [ "$DRY" = 1 ] && args+=(--device cpu --backend cpu --width 32 --layers 2 --batch 8 --iters 4 --timed 5)
-  timeout --kill-after=10 $(( $(left) - 5 )) "$PY" scripts/gpu_compile.py "${args[@]}" \
+  timeout --kill-after=10 $(( $(left) - 5 )) "$PY" scripts/gpu/gpu_compile.py "${args[@]}" \
     >"$WORK/compile.md" 2>>"$LOGS/compile.log" || { echo "failed: see compile.md, logs/compile.log"; return 1; }
   if [ "$DRY" = 0 ] && [ "$(left)" -gt 150 ]; then   # one group per parameter: paramwise_cfg's shape
     echo >>"$WORK/compile.md"
-    timeout --kill-after=10 $(( $(left) - 5 )) "$PY" scripts/gpu_compile.py --per-param \
+    timeout --kill-after=10 $(( $(left) - 5 )) "$PY" scripts/gpu/gpu_compile.py --per-param \
       --json "$WORK/results/bench/compile-per-param.json" >>"$WORK/compile.md" 2>>"$LOGS/compile.log" \
       || { echo "--per-param failed: see compile.md"; return 1; }
   fi
@@ -237,7 +237,7 @@ part_stress() {
     if [ "$DRY" = 1 ]; then
       extra=(--device cpu --tensors $([ "$b" = cpu ] && echo 300 || echo 40) --max-numel 5000)
     fi
-    timeout --kill-after=10 120 "$PY" scripts/gpu_stress.py --backend "$b" "${extra[@]}" \
+    timeout --kill-after=10 120 "$PY" scripts/gpu/gpu_stress.py --backend "$b" "${extra[@]}" \
       >>"$LOGS/stress.jsonl" 2>>"$LOGS/stress.log" || rc=1
   done
   "$PY" - "$LOGS/stress.jsonl" <<'EOF'
@@ -303,7 +303,7 @@ part_sanitize() {
 part_lowprec() {
   local args=(--backends cuda,triton --device cuda --steps 200)
   [ "$DRY" = 1 ] && args=(--backends cpu,triton --device cpu --steps 20 --small)
-  timeout --kill-after=10 $(( $(left) - 5 )) "$PY" scripts/gpu_lowprec.py "${args[@]}" \
+  timeout --kill-after=10 $(( $(left) - 5 )) "$PY" scripts/gpu/gpu_lowprec.py "${args[@]}" \
     >"$WORK/lowprec.md" 2>>"$LOGS/lowprec.log"
   local rc=$?
   echo "$(grep -c '| yes |\|| pass |' "$WORK/lowprec.md") checks pass, $(grep -c '| NO |\|| FAIL |' "$WORK/lowprec.md") fail (lowprec.md)"
@@ -314,7 +314,7 @@ part_diag() {
   local args=() throw=(--ext "$ROOT")
   [ "$DRY" = 1 ] && args=(--device cpu) && throw+=(--no-cuda --no-minimal)
   [ "${THROW_MINIMAL:-1}" = 0 ] && throw+=(--no-minimal)     # its 40 s told what it had to
-  timeout --kill-after=10 240 "$PY" scripts/gpu_diag.py "${args[@]}" >"$LOGS/diag.log" 2>&1 \
+  timeout --kill-after=10 240 "$PY" scripts/gpu/gpu_diag.py "${args[@]}" >"$LOGS/diag.log" 2>&1 \
     || { echo "failed: see logs/diag.log"; return 1; }
   if [ -d "$DEVBUILD" ]; then    # FUSEDOPT_PREBUILT: this machine's build, started by part build
     local waited=0
@@ -324,7 +324,7 @@ part_diag() {
     throw+=(--ext "$DEVBUILD")
     echo "this machine's build: rc $(cat "$DEVBUILD/rc" 2>/dev/null || echo "unfinished after ${waited}s")" >>"$WORK/throw.log"
   fi
-  timeout --kill-after=10 $(( $(left) - 5 )) "$PY" scripts/gpu_throw.py "${throw[@]}" \
+  timeout --kill-after=10 $(( $(left) - 5 )) "$PY" scripts/gpu/gpu_throw.py "${throw[@]}" \
     >>"$WORK/throw.log" 2>&1
   local rc=$? crashes
   crashes=$(grep -c "CRASHED\|NOT RAISED\|WRONG MESSAGE" "$WORK/throw.log" || true)
@@ -335,7 +335,7 @@ part_diag() {
 part_bench() {
   local target rc=0
   local list
-  list=$("$PY" scripts/gpu_targets.py --list $([ "$DRY" = 1 ] && echo --dry)) || return 1
+  list=$("$PY" scripts/gpu/gpu_targets.py --list $([ "$DRY" = 1 ] && echo --dry)) || return 1
   while IFS='|' read -r target args; do
     [ -n "$target" ] || continue
     local budget=$(( $(left) - 5 ))
@@ -352,7 +352,7 @@ part_bench() {
     timeout --kill-after=10 $(( $(left) - 10 )) "$PY" bench/triton_blocks.py "${blocks_args[@]}" \
       >>"$LOGS/bench.log" 2>&1 || { rc=1; echo "triton_blocks: failed" >&2; }
   fi
-  "$PY" scripts/gpu_targets.py --report "$WORK/results/bench" >"$WORK/targets.md" || rc=1
+  "$PY" scripts/gpu/gpu_targets.py --report "$WORK/results/bench" >"$WORK/targets.md" || rc=1
   echo "$(grep -c '| met |' "$WORK/targets.md") met, $(grep -c '| MISSED |' "$WORK/targets.md") missed, $(grep -c '| not measured |' "$WORK/targets.md") not measured (targets.md)"
   return $rc
 }
