@@ -51,7 +51,7 @@ def plot(doc, loss_path, time_path):
     fig.savefig(loss_path, dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(10, 0.45 * len(ok) + 1.6))
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(ok) + 2.2))
     names = [r["row"] for r in ok]
     optim = [r.get("optim_ms") or 0.0 for r in ok]
     rest = [max(r["iter_ms"] - o, 0.0) for r, o in zip(ok, optim)]
@@ -62,7 +62,7 @@ def plot(doc, loss_path, time_path):
                 + (f" ({optim[i]:.2f})" if optim[i] else ""), va="center", fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("ms per iteration (median; CUDA events on a GPU, wall time on CPU)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     ax.set_title(_title(doc), fontsize=9)
     fig.tight_layout()
     fig.savefig(time_path, dpi=110)
