@@ -12,9 +12,11 @@
 #   mmengine-lite is mmengine 0.10.7's code, file for file, without opencv and matplotlib among
 #   its requirements. Full mmengine requires opencv-python (79 MB alone) and matplotlib with its
 #   7 dependencies (26 MB): 116 MB, over the carry limit.
-# - The Runner still imports cv2 (mmengine/visualization/visualizer.py, at import time). The GPU
-#   image has opencv-python-headless (the device tool's KINDS.md, 2026-11-17), so it is not carried;
-#   its wheel is 64 MB (--opencv adds it, for a machine without it: the rest must then be left out).
+# - The Runner still imports cv2 (mmengine/visualization/visualizer.py, at import time) and its
+#   default Visualizer matplotlib (when the Runner is built). The GPU image has both
+#   (opencv-python-headless and matplotlib: the device tool's KINDS.md, 2026-11-17), so neither is
+#   carried; opencv-python-headless's wheel is 64 MB (--opencv adds it, for a machine without it:
+#   the rest must then be left out).
 # - torchvision 0.26.0+cu130 (7.5 MB; it requires torch==2.11.0 exactly, the GPU machine's) and
 #   pillow (7.1 MB, its requirement), for r3d_18 itself; only for --python-version 3.12.
 # Packages the machine already has (numpy, pyyaml, rich, pillow, torchvision per KINDS.md) are not
@@ -35,7 +37,7 @@ while [ $# -gt 0 ]; do
     --python-version) PYV=$2; shift ;;
     --no-torchvision) TORCHVISION=0 ;;
     --opencv) OPENCV=1 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "wheelhouse: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
