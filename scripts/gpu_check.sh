@@ -388,15 +388,17 @@ part_e2e() {
   fi
   "$PY" -c "import mmengine.runner" >>"$LOGS/e2e.log" 2>&1 \
     || echo "mmengine's Runner does not import (logs/e2e.log): the runner rows are skipped" >&2
-  # in order of importance: the seed's SGD in fp32 (every route, spread, resume), bf16 (graph
-  # with cache_enabled=False), fp16 (GradScaler), AdamW. NAME|ARGS
+  # in order of importance: the seed's SGD in fp32 (every eager route, graph, spread, resume),
+  # bf16 (graph with cache_enabled=False), the compiled step (inductor compiles for a minute or
+  # more), fp16 (GradScaler), AdamW. NAME|ARGS
   local runs
   if [ "$DRY" = 1 ]; then
     runs="sgd-fp32|--tiny --dry --device cpu --spread-seeds 1 --rows runner:torch-fused,runner:fusedopt-cpu,standalone:fusedopt-cpu,graph:fusedopt-cpu"
   else
     local size="--iters 40 --epoch-length 20 --warmup-iters 5"
-    runs="sgd-fp32|$size
-sgd-bf16|$size --precision bf16 --rows runner:torch-fused,runner:fusedopt-cuda,standalone:fusedopt-cuda,graph:fusedopt-cuda,compile:fusedopt-cuda,compile:torch-fused --resume-check none
+    runs="sgd-fp32|$size --rows runner:torch-foreach,runner:torch-fused,runner:fusedopt-cuda,runner:fusedopt-triton,standalone:fusedopt-cuda,graph:fusedopt-cuda
+sgd-bf16|$size --precision bf16 --rows runner:torch-fused,runner:fusedopt-cuda,standalone:fusedopt-cuda,graph:fusedopt-cuda --spread-seeds 2 --resume-check none
+sgd-fp32-compile|$size --name e2e-sgd-fp32-compile --rows runner:torch-fused,compile:fusedopt-cuda,compile:torch-fused --spread-seeds 0 --resume-check none
 sgd-fp16|$size --precision fp16 --rows runner:torch-fused,runner:fusedopt-cuda,runner:fusedopt-triton --spread-seeds 2 --resume-check runner:fusedopt-cuda
 adamw-fp32|$size --optimizer adamw --rows runner:torch-fused,runner:fusedopt-cuda,standalone:fusedopt-cuda --spread-seeds 2 --resume-check none"
   fi

@@ -31,7 +31,8 @@ replays, which it should equal.
 ``--tiny`` is the CPU mode CI runs (a narrow model, 4-frame 32x32 clips, a few iterations);
 ``--dry`` runs the GPU-only routes on the CPU in their stand-in forms (the graph's iteration
 function eagerly in place of each replay, Dynamo's eager backend in place of reduce-overhead).
-``--out DIR`` writes ``e2e-<optimizer>-<precision>.json``, ``-loss.png`` and ``-time.png``.
+``--out DIR`` writes ``e2e-<optimizer>-<precision>.json`` (or ``--name``), ``-loss.png`` and
+``-time.png``.
 """
 import argparse
 import copy
@@ -270,6 +271,8 @@ def parse(argv=None):
     p.add_argument("--dry", action="store_true", help="GPU-only routes in their CPU forms")
     p.add_argument("--work-dir", default=None, help="Runner work dirs (default: a temp dir)")
     p.add_argument("--out", default=None, help="folder for the JSON and the two PNGs")
+    p.add_argument("--name", default=None,
+                   help="their file stem in --out (default e2e-<optimizer>-<precision>)")
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None, help="PNG of the loss curves (+ -time.png beside it)")
     args = p.parse_args(argv)
@@ -374,7 +377,7 @@ def summarize(doc):
 
 
 def write(doc, args):
-    stem = f"e2e-{args.optimizer}-{args.precision}"
+    stem = args.name or f"e2e-{args.optimizer}-{args.precision}"
     json_path, plot_path = args.json, args.plot
     if args.out:
         os.makedirs(args.out, exist_ok=True)

@@ -28,6 +28,11 @@ from fusedopt.bench.e2e_syncs import SyncCounter
 def _build(impl, model, args, precision=None):
     wrapper = fusedopt.build_optim_wrapper(model, wrapper_cfg(args, optimizer_cfg(impl, args),
                                                               precision))
+    # With mmengine imported (the Runner rows ran in this process), the wrapper logs its grad
+    # norm to mmengine's MessageHub: lazily, read once per --log-interval outside the optimizer's
+    # part, as the Runner route's fusedopt.LazyScalarLogHook does. Eagerly it would be a float()
+    # in the step: a host sync, and an error inside a CUDA graph capture.
+    wrapper.lazy_logging = True
     return wrapper, fusedopt.build_param_scheduler(wrapper, param_scheduler_cfg(args),
                                                    epoch_length=args.epoch_length)
 
@@ -42,10 +47,6 @@ def _autocast(args, device):
 
 def standalone(impl, model, clips, args, device, *, sync_iter=None, nudge_seed=None):
     wrapper, scheds = _build(impl, model, args)
-    # with mmengine imported, the wrapper logs its grad norm to mmengine's MessageHub: lazily,
-    # read once per --log-interval outside the optimizer's part, as the Runner route's
-    # fusedopt.LazyScalarLogHook does
-    wrapper.lazy_logging = True
     clock, marks, losses, syncs = Clock(device), [], [], None
     for it in range(args.iters):
         x, y = clips.batch(it)
