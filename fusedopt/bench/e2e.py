@@ -46,7 +46,7 @@ import tempfile
 import torch
 
 from fusedopt.bench import report
-from fusedopt.bench.e2e_data import Clips, build_model, median
+from fusedopt.bench.e2e_data import Clips, build_model, timings
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 ROUTES = ("runner", "standalone", "graph", "compile")
@@ -111,20 +111,6 @@ def _fresh_model(init_state, args, device):
     return model.to(device).train()
 
 
-def _timings(marks, clock, skip):
-    timed = [m for m in marks[skip:] if "counted" not in m]
-    out = dict(iter_ms=median([clock.ms(m["it0"], m["it1"]) for m in timed]),
-               timed_iters=len(timed))
-    if timed and "step0" in timed[0]:
-        step = [clock.ms(m["step0"], m["step1"]) for m in timed]
-        sched = [clock.ms(m["sched0"], m["sched1"]) for m in timed]
-        out.update(step_ms=median(step), sched_ms=median(sched),
-                   optim_ms=median([a + b for a, b in zip(step, sched)]))
-    elif timed and "sched0" in timed[0]:
-        out.update(sched_ms=median([clock.ms(m["sched0"], m["sched1"]) for m in timed]))
-    return out
-
-
 def run_row(row, init_state, clips, args, device, *, nudge_seed=None, work_dir=None,
             keep_checkpoints=1):
     route, impl = row.split(":", 1)
@@ -141,7 +127,7 @@ def run_row(row, init_state, clips, args, device, *, nudge_seed=None, work_dir=N
         losses, syncs, wrapper = rec.losses, rec.syncs, runner.optim_wrapper
         if device.type == "cuda":
             torch.cuda.synchronize()
-        timing = rec.result(args.warmup_iters)
+        timing = timings(rec.marks, rec.clock, args.warmup_iters)
     else:
         from fusedopt.bench import e2e_loop
         model = _fresh_model(init_state, args, device)
@@ -154,8 +140,7 @@ def run_row(row, init_state, clips, args, device, *, nudge_seed=None, work_dir=N
         losses, marks, clock, wrapper, syncs = out
         if device.type == "cuda":
             torch.cuda.synchronize()
-        timing = _timings(marks, clock, args.warmup_iters)
-    timing.pop("syncs", None)
+        timing = timings(marks, clock, args.warmup_iters)
     return dict(row=row, status="ok", losses=[float(v) for v in torch.stack(losses).cpu()],
                 **timing, syncs=syncs,
                 peak_mem_bytes=torch.cuda.max_memory_allocated() if device.type == "cuda" else None,

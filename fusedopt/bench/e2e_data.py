@@ -113,3 +113,20 @@ def nudge(params, seed):
         up = torch.rand(p.shape, generator=gen) < 0.5
         to = torch.where(up, float("inf"), float("-inf")).to(device=p.device, dtype=p.dtype)
         p.copy_(torch.nextafter(p, to))
+
+
+def timings(marks, clock, skip):
+    """Medians over the iterations after the first ``skip``, but the one whose host syncs were
+    counted: the iteration, and where the marks tell them apart the optimizer's parts (clip +
+    step, scheduler) and their sum."""
+    timed = [m for m in marks[skip:] if "counted" not in m]
+    out = dict(iter_ms=median([clock.ms(m["it0"], m["it1"]) for m in timed]),
+               timed_iters=len(timed))
+    if timed and "step0" in timed[0]:
+        step = [clock.ms(m["step0"], m["step1"]) for m in timed]
+        sched = [clock.ms(m["sched0"], m["sched1"]) for m in timed]
+        out.update(step_ms=median(step), sched_ms=median(sched),
+                   optim_ms=median([a + b for a, b in zip(step, sched)]))
+    elif timed and "sched0" in timed[0]:
+        out.update(sched_ms=median([clock.ms(m["sched0"], m["sched1"]) for m in timed]))
+    return out

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 import fusedopt.mmengine  # noqa: F401  type='fusedopt.X' in the configs below
 
-from fusedopt.bench.e2e_data import Clock, build_model, median, nudge
+from fusedopt.bench.e2e_data import Clock, build_model, nudge
 from fusedopt.bench.e2e_recipe import optimizer_cfg, param_scheduler_cfg, wrapper_cfg
 from fusedopt.bench.e2e_syncs import SyncCounter
 
@@ -91,16 +91,6 @@ class Recorder:
     def _phase(self, name):
         if self.counter is not None:
             self.counter.phase = name
-
-    def result(self, skip):
-        c = self.clock
-        timed = [m for m in self.marks[skip:] if "it1" in m and "step0" in m and "counted" not in m]
-        step = [c.ms(m["step0"], m["step1"]) for m in timed]
-        sched = [c.ms(m["sched0"], m["sched1"]) for m in timed]
-        return dict(step_ms=median(step), sched_ms=median(sched),
-                    optim_ms=median([a + b for a, b in zip(step, sched)]),
-                    iter_ms=median([c.ms(m["it0"], m["it1"]) for m in timed]),
-                    timed_iters=len(timed), syncs=self.syncs)
 
 
 class _Mark(Hook):
