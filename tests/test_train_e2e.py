@@ -120,7 +120,7 @@ def test_nudge_moves_every_element_one_ulp(dtype):
 
 @pytest.mark.parametrize("bad", [["--precision", "fp8"], ["--optimizer", "lamb"],
                                  ["--rows", "eager:fusedopt-cpu"], ["--rows", "runner"],
-                                 ["--iters", "7"]])
+                                 ["--iters", "7"], ["--resume-epoch", "2"]])
 def test_bad_options_are_rejected(bad, capsys):
     with pytest.raises(SystemExit):
         e2e.parse(["--tiny", *bad])

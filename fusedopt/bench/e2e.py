@@ -271,6 +271,9 @@ def parse(argv=None):
     args.epochs = math.ceil(args.iters / args.epoch_length)
     if args.iters != args.epochs * args.epoch_length:
         p.error(f"--iters {args.iters} must be whole epochs of --epoch-length {args.epoch_length}")
+    if args.resume_check != "none" and not 0 < args.resume_epoch < args.epochs:
+        p.error(f"--resume-epoch {args.resume_epoch} must be an epoch end before the last of "
+                f"{args.epochs} epochs (or --resume-check none)")
     for row in (args.rows.split(",") if args.rows else []):
         route, _, impl = row.partition(":")
         if route not in ROUTES or not impl:
