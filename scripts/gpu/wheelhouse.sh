@@ -5,13 +5,13 @@
 # included). scripts/gpu_check.sh's part e2e installs from it with
 #   pip install --no-index --find-links .whl/e2e -r .whl/e2e/requirements.txt
 #
-# What goes in, and why (sizes measured 2026-12-06 for cp312):
+# What goes in, and why (sizes measured 2026-12-06 for cp312; all of it: 33.9 MB):
 # - mmengine-lite 0.10.7 (0.45 MB) and its whole closure: addict, numpy, pyyaml, rich
 #   (markdown-it-py, mdurl, pygments), termcolor, yapf (platformdirs), and packaging, which mmengine
 #   imports without requiring it: 19 MB, 15.7 of them numpy.
 #   mmengine-lite is mmengine 0.10.7's code, file for file, without opencv and matplotlib among
 #   its requirements. Full mmengine requires opencv-python (79 MB alone) and matplotlib with its
-#   7 dependencies (26 MB): 116 MB, over the carry limit.
+#   dependencies (26 MB): 125 MB with the rest, over the carry limit.
 # - The Runner still imports cv2 (mmengine/visualization/visualizer.py, at import time) and its
 #   default Visualizer matplotlib (when the Runner is built). The GPU image has both
 #   (opencv-python-headless and matplotlib: the device tool's KINDS.md, 2026-11-17), so neither is
