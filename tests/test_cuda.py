@@ -367,7 +367,7 @@ def test_compiled_step_equals_eager_on_cuda(algo):
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 def test_compiled_step_with_inductor_on_cuda(mode):
     """The whole step compiled by inductor; reduce-overhead replays it from CUDA graphs
-    (scripts/gpu_compile.py times it and lists inductor's reasons where it skips a graph)."""
+    (scripts/gpu/gpu_compile.py times it and lists inductor's reasons where it skips a graph)."""
     torch.manual_seed(0)
     nets = [torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(),
                                 torch.nn.Linear(64, 1)).cuda() for _ in range(2)]

@@ -1,188 +1,99 @@
-"""End to end: a video model trained with the seed's optimizer config, fusedopt against torch.optim.
+"""End to end: a video model trained with the seed's recipe, fusedopt against torch.optim, through
+mmengine's Runner and fusedopt's own config layer, eager, as one CUDA graph and compiled.
 
-``fusedopt-bench e2e`` (or ``python bench/train_e2e.py``). One process, same seeds, same data:
-each implementation trains the same initial model (torchvision's ``r3d_18`` where torchvision is
-importable, else this module's ``VideoResNet`` of the same layout) on synthetic clips made on the
-device, with MMAction2's recipe as an mmengine config (SGD momentum 0.9, weight_decay 1e-4, or
-AdamW; ``paramwise_cfg`` norm_decay_mult=0, bias_decay_mult=0, the stem at lr_mult=0.1;
-``clip_grad`` max_norm 40; a LinearLR warm-up by iteration then MultiStepLR by epoch, converted to
-iterations; fp32, fp16 with loss scaling, or bf16). Implementations:
+``fusedopt-bench e2e`` (or ``python bench/train_e2e.py``). One process, same seeds, same data: each
+row trains the same initial model (fusedopt/bench/e2e_data.py) with the recipe of
+fusedopt/bench/e2e_recipe.py. A row is ``route:impl``:
 
-- ``torch-foreach`` / ``torch-fused``: torch.optim behind fusedopt's config layer;
-- ``fusedopt-cuda`` / ``fusedopt-triton`` / ``fusedopt-cpu``: fusedopt's backends, same layer;
-- ``fusedopt-mmengine``: mmengine's own OptimWrapper and schedulers with fusedopt's optimizer,
-  through ``fusedopt.mmengine`` (where mmengine is installed);
-- ``fusedopt-cuda-graph``: the whole iteration (forward, backward, clip, step, schedule) captured
-  once in a CUDA graph with fusedopt's DeviceSchedule and replayed (CUDA; fp32 or bf16).
+- ``runner:torch-foreach``, ``runner:torch-fused``: torch.optim behind mmengine's OptimWrapper /
+  AmpOptimWrapper in a real ``Runner`` (fusedopt/bench/e2e_runner.py);
+- ``runner:fusedopt-<backend>``: ``type='fusedopt.FusedSGD'`` (or FusedAdamW) behind fusedopt's
+  wrappers, in the same Runner;
+- ``standalone:fusedopt-<backend>``: fusedopt's standalone config layer, a plain loop;
+- ``graph:fusedopt-cuda``: the whole iteration in one CUDA graph (fusedopt/bench/e2e_loop.py);
+- ``compile:fusedopt-<backend>``, ``compile:torch-fused``: the step under
+  ``torch.compile(mode='reduce-overhead')``.
 
-Recorded per implementation: the loss of every iteration, the optimizer's time per iteration
-(clip + step + scheduler, CUDA events on a GPU), the iteration time and peak memory; JSON, and a
-PNG of the loss curves and the time breakdown. Loss agreement is judged against torch-fused (or
-torch-foreach where fused is not run): fp32 runs over the first ``--agree-iters`` iterations
-(nearly equal: only rounding differs, which training amplifies slowly), AMP runs on the mean loss
-of the last quarter (statistically equal: fp16/bf16 rounding of the forward differs at once).
-``--tiny`` is the CPU mode CI runs: a narrow model, 8-frame 32x32 clips, a few iterations.
+Recorded per row: the loss of every iteration; the optimizer's time (clip + step + scheduler: CUDA
+events on a GPU, wall time on CPU), the iteration time and peak memory; the host syncs of one
+iteration, in the optimizer's part and in all (fusedopt/bench/e2e_syncs.py); for the rows named by
+``--resume-check``, a new Runner resumed from the checkpoint of an epoch end, whose losses must
+equal the uninterrupted run's (bitwise in fp32).
+
+**The yardstick** for the loss curves is torch against itself: the reference row (runner:torch-fused,
+else runner:torch-foreach) is run again ``--spread-seeds`` times with every param nudged by one ulp
+after the first step. At each iteration the band is the range of those runs' losses and the
+reference's; a row is within the spread when its largest distance from the reference, over the
+run, is at most the band's largest width. (Training amplifies any rounding difference, so a fixed
+tolerance is a guess: issue 29.) The graph row is also held to the eager standalone row it
+replays, which it should equal.
+
+``--tiny`` is the CPU mode CI runs (a narrow model, 4-frame 32x32 clips, a few iterations);
+``--dry`` runs the GPU-only routes on the CPU in their stand-in forms (the graph's iteration
+function eagerly in place of each replay, Dynamo's eager backend in place of reduce-overhead).
+``--out DIR`` writes ``e2e-<optimizer>-<precision>.json`` (or ``--name``), ``-loss.png`` and
+``-time.png``.
 """
 import argparse
 import copy
 import json
 import math
-import time
+import os
+import platform
+import shutil
+import tempfile
 
 import torch
-from torch import nn
 
-from fusedopt.bench.report import provenance
+from fusedopt.bench import report
+from fusedopt.bench.e2e_data import Clips, build_model, timings
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+ROUTES = ("runner", "standalone", "graph", "compile")
 
 
-# ---- model and data ---------------------------------------------------------------------------
+# ---- which rows run here --------------------------------------------------------------------
 
-class _Block(nn.Module):
-    """Basic 3-D residual block: two 3x3x3 convolutions (r3d_18's layout)."""
-
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv3d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm3d(cout)
-        self.conv2 = nn.Conv3d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm3d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv3d(cin, cout, 1, stride, bias=False),
-                                            nn.BatchNorm3d(cout))
-
-    def forward(self, x):
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
+def default_rows(device, dry):
+    if device.type == "cuda":
+        return ["runner:torch-foreach", "runner:torch-fused", "runner:fusedopt-cuda",
+                "runner:fusedopt-triton", "standalone:fusedopt-cuda", "graph:fusedopt-cuda",
+                "compile:fusedopt-cuda", "compile:torch-fused"]
+    rows = ["runner:torch-foreach", "runner:torch-fused", "runner:fusedopt-cpu",
+            "standalone:fusedopt-cpu"]
+    return rows + (["graph:fusedopt-cpu", "compile:fusedopt-cpu"] if dry else [])
 
 
-class VideoResNet(nn.Module):
-    """r3d_18's layout (stem, four stages of two blocks, pooling, fc) with chosen widths."""
-
-    def __init__(self, widths=(64, 128, 256, 512), num_classes=400):
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv3d(3, widths[0], (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False),
-            nn.BatchNorm3d(widths[0]), nn.ReLU(inplace=True))
-        stages, cin = [], widths[0]
-        for i, w in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(_Block(cin, w, stride), _Block(w, w, 1)))
-            cin = w
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.avgpool = nn.AdaptiveAvgPool3d(1)
-        self.fc = nn.Linear(cin, num_classes)
-
-    def forward(self, x):
-        x = self.stem(x)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(self.avgpool(x).flatten(1))
+def _has_mmengine_runner():
+    try:
+        import mmengine.runner  # noqa: F401  (imports cv2: see scripts/gpu/wheelhouse.sh)
+        return None
+    except ImportError as exc:
+        return f"mmengine's Runner does not import here ({exc})"
 
 
-def build_model(args):
-    if not args.tiny:
-        try:
-            from torchvision.models.video import r3d_18
-            return r3d_18(num_classes=args.classes), "torchvision r3d_18"
-        except ImportError:
-            pass
-    widths = (8, 16, 16, 32) if args.tiny else (64, 128, 256, 512)
-    return VideoResNet(widths, args.classes), f"VideoResNet{widths} (r3d_18 layout)"
-
-
-class Clips:
-    """Synthetic clips on the device: class prototypes plus noise, so the loss can fall. Batch
-    ``i`` is the same for every implementation (its own generator seed)."""
-
-    def __init__(self, args, device):
-        self.args, self.device = args, device
-        gen = torch.Generator(device=device).manual_seed(1234)
-        self.shape = (3, args.frames, args.size, args.size)
-        self.prototypes = torch.randn(args.classes, *self.shape, generator=gen, device=device)
-
-    def batch(self, i):
-        gen = torch.Generator(device=self.device).manual_seed(10_000 + i)
-        y = torch.randint(0, self.args.classes, (self.args.batch,), generator=gen,
-                          device=self.device)
-        noise = torch.randn(self.args.batch, *self.shape, generator=gen, device=self.device)
-        return self.prototypes[y] + 2.0 * noise, y
-
-
-# ---- the seed's config ---------------------------------------------------------------------
-
-def optim_wrapper_cfg(impl, args):
-    algo = {"sgd": ("SGD", dict(lr=0.01 * args.batch / 8, momentum=0.9, weight_decay=1e-4)),
-            "adamw": ("AdamW", dict(lr=1e-3, weight_decay=0.05))}
-    name, kwargs = algo[args.optimizer]
-    if impl == "torch-foreach":
-        optimizer = dict(type=name, foreach=True, **kwargs)
-    elif impl == "torch-fused":
-        optimizer = dict(type=name, fused=True, **kwargs)
-    else:
-        backend = impl.split("-")[1] if impl != "fusedopt-mmengine" else "auto"
-        optimizer = dict(type=("fusedopt." if impl == "fusedopt-mmengine" else "") + "Fused" + name,
-                         backend=backend, **kwargs)
-    cfg = dict(type="OptimWrapper", optimizer=optimizer,
-               paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0,
-                                  custom_keys={"stem": dict(lr_mult=0.1)}),
-               clip_grad=dict(max_norm=40, norm_type=2))
-    if args.precision == "fp16":
-        cfg.update(type="AmpOptimWrapper", loss_scale="dynamic", dtype="float16")
-    elif args.precision == "bf16":
-        cfg.update(type="AmpOptimWrapper", dtype="bfloat16")
-    return cfg
-
-
-def param_scheduler_cfg(args):
-    return [dict(type="LinearLR", start_factor=0.1, by_epoch=False, begin=0, end=args.warmup),
-            dict(type="MultiStepLR", by_epoch=True, milestones=[args.epochs // 2 + 1],
-                 gamma=0.1, begin=0, end=args.epochs, convert_to_iter_based=True)]
-
-
-def build(impl, model, args):
-    """(optim wrapper, schedulers) for ``impl`` on ``model``."""
-    if impl == "fusedopt-mmengine":
-        import fusedopt.mmengine  # noqa: F401  registers fusedopt's classes in mmengine's registries
-        from mmengine.logging import MMLogger
-        from mmengine.optim import build_optim_wrapper
-        # the 'current' logger: quiet the constructor's line per parameter
-        MMLogger.get_instance("fusedopt-e2e", log_level="WARNING")
-        from mmengine.registry import PARAM_SCHEDULERS
-        wrapper = build_optim_wrapper(model, optim_wrapper_cfg(impl, args))
-        scheds = []
-        for cfg in param_scheduler_cfg(args):
-            cfg = dict(cfg)
-            convert = cfg.pop("convert_to_iter_based", False)
-            cls = PARAM_SCHEDULERS.get(cfg.pop("type"))
-            scheds.append(cls.build_iter_from_epoch(wrapper, epoch_length=args.epoch_length,
-                                                    **cfg) if convert else cls(wrapper, **cfg))
-        return wrapper, scheds
-    import fusedopt
-    wrapper = fusedopt.build_optim_wrapper(model, optim_wrapper_cfg(impl, args))
-    return wrapper, fusedopt.build_param_scheduler(wrapper, param_scheduler_cfg(args),
-                                                   epoch_length=args.epoch_length)
-
-
-def unavailable(impl, args, device):
-    """None if ``impl`` can run here, else why not."""
-    if impl == "fusedopt-mmengine":
-        try:
-            import mmengine  # noqa: F401
-        except ImportError:
-            return "mmengine is not installed"
-        if args.precision != "fp32" and device.type != "cuda":
+def unavailable(row, args, device):
+    """None if ``row`` can run here, else why not."""
+    route, impl = row.split(":", 1)
+    if route == "runner":
+        reason = _has_mmengine_runner()
+        if reason:
+            return reason
+        if args.precision != "fp32" and device.type != "cuda" and impl.startswith("torch-"):
             return "mmengine's AmpOptimWrapper needs a GPU"
-    if impl == "fusedopt-cuda-graph":
-        if device.type != "cuda":
-            return "CUDA graphs need a GPU"
+    if route == "graph":
+        if device.type != "cuda" and not args.dry:
+            return "CUDA graphs need a GPU (--dry runs the iteration function eagerly)"
         if args.precision == "fp16":
             return "GradScaler's scale update is not capturable; graph mode runs fp32 or bf16"
-    if impl.startswith("fusedopt-") and impl.split("-")[1] in ("cuda", "triton", "cpu"):
+    if route == "compile":
+        if device.type != "cuda" and not args.dry:
+            return "mode='reduce-overhead' is CUDA graphs (--dry compiles with the eager backend)"
+        if args.precision == "fp16":
+            return "the compiled step has no GradScaler; it runs fp32 or bf16"
+    if impl.startswith("fusedopt-"):
         from fusedopt import backends
-        name = impl.split("-")[1]
+        name = impl.split("-", 1)[1]
         reason = backends.unavailable_reason(name)
         if reason is None and not backends._module(name).supports(device):
             reason = f"backend {name!r} does not step tensors on {device}"
@@ -192,168 +103,131 @@ def unavailable(impl, args, device):
     return None
 
 
-# ---- timing ------------------------------------------------------------------------------------
+# ---- one row ----------------------------------------------------------------------------------
 
-class Clock:
-    """CUDA events on a GPU (read after the run: no sync per iteration), perf_counter on CPU."""
-
-    def __init__(self, device):
-        self.cuda = device.type == "cuda"
-
-    def mark(self):
-        if self.cuda:
-            e = torch.cuda.Event(enable_timing=True)
-            e.record()
-            return e
-        return time.perf_counter()
-
-    def ms(self, a, b):
-        return a.elapsed_time(b) if self.cuda else (b - a) * 1e3
-
-
-def train_eager(impl, model, clips, args, device):
-    wrapper, scheds = build(impl, model, args)
-    clock, marks, losses = Clock(device), [], []
-    for it in range(args.iters):
-        x, y = clips.batch(it)
-        t0 = clock.mark()
-        with wrapper.optim_context(model):
-            loss = nn.functional.cross_entropy(model(x).float(), y)
-        wrapper.backward(loss)
-        t1 = clock.mark()
-        wrapper.step()
-        wrapper.zero_grad()
-        for s in scheds:
-            s.step()
-        t2 = clock.mark()
-        marks.append((t0, t1, t2))
-        losses.append(loss.detach())
-    return losses, marks, clock, wrapper
-
-
-def train_graph(impl, model, clips, args, device):
-    """The whole iteration in one CUDA graph (Note: fusedopt/schedulers/device.py)."""
-    from fusedopt.schedulers import DeviceSchedule
-    wrapper, scheds = build("fusedopt-cuda", model, args)
-    schedule = DeviceSchedule(scheds, epoch_length=args.epoch_length)
-    static_x, static_y = (t.clone() for t in clips.batch(0))
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if args.precision == "bf16"
-                else torch.autocast("cuda", enabled=False))
-    losses, clock, marks = [], Clock(device), []
-
-    def iteration():
-        wrapper.optimizer.zero_grad(set_to_none=False)
-        with autocast:
-            loss = nn.functional.cross_entropy(model(static_x).float(), static_y)
-        loss.backward()
-        wrapper.step()
-        schedule.step()
-        return loss
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):           # iteration 0, eagerly: creates grads and state
-        t0 = clock.mark()
-        losses.append(iteration().detach().clone())
-        marks.append((t0, t0, clock.mark()))
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_loss = iteration()
-    for it in range(1, args.iters):
-        x, y = clips.batch(it)
-        static_x.copy_(x)
-        static_y.copy_(y)
-        t0 = clock.mark()
-        graph.replay()
-        t2 = clock.mark()
-        marks.append((t0, t0, t2))          # the optimizer's share is not separable in a graph
-        losses.append(static_loss.detach().clone())
-    schedule.sync_to_host()
-    return losses, marks, clock, wrapper
-
-
-def run_one(impl, init_state, clips, args, device):
+def _fresh_model(init_state, args, device):
     model, _ = build_model(args)
     model.load_state_dict(init_state)
-    model.to(device).train()
+    return model.to(device).train()
+
+
+def run_row(row, init_state, clips, args, device, *, nudge_seed=None, work_dir=None,
+            keep_checkpoints=1):
+    route, impl = row.split(":", 1)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    trainer = train_graph if impl == "fusedopt-cuda-graph" else train_eager
-    losses, marks, clock, wrapper = trainer(impl, model, clips, args, device)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    skip = min(args.warmup_iters, len(marks) - 1)
-    optim = [clock.ms(t1, t2) for _, t1, t2 in marks[skip:]]
-    iters = [clock.ms(t0, t2) for t0, _, t2 in marks[skip:]]
-    return dict(impl=impl, status="ok", losses=[float(v) for v in torch.stack(losses).cpu()],
-                optim_ms=_median(optim) if impl != "fusedopt-cuda-graph" else None,
-                iter_ms=_median(iters),
+    sync_iter = args.iters - 1
+    runner = None
+    if route == "runner":
+        from fusedopt.bench import e2e_runner
+        rec, runner = e2e_runner.train(impl, init_state, clips, args, work_dir,
+                                       sync_iter=sync_iter, nudge_seed=nudge_seed,
+                                       keep_checkpoints=keep_checkpoints)
+        losses, syncs, wrapper = rec.losses, rec.syncs, runner.optim_wrapper
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        timing = timings(rec.marks, rec.clock, args.warmup_iters)
+    else:
+        from fusedopt.bench import e2e_loop
+        model = _fresh_model(init_state, args, device)
+        if route == "standalone":
+            out = e2e_loop.standalone(impl, model, clips, args, device, sync_iter=sync_iter,
+                                      nudge_seed=nudge_seed)
+        else:
+            fn = e2e_loop.graph if route == "graph" else e2e_loop.compiled
+            out = fn(impl, model, clips, args, device, dry=device.type != "cuda")
+        losses, marks, clock, wrapper, syncs = out
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        timing = timings(marks, clock, args.warmup_iters)
+    return dict(row=row, status="ok", losses=[float(v) for v in torch.stack(losses).cpu()],
+                **timing, syncs=syncs,
                 peak_mem_bytes=torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
-                final_lr=[round(g["lr"], 10) for g in wrapper.param_groups][:3])
+                final_lr=[round(g["lr"], 10) for g in wrapper.param_groups][:3]), runner
 
 
-def _median(values):
-    v = sorted(values)
-    return v[len(v) // 2] if v else None
+def resume_check(row, ref, init_state, clips, args, work_dir):
+    """A new Runner resumed from the checkpoint at the end of epoch ``args.resume_epoch`` of
+    ``ref`` (the row's own run, checkpoints kept in ``work_dir``): its losses after that point
+    against the uninterrupted run's."""
+    from fusedopt.bench import e2e_runner
+    ckpt = os.path.join(work_dir, f"epoch_{args.resume_epoch}.pth")
+    k = args.resume_epoch * args.epoch_length
+    # mmengine 0.10.7 calls torch.load without weights_only, and its checkpoint holds the
+    # MessageHub's HistoryBuffer (numpy arrays), which torch >= 2.6's weights-only default
+    # refuses; the file was written by this process a moment ago
+    old = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        rec, _ = e2e_runner.train(row.split(":", 1)[1], init_state, clips, args,
+                                  work_dir + "-resumed", resume_from=ckpt)
+    finally:
+        if old is None:
+            del os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"]
+        else:
+            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = old
+    got = [float(v) for v in torch.stack(rec.losses).cpu()] if rec.losses else []
+    want = ref["losses"][k:]
+    n = min(len(got), len(want))
+    diff = max((abs(a - b) for a, b in zip(got, want)), default=float("inf"))
+    return dict(from_iter=k, iters=len(got), expected_iters=len(want),
+                bitwise=len(got) == len(want) and got == want, max_abs_diff=diff if n else None,
+                bitwise_expected=args.precision == "fp32", losses=got)
 
 
-def agreement(results, args):
-    """Each run's loss curve against the reference run's (torch-fused, else torch-foreach)."""
-    ok = {r["impl"]: r for r in results if r["status"] == "ok"}
-    ref_name = "torch-fused" if "torch-fused" in ok else "torch-foreach"
+# ---- judging the curves ---------------------------------------------------------------------
+
+def spread_band(ref, spread_runs):
+    """Per iteration: (low, high) of the losses of the reference and its nudged runs."""
+    runs = [ref["losses"]] + [r["losses"] for r in spread_runs]
+    n = min(len(r) for r in runs)
+    return [min(r[i] for r in runs) for i in range(n)], [max(r[i] for r in runs) for i in range(n)]
+
+
+def agreement(results, band, ref_name):
+    ok = {r["row"]: r for r in results if r["status"] == "ok"}
     ref = ok.get(ref_name)
     for r in ok.values():
         if ref is None or r is ref:
             continue
         a, b = r["losses"], ref["losses"]
-        if args.precision == "fp32":
-            n = min(args.agree_iters, len(a))
-            diff = max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a[:n], b[:n]))
-            r["agreement"] = dict(vs=ref_name, max_rel_diff_first_iters=diff, iters=n,
-                                  tolerance=args.fp32_tolerance,
-                                  agrees=diff <= args.fp32_tolerance)
-        else:
-            q = max(1, len(a) // 4)
-            ma, mb = sum(a[-q:]) / q, sum(b[-q:]) / q
-            rel = abs(ma - mb) / max(abs(mb), 1e-12)
-            r["agreement"] = dict(vs=ref_name, last_quarter_mean=ma, reference_mean=mb,
-                                  rel_diff=rel, tolerance=args.amp_tolerance,
-                                  agrees=rel <= args.amp_tolerance)
-        if "optim_ms" in r and r.get("optim_ms") and ref.get("optim_ms"):
+        n = min(len(a), len(b))
+        dev = [abs(a[i] - b[i]) for i in range(n)]
+        rec = dict(vs=ref_name, max_dev=max(dev, default=0.0),
+                   final_rel_diff=abs(a[n - 1] - b[n - 1]) / max(abs(b[n - 1]), 1e-12))
+        if band is not None:
+            width = [hi - lo for lo, hi in zip(*band)][:n]
+            rec.update(max_band=max(width, default=0.0),
+                       inside_fraction=sum(d <= w for d, w in zip(dev, width)) / max(len(width), 1))
+            rec["within_spread"] = rec["max_dev"] <= rec["max_band"]
+        r["agreement"] = rec
+        if r.get("optim_ms") and ref.get("optim_ms"):
             r["optim_speedup_vs_ref"] = ref["optim_ms"] / r["optim_ms"]
         if r.get("iter_ms") and ref.get("iter_ms"):
             r["iter_speedup_vs_ref"] = ref["iter_ms"] / r["iter_ms"]
+    for r in ok.values():         # a graph row replays the standalone row's iteration
+        if r["row"].startswith("graph:"):
+            eager = ok.get("standalone:" + r["row"].split(":", 1)[1])
+            if eager:
+                d = max(abs(x - y) for x, y in zip(r["losses"], eager["losses"]))
+                r["vs_eager"] = dict(vs=eager["row"], max_abs_diff=d,
+                                     bitwise=r["losses"] == eager["losses"],
+                                     iter_speedup=(eager["iter_ms"] / r["iter_ms"]
+                                                   if r.get("iter_ms") else None))
 
 
-def plot(doc, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    ok = [r for r in doc["results"] if r["status"] == "ok"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
-    for r in ok:
-        ax1.plot(r["losses"], label=r["impl"], lw=1)
-    ax1.set_xlabel("iteration")
-    ax1.set_ylabel("training loss")
-    ax1.legend(fontsize=8)
-    names = [r["impl"] for r in ok]
-    optim = [r["optim_ms"] or 0 for r in ok]
-    rest = [max(r["iter_ms"] - (r["optim_ms"] or 0), 0) for r in ok]
-    ax2.barh(names, rest, label="forward + backward (graph: whole iteration)")
-    ax2.barh(names, optim, left=rest, label="clip + step + scheduler")
-    ax2.set_xlabel("ms per iteration (median)")
-    ax2.legend(fontsize=8)
-    o = doc["options"]
-    fig.suptitle(f"{doc['model']}, {o['optimizer']} {o['precision']}, batch {o['batch']} x "
-                 f"{o['frames']}x{o['size']}x{o['size']} on {doc['device']}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return True
+# ---- the run ----------------------------------------------------------------------------------
+
+def versions():
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "cuda": torch.version.cuda}
+    for name in ("fusedopt", "mmengine", "torchvision", "triton"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:       # not installed, or broken: recorded as absent
+            out[name] = None
+    return out
 
 
 def parse(argv=None):
@@ -361,7 +235,8 @@ def parse(argv=None):
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    p.add_argument("--impl", default=None, help="comma list (default: every one that runs here)")
+    p.add_argument("--rows", default=None,
+                   help="comma list of route:impl (default: every one that runs here)")
     p.add_argument("--iters", type=int, default=None, help="iterations (default 60; --tiny 6)")
     p.add_argument("--epoch-length", type=int, default=None, help="iterations per epoch")
     p.add_argument("--batch", type=int, default=None)
@@ -370,68 +245,141 @@ def parse(argv=None):
     p.add_argument("--classes", type=int, default=None)
     p.add_argument("--warmup", type=int, default=None, help="LinearLR warm-up iterations")
     p.add_argument("--warmup-iters", type=int, default=None, help="untimed first iterations")
-    p.add_argument("--agree-iters", type=int, default=10)
-    p.add_argument("--fp32-tolerance", type=float, default=1e-3,
-                   help="max relative loss difference over --agree-iters (fp32)")
-    p.add_argument("--amp-tolerance", type=float, default=0.05,
-                   help="relative difference of the last quarter's mean loss (fp16/bf16)")
+    p.add_argument("--log-interval", type=int, default=10, help="the Runner's LoggerHook")
+    p.add_argument("--spread-seeds", type=int, default=None,
+                   help="nudged runs of the reference row (default 3; --tiny 2)")
+    p.add_argument("--resume-check", default=None,
+                   help="comma list of runner rows to resume (default: the first runner:fusedopt "
+                        "row; 'none' for none)")
+    p.add_argument("--resume-epoch", type=int, default=1, help="the checkpoint resumed from")
     p.add_argument("--tiny", action="store_true", help="the CPU mode CI runs")
+    p.add_argument("--dry", action="store_true", help="GPU-only routes in their CPU forms")
+    p.add_argument("--work-dir", default=None, help="Runner work dirs (default: a temp dir)")
+    p.add_argument("--out", default=None, help="folder for the JSON and the two PNGs")
+    p.add_argument("--name", default=None,
+                   help="their file stem in --out (default e2e-<optimizer>-<precision>)")
     p.add_argument("--json", default=None)
-    p.add_argument("--plot", default=None)
+    p.add_argument("--plot", default=None, help="PNG of the loss curves (+ -time.png beside it)")
     args = p.parse_args(argv)
     tiny = dict(iters=6, epoch_length=3, batch=2, frames=4, size=32, classes=4, warmup=2,
-                warmup_iters=1)
+                warmup_iters=1, spread_seeds=2)
     full = dict(iters=60, epoch_length=20, batch=8, frames=16, size=112, classes=400, warmup=10,
-                warmup_iters=5)
+                warmup_iters=5, spread_seeds=3)
     for k, v in (tiny if args.tiny else full).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.epochs = math.ceil(args.iters / args.epoch_length)
+    if args.iters != args.epochs * args.epoch_length:
+        p.error(f"--iters {args.iters} must be whole epochs of --epoch-length {args.epoch_length}")
+    if args.resume_check != "none" and not 0 < args.resume_epoch < args.epochs:
+        p.error(f"--resume-epoch {args.resume_epoch} must be an epoch end before the last of "
+                f"{args.epochs} epochs (or --resume-check none)")
+    for row in (args.rows.split(",") if args.rows else []):
+        route, _, impl = row.partition(":")
+        if route not in ROUTES or not impl:
+            p.error(f"--rows: {row!r} is not route:impl with a route of {', '.join(ROUTES)}")
     return args
 
 
 def main(argv=None):
     args = parse(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    default = (["torch-foreach", "torch-fused", "fusedopt-cuda", "fusedopt-triton",
-                "fusedopt-mmengine", "fusedopt-cuda-graph"] if device.type == "cuda"
-               else ["torch-foreach", "torch-fused", "fusedopt-cpu", "fusedopt-mmengine"])
-    impls = args.impl.split(",") if args.impl else default
+    if device.type == "cuda":     # the same convolution algorithms in every row and on resume
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    rows = args.rows.split(",") if args.rows else default_rows(device, args.dry)
     torch.manual_seed(0)
     model, model_name = build_model(args)
     init_state = copy.deepcopy(model.state_dict())
     clips = Clips(args, device)
+    work = args.work_dir or tempfile.mkdtemp(prefix="fusedopt-e2e-")
+    resume = ([] if args.resume_check == "none" else args.resume_check.split(",")
+              if args.resume_check else [r for r in rows if r.startswith("runner:fusedopt-")][:1])
     results = []
-    for impl in impls:
-        reason = unavailable(impl, args, device)
+    for row in rows:
+        reason = unavailable(row, args, device)
         if reason is not None:
-            results.append(dict(impl=impl, status="skipped", reason=reason))
-            print(f"{impl:22s} skipped: {reason}", flush=True)
+            results.append(dict(row=row, status="skipped", reason=reason))
+            print(f"{row:28s} skipped: {reason}", flush=True)
             continue
-        r = run_one(impl, init_state, clips, args, device)
+        wd = os.path.join(work, row.replace(":", "-"))
+        r, _ = run_row(row, init_state, clips, args, device, work_dir=wd,
+                       keep_checkpoints=-1 if row in resume else 1)
+        if row in resume:
+            r["resume"] = resume_check(row, r, init_state, clips, args, wd)
         results.append(r)
-        print(f"{impl:22s} loss {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}, iteration "
-              f"{r['iter_ms']:.2f} ms, optimizer {r['optim_ms'] or float('nan'):.3f} ms",
-              flush=True)
-    doc = dict(device=(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
-               torch=torch.__version__, model=model_name, options=vars(args), results=results,
-               provenance=provenance(device))   # device, git (dirty computed), versions
-    agreement(results, args)
-    for r in results:
-        if "agreement" in r:
-            a = r["agreement"]
-            print(f"{r['impl']:22s} vs {a['vs']}: {'agrees' if a['agrees'] else 'DIFFERS'} "
-                  f"({a.get('max_rel_diff_first_iters', a.get('rel_diff')):.2e}, tolerance "
-                  f"{a['tolerance']:g}); optimizer "
-                  f"{r.get('optim_speedup_vs_ref', float('nan')):.2f}x, iteration "
-                  f"{r.get('iter_speedup_vs_ref', float('nan')):.2f}x")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1)
-        print(f"wrote {args.json}")
-    if args.plot and plot(doc, args.plot):
-        print(f"wrote {args.plot}")
+        shutil.rmtree(wd, ignore_errors=True)
+        shutil.rmtree(wd + "-resumed", ignore_errors=True)
+        opt = f", optimizer {r['optim_ms']:.3f} ms" if r.get("optim_ms") else ""
+        print(f"{row:28s} loss {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}, iteration "
+              f"{r['iter_ms']:.2f} ms{opt}", flush=True)
+    ok = {r["row"]: r for r in results if r["status"] == "ok"}
+    ref_name = next((n for n in ("runner:torch-fused", "runner:torch-foreach") if n in ok), None)
+    spread = None
+    if ref_name and args.spread_seeds > 0:
+        runs = []
+        for seed in range(1, args.spread_seeds + 1):
+            wd = os.path.join(work, f"spread-{seed}")
+            r, _ = run_row(ref_name, init_state, clips, args, device, nudge_seed=seed,
+                           work_dir=wd)
+            shutil.rmtree(wd, ignore_errors=True)
+            runs.append(dict(seed=seed, losses=r["losses"]))
+        low, high = spread_band(ok[ref_name], runs)
+        spread = dict(vs=ref_name, nudge="1 ulp of every param element, up or down at random, "
+                      "after the first step", runs=runs, low=low, high=high)
+    if not args.work_dir:
+        shutil.rmtree(work, ignore_errors=True)
+    agreement(results, (spread["low"], spread["high"]) if spread else None, ref_name)
+    doc = dict(kind="e2e", device=report.device_slug(device),
+               device_name=(torch.cuda.get_device_name(device) if device.type == "cuda"
+                            else report.cpu_name()),
+               versions=versions(), git=report.git_info(), model=model_name,
+               options=vars(args), reference=ref_name, spread=spread, results=results)
+    summarize(doc)
+    write(doc, args)
     return doc
+
+
+def summarize(doc):
+    for r in doc["results"]:
+        if r["status"] != "ok":
+            continue
+        parts = []
+        a = r.get("agreement")
+        if a:
+            band = (f" (band {a['max_band']:.2e}: {'within' if a['within_spread'] else 'OUTSIDE'})"
+                    if "max_band" in a else "")
+            parts.append(f"vs {a['vs']} max |dloss| {a['max_dev']:.2e}{band}")
+        if r.get("optim_speedup_vs_ref"):
+            parts.append(f"optimizer {r['optim_speedup_vs_ref']:.2f}x")
+        if r.get("syncs"):
+            parts.append(f"syncs: optimizer {r['syncs']['ops'].get('optimizer', 0)}, "
+                         f"iteration {sum(r['syncs']['ops'].values())}")
+        if r.get("resume"):
+            rs = r["resume"]
+            parts.append(f"resume at {rs['from_iter']}: "
+                         f"{'bitwise' if rs['bitwise'] else 'max diff %.2e' % rs['max_abs_diff']}")
+        if r.get("vs_eager"):
+            parts.append(f"vs eager: {'bitwise' if r['vs_eager']['bitwise'] else 'max diff %.2e' % r['vs_eager']['max_abs_diff']}")
+        print(f"{r['row']:28s} " + "; ".join(parts))
+
+
+def write(doc, args):
+    stem = args.name or f"e2e-{args.optimizer}-{args.precision}"
+    json_path, plot_path = args.json, args.plot
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        json_path = json_path or os.path.join(args.out, stem + ".json")
+        plot_path = plot_path or os.path.join(args.out, stem + "-loss.png")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(doc, f, indent=1)
+        print(f"wrote {json_path}")
+    if plot_path:
+        from fusedopt.bench import e2e_plot
+        time_path = plot_path.replace("-loss.png", "").replace(".png", "") + "-time.png"
+        if e2e_plot.plot(doc, plot_path, time_path):
+            print(f"wrote {plot_path} and {time_path}")
 
 
 if __name__ == "__main__":

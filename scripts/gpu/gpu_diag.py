@@ -1,5 +1,5 @@
 """Diagnostics of scripts/gpu_check.sh that no test asserts: where a CUDA step's host time goes.
-(Whether errors raised inside fusedopt._C reach Python as exceptions: scripts/gpu_throw.py.)
+(Whether errors raised inside fusedopt._C reach Python as exceptions: scripts/gpu/gpu_throw.py.)
 
 Host time of one step (no device sync inside the timed span), per tensor count: the whole
 ``opt.step()``, the bare extension call, and the cpu backend on CPU tensors of the same counts on
@@ -7,7 +7,7 @@ the same host (its C++ glue checks the same things per tensor), with torch's fus
 scale; then torch.profiler's CPU ops of the CUDA step.
 Prints plain text (the log is read by a person).
 
-usage: python scripts/gpu_diag.py [--device cuda]
+usage: python scripts/gpu/gpu_diag.py [--device cuda]
 """
 import argparse
 import time

@@ -2,8 +2,8 @@
 them (``--list``, read by scripts/gpu_check.sh) and whether the JSON of those runs meets them
 (``--report DIR``, a markdown table).
 
-usage: python scripts/gpu_targets.py --list [--dry]
-       python scripts/gpu_targets.py --report DIR_OF_JSON
+usage: python scripts/gpu/gpu_targets.py --list [--dry]
+       python scripts/gpu/gpu_targets.py --report DIR_OF_JSON
 """
 import argparse
 import json

@@ -13,7 +13,7 @@ the same implementation after --iters iterations. torch's own compiled-vs-eager 
 yardstick for that last figure: inductor reorders the forward's arithmetic.
 Prints a markdown table; --json writes the records, each with device, versions and git revision.
 
-usage: python scripts/gpu_compile.py [--device cuda] [--backend cuda] [--modes reduce-overhead]
+usage: python scripts/gpu/gpu_compile.py [--device cuda] [--backend cuda] [--modes reduce-overhead]
 """
 import argparse
 import json
@@ -25,7 +25,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 import fusedopt  # noqa: E402
 
 

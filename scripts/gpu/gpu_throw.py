@@ -18,7 +18,7 @@ Each case below runs in its own subprocess, so one crash hides nothing:
 Prints plain text; exits 1 if a fusedopt._C case crashed or did not raise its message (those
 verdicts are in capitals; the minimal extension's, only diagnostics, in lower case).
 
-usage: python scripts/gpu_throw.py [--ext TREE ...] [--no-cuda] [--no-minimal]
+usage: python scripts/gpu/gpu_throw.py [--ext TREE ...] [--no-cuda] [--no-minimal]
 """
 import argparse
 import os
@@ -247,7 +247,7 @@ def main():
     ap.add_argument("--no-minimal", action="store_true", help="skip the minimal extension")
     args = ap.parse_args()
     trees = [os.path.abspath(t) for t in args.ext] or [
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
     toolchain()
     with tempfile.TemporaryDirectory() as workdir:
         bad = fusedopt_cases(trees, not args.no_cuda, workdir)

@@ -9,7 +9,7 @@ found_inf attributes), which must change nothing. Checked: every param and state
 torch (tests/tolerances.py) and every step counter exactly. Prints one JSON line; exit 1 on a
 mismatch.
 
-usage: python scripts/gpu_stress.py --backend cuda|triton|cpu [--device cuda] [--tensors 1200]
+usage: python scripts/gpu/gpu_stress.py --backend cuda|triton|cpu [--device cuda] [--tensors 1200]
 """
 import argparse
 import json
@@ -19,7 +19,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                 "tests"))
 from tolerances import TOLERANCE  # noqa: E402
 

@@ -11,7 +11,7 @@
 3. ``skip_nonfinite=True`` without a scaler: the same bitwise checks, and ``skipped_steps``.
 Prints a markdown report; exit 1 if a check fails.
 
-usage: python scripts/gpu_lowprec.py --backends cuda,triton [--device cuda] [--steps 200]
+usage: python scripts/gpu/gpu_lowprec.py --backends cuda,triton [--device cuda] [--steps 200]
 """
 import argparse
 import inspect
@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                 "tests"))
 from tolerances import LOW_PRECISION_FACTOR  # noqa: E402
 
