@@ -100,11 +100,11 @@ def triton_occupancy():
     (a GPU only: the interpreter compiles nothing)."""
     if not torch.cuda.is_available():
         return None
-    from fusedopt.kernels import adam_kernel, norm_kernel, sgd_kernel
+    from fusedopt.kernels import norm_kernel, update_kernel
     props = torch.cuda.get_device_properties(0)
     regs_per_sm = getattr(props, "regs_per_multiprocessor", 65536)
     out = []
-    for jit in (adam_kernel, sgd_kernel, norm_kernel):
+    for jit in (update_kernel, norm_kernel):   # the algorithm is in each cache key
         for compiled in jit.device_caches[torch.cuda.current_device()][0].values():
             compiled._init_handles()
             threads = compiled.metadata.num_warps * 32
