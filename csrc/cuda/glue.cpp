@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "algorithms.h"
 #include "cuda/launchers.h"
 #include "staging.h"
 
@@ -52,7 +53,9 @@ Uploaded upload(const std::vector<fc::TensorMeta>& metas, const at::Device& devi
 }
 
 // The table of one update step: every param of the bucket that has a grad (a param without
-// one is neither updated nor counted as stepped, as in torch). Note [dense arrays], staging.h.
+// one is neither updated nor counted as stepped, as in torch); the algorithm's `algo_states`
+// state lists from kState0 on, the master list (if any) in kMaster (Note [slots],
+// launchers.h). Note [dense arrays], staging.h.
 std::vector<fc::TensorMeta> build_update(const Bucket& b, size_t algo_states, bool master,
                                          Staging& staging) {
   std::vector<fc::TensorMeta> metas;
@@ -76,28 +79,6 @@ std::vector<fc::TensorMeta> build_update(const Bucket& b, size_t algo_states, bo
     metas.push_back(m);
   }
   return metas;
-}
-
-// The body of adam_step and sgd_step; `launch` is the algorithm's launcher.
-template <typename Launch>
-void update_step(const Bucket& b, const at::Tensor& hp, size_t algo_states, const char* states_are,
-                 const std::optional<at::Tensor>& clip_coef,
-                 const std::optional<at::Tensor>& inv_scale,
-                 const std::optional<at::Tensor>& found_inf, const char* fn, Launch launch) {
-  if (b.params.empty()) return;
-  const at::Device device = b.params[0].device();
-  TORCH_CHECK(device.is_cuda(), fn, ": the bucket's params are on ", device);
-  const bool master = check_step(b, hp, algo_states, states_are, clip_coef, inv_scale, found_inf);
-  c10::cuda::CUDAGuard guard(device);
-  const fc::StepScalars scalars{scalar_ptr(clip_coef), scalar_ptr(inv_scale),
-                                scalar_ptr(found_inf)};
-  Staging staging;
-  const std::vector<fc::TensorMeta> metas = build_update(b, algo_states, master, staging);
-  if (metas.empty()) return;
-  const Uploaded up = upload(metas, device);
-  C10_CUDA_CHECK(launch(up.table, dtype_code(b.params[0]), master, hp.data_ptr<double>(), scalars,
-                        c10::cuda::getCurrentCUDAStream()));
-  staging.write_back();
 }
 
 // Every tensor a norm or scale reads: on `device`, dense, one of the four dtypes.
@@ -139,35 +120,39 @@ at::Tensor norm_of(const std::vector<at::Tensor>& tensors, const at::Device& dev
 
 }  // namespace
 
-void adam_step(const Bucket& b, const at::Tensor& hp, bool amsgrad, bool maximize,
-               bool decoupled, const std::optional<at::Tensor>& clip_coef,
-               const std::optional<at::Tensor>& inv_scale,
-               const std::optional<at::Tensor>& found_inf) {
-  const fc::AdamFlags flags{amsgrad, maximize, decoupled};
-  update_step(b, hp, amsgrad ? 3 : 2,
-              amsgrad ? "exp_avg, exp_avg_sq, max_exp_avg_sq" : "exp_avg, exp_avg_sq", clip_coef,
-              inv_scale, found_inf, "cuda_adam_step",
-              [&](const fc::Table& t, fc::DType d, bool master, const double* h,
-                  fc::StepScalars s, cudaStream_t stream) {
-                return fc::launch_adam(t, d, master, h, flags, s, stream);
-              });
-}
-
-void sgd_step(const Bucket& b, const at::Tensor& hp, bool nesterov, bool maximize,
-              const std::optional<at::Tensor>& clip_coef,
-              const std::optional<at::Tensor>& inv_scale,
-              const std::optional<at::Tensor>& found_inf) {
-  // Buckets are keyed by "momentum != 0": the buffers' list, or none (plus a master copy).
-  const size_t algo_states = b.states.size() - (has_master(b) ? 1 : 0);
-  TORCH_CHECK(algo_states <= 1, "states: SGD keeps at most one state list (momentum_buffer) "
-              "besides the master copies, got ", b.states.size());
-  const fc::SgdFlags flags{algo_states == 1, nesterov, maximize};
-  update_step(b, hp, algo_states, "momentum_buffer or none", clip_coef, inv_scale, found_inf,
-              "cuda_sgd_step",
-              [&](const fc::Table& t, fc::DType d, bool master, const double* h,
-                  fc::StepScalars s, cudaStream_t stream) {
-                return fc::launch_sgd(t, d, master, h, flags, s, stream);
-              });
+void step(const Bucket& b, const at::Tensor& hp, int64_t algo, int64_t flags,
+          const std::optional<at::Tensor>& clip_coef, const std::optional<at::Tensor>& inv_scale,
+          const std::optional<at::Tensor>& found_inf) {
+  check_device_type(b, c10::DeviceType::CUDA, "cuda_step");
+  const bool master = check_step(b, hp, static_cast<int>(algo), flags, clip_coef, inv_scale,
+                                 found_inf);
+  if (b.params.empty()) return;
+  const at::Device device = b.params[0].device();
+  c10::cuda::CUDAGuard guard(device);
+  Staging staging;
+  const std::vector<fc::TensorMeta> metas =
+      build_update(b, static_cast<size_t>(num_states(static_cast<int>(algo), flags)), master,
+                   staging);
+  if (metas.empty()) return;
+  const Uploaded up = upload(metas, device);
+  // Note [two stages] (engine.cuh): kSums partial sums per block, written by the first launch
+  // and read by the second; from torch's caching allocator, so no sync and capturable.
+  at::Tensor sums;
+  if (algorithm_info(static_cast<int>(algo)).two_stage) {
+    sums = at::empty({static_cast<int64_t>(up.table.num_blocks) * kSums},
+                     at::TensorOptions().dtype(at::kDouble).device(device));
+  }
+  const fc::UpdateArgs args{up.table,
+                            dtype_code(b.params[0]),
+                            master,
+                            hp.data_ptr<double>(),
+                            flags,
+                            fc::StepScalars{scalar_ptr(clip_coef), scalar_ptr(inv_scale),
+                                            scalar_ptr(found_inf)},
+                            sums.defined() ? sums.data_ptr<double>() : nullptr,
+                            c10::cuda::getCurrentCUDAStream()};
+  C10_CUDA_CHECK(fc::launch_update(static_cast<int>(algo), args));
+  staging.write_back();
 }
 
 // Norm of every grad of the bucket, pending params included (the reference's bucket_norm).
