@@ -50,14 +50,15 @@ struct LambMath {
     r.eps = static_cast<C>(h[lamb::kEps]);
     r.weight_decay = static_cast<C>(wd);
     r.neg_lr = static_cast<C>(-h[kLr]);
-    C ratio = C(1);
+    // |p| / |u| in double (as the reference, fusedopt/algorithms/lamb.py), 1 where either is
+    // 0, at most 1 with trust_clip; then rounded to C as a Python scalar for direction.mul_
+    double ratio = 1.0;
     if (wd != 0.0 || always_adapt) {
-      // w_norm / g_norm in the compute type, 1 where either is 0; clamped to 1 with trust_clip
-      const C wn = static_cast<C>(sqrt(totals[0])), un = static_cast<C>(sqrt(totals[1]));
-      if (wn > C(0) && un > C(0)) ratio = div_rn(wn, un);
-      if (trust_clip && ratio > C(1)) ratio = C(1);
+      const double wn = sqrt(totals[0]), un = sqrt(totals[1]);
+      if (wn > 0.0 && un > 0.0) ratio = wn / un;
+      if (trust_clip && ratio > 1.0) ratio = 1.0;
     }
-    r.ratio = ratio;
+    r.ratio = static_cast<C>(ratio);
     return r;
   }
 

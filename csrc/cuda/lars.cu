@@ -35,16 +35,16 @@ struct LarsMath {
   template <typename C>
   __device__ Row<C> row(const double* h, float step, const double* totals) const {
     const double lr = h[kLr], wd = h[kWeightDecay];
-    // the norms in the compute type, as torch.norm(p).item() gives them
-    const double wn = static_cast<C>(sqrt(totals[0])), gn = static_cast<C>(sqrt(totals[1]));
+    // the norms in double, as the reference (fusedopt/algorithms/lars.py) takes them;
     // mmpretrain's Python floats: eta*wn / (gn + wd*wn + eps), no fused multiply-add
+    const double wn = sqrt(totals[0]), gn = sqrt(totals[1]);
     const double local_lr =
         h[lars::kExclude] != 0.0 || wn == 0.0 || gn == 0.0
             ? 1.0
             : __dmul_rn(h[lars::kEta], wn) /
                   __dadd_rn(__dadd_rn(gn, __dmul_rn(wd, wn)), h[lars::kEps]);
     Row<C> r;
-    r.scale = static_cast<C>(local_lr * lr);   // actual_lr = local_lr * lr
+    r.scale = static_cast<C>(lr * local_lr);
     r.weight_decay = static_cast<C>(wd);
     r.momentum = static_cast<C>(h[lars::kMomentumCol]);
     r.one_minus_dampening = static_cast<C>(1.0 - h[lars::kDampening]);
