@@ -81,17 +81,11 @@ std::vector<fc::TensorMeta> build_update(const Bucket& b, size_t algo_states, bo
   return metas;
 }
 
-// Every tensor a norm or scale reads: on `device`, dense, one of the four dtypes.
-void check_tensors(const std::vector<at::Tensor>& tensors, const at::Device& device,
-                   const char* what) {
-  for (size_t i = 0; i < tensors.size(); ++i) check_norm_input(tensors[i], device, what, i);
-}
-
-// One reduction launch and one finalize over tensors of any of the four dtypes (mixed).
+// One reduction launch and one finalize over tensors of any of the four dtypes (mixed), which
+// the validator has checked (check_bucket_norm, check_tensors_norm).
 at::Tensor norm_of(const std::vector<at::Tensor>& tensors, const at::Device& device, bool inf,
                    const std::optional<at::Tensor>& inv_scale,
-                   const std::optional<at::Tensor>& found_inf, const char* what) {
-  check_tensors(tensors, device, what);
+                   const std::optional<at::Tensor>& found_inf) {
   check_scalar(inv_scale, device, "inv_scale");
   check_scalar(found_inf, device, "found_inf");
   c10::cuda::CUDAGuard guard(device);
@@ -159,10 +153,13 @@ void step(const Bucket& b, const at::Tensor& hp, int64_t algo, int64_t flags,
 at::Tensor bucket_norm(const Bucket& b, double norm_type,
                        const std::optional<at::Tensor>& inv_scale,
                        const std::optional<at::Tensor>& found_inf) {
-  const bool inf = check_norm_type(norm_type);
-  if (b.params.empty() && b.pending.empty()) return at::zeros({}, at::kFloat);
+  check_device_type(b, c10::DeviceType::CUDA, "cuda_bucket_norm");
+  if (b.params.empty() && b.pending.empty()) {
+    check_norm_type(norm_type);
+    return at::zeros({}, at::kFloat);
+  }
   const at::Device device = (b.params.empty() ? b.pending : b.params)[0].device();
-  TORCH_CHECK(device.is_cuda(), "cuda_bucket_norm: the bucket is on ", device);
+  const bool inf = check_bucket_norm(b, norm_type, device);
   std::vector<at::Tensor> grads;
   for (size_t i = 0; i < b.params.size(); ++i) {
     if (b.grad(i).defined()) grads.push_back(b.grad(i));
@@ -170,27 +167,29 @@ at::Tensor bucket_norm(const Bucket& b, double norm_type,
   for (const at::Tensor& p : b.pending) {
     if (p.grad().defined()) grads.push_back(p.grad());
   }
-  return norm_of(grads, device, inf, inv_scale, found_inf, "grads");
+  return norm_of(grads, device, inf, inv_scale, found_inf);
 }
 
 at::Tensor tensors_norm(const std::vector<at::Tensor>& tensors, double norm_type,
                         const std::optional<at::Tensor>& inv_scale,
                         const std::optional<at::Tensor>& found_inf) {
-  const bool inf = check_norm_type(norm_type);
-  if (tensors.empty()) return at::zeros({}, at::kFloat);
+  if (tensors.empty()) {
+    check_norm_type(norm_type);
+    return at::zeros({}, at::kFloat);
+  }
   TORCH_CHECK(tensors[0].device().is_cuda(), "cuda_tensors_norm: tensors[0] is on ",
               tensors[0].device());
-  return norm_of(tensors, tensors[0].device(), inf, inv_scale, found_inf, "tensors");
+  const at::Device device = tensors[0].device();
+  return norm_of(tensors, device, check_tensors_norm(tensors, norm_type, device), inv_scale,
+                 found_inf);
 }
 
 void tensors_scale_(const std::vector<at::Tensor>& tensors, const at::Tensor& coef) {
   if (tensors.empty()) return;
   const at::Device device = tensors[0].device();
   TORCH_CHECK(device.is_cuda(), "cuda_tensors_scale_: tensors[0] is on ", device);
-  check_tensors(tensors, device, "tensors");
-  TORCH_CHECK(coef.defined() && coef.device() == device && coef.scalar_type() == at::kFloat &&
-                  coef.numel() == 1,
-              "coef must be a one-element float32 tensor on ", device);
+  for (size_t i = 0; i < tensors.size(); ++i) check_norm_input(tensors[i], device, "tensors", i);
+  check_scalar(coef, device, "coef");
   c10::cuda::CUDAGuard guard(device);
   std::vector<fc::TensorMeta> metas;
   Staging staging;
