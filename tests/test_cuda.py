@@ -205,14 +205,22 @@ def test_scale_in_place_mixed_dtypes():
         torch.testing.assert_close(t, e, rtol=0, atol=0, msg=lambda m: f"tensor {i}: {m}")
 
 
-def test_found_inf_touches_nothing_then_scaled_step_matches_reference():
+FOUND_INF_CASES = [("FusedAdamW", dict(amsgrad=True)), ("FusedSGD", dict(momentum=0.9))] + [
+    (n, NEW_CASES[n][0][0]) for n in ("FusedLion", "FusedLARS", "FusedLAMB")]
+
+
+@pytest.mark.parametrize("name, kwargs", FOUND_INF_CASES, ids=[n for n, _ in FOUND_INF_CASES])
+def test_found_inf_touches_nothing_then_scaled_step_matches_reference(name, kwargs):
+    """Params, states and step counters stay as they were under found_inf (both launches of
+    LARS and LAMB skip); the next, scaled step matches the reference."""
     base = make_params(SHAPES, torch.float32, NONCONTIGUOUS)
     ours, ref = on_cuda(base), on_cuda(base)
-    opt_ours = fusedopt.FusedAdamW(ours, amsgrad=True, backend="cuda")
-    opt_ref = fusedopt.FusedAdamW(ref, amsgrad=True, backend="reference")
+    opt_ours = optimizer_classes()[name](ours, backend="cuda", **kwargs)
+    opt_ref = optimizer_classes()[name](ref, backend="reference", **kwargs)
     run([opt_ours, opt_ref], [ours, ref], 3, none_every=0)
     before = [p.detach().clone() for p in ours]
     states = [{k: v.clone() for k, v in opt_ours.state[p].items()} for p in ours]
+    counters = [[s.item() for s in b.spec.steps] for b in opt_ours._buckets]
     set_grads([ours, ref], 3, none_every=0)
     for opt in (opt_ours, opt_ref):
         opt.grad_scale = torch.full((), 8.0, device="cuda")
@@ -222,6 +230,7 @@ def test_found_inf_touches_nothing_then_scaled_step_matches_reference():
         assert torch.equal(p.detach(), before[i]), f"param {i} changed under found_inf"
         for key, value in states[i].items():
             assert torch.equal(opt_ours.state[p][key], value), f"state[{key!r}] of {i} changed"
+    assert [[s.item() for s in b.spec.steps] for b in opt_ours._buckets] == counters
     for opt in (opt_ours, opt_ref):
         opt.found_inf = torch.zeros((), device="cuda")
         opt.step()
@@ -582,30 +591,6 @@ def test_two_stage_steps_are_reproducible_bit_for_bit(name):
         assert torch.equal(p, q), f"param {i}: {(p - q).abs().max().item()}"
         for key, value in _tensor_states(opt_a, p).items():
             assert torch.equal(value, _tensor_states(opt_b, q)[key]), f"param {i} {key}"
-
-
-@pytest.mark.parametrize("name", ["FusedLion", "FusedLARS", "FusedLAMB"])
-def test_new_algorithms_found_inf_touches_nothing(name):
-    """A skipped step (found_inf on the device) leaves params, states and step counters as they
-    were, in both stages of LARS and LAMB."""
-    kwargs, groups = NEW_CASES[name][0]
-    params = on_cuda(make_params(SHAPES, torch.float32, NONCONTIGUOUS))
-    opt = optimizer_classes()[name](split_groups(params, groups), backend="cuda", **kwargs)
-    for step in range(2):
-        set_grads([params], step, none_every=0)
-        opt.step()
-    before = [p.detach().clone() for p in params]
-    states = [{k: v.clone() for k, v in _tensor_states(opt, p).items()} for p in params]
-    counters = [[s.item() for s in b.spec.steps] for b in opt._buckets]
-    set_grads([params], 2, none_every=0)
-    opt.grad_scale = torch.full((), 8.0, device="cuda")
-    opt.found_inf = torch.ones((), device="cuda")
-    opt.step()
-    for i, p in enumerate(params):
-        assert torch.equal(p.detach(), before[i]), f"param {i} changed under found_inf"
-        for key, value in states[i].items():
-            assert torch.equal(_tensor_states(opt, p)[key], value), f"param {i} state[{key!r}]"
-    assert [[s.item() for s in b.spec.steps] for b in opt._buckets] == counters
 
 
 @pytest.mark.parametrize("name, kernels", [("FusedLion", 1), ("FusedLARS", 2),

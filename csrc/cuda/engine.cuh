@@ -161,12 +161,15 @@ __device__ __forceinline__ bool skip_step(const float* found_inf) {
 }
 
 // Note [step counters]: every block of a tensor needs the tensor's step count before the
-// increment, yet the counter must grow by exactly one per launch, without a second launch. Each
-// block's thread 0 reads the counter at block start (into shared memory, before any update);
-// finish_steps() then counts finished blocks in table.done, and the last block, which knows
-// every other block has read its counter, increments all of them. table.done starts at 0 in
-// every upload (table.h write()), including each replay of a captured upload. A skipped step
-// (found_inf) returns before both, so counters stay untouched. The fences make the count a
+// increment, yet the counter must grow by exactly one per step, without a launch of its own.
+// Each block's thread 0 reads the counter at block start (into shared memory, before any
+// update); finish_steps() then counts finished blocks in table.done, and the last block, which
+// knows every other block has read its counter, increments all of them. A two-stage algorithm
+// calls it in its second launch only (Note [two stages]): both launches read the same count,
+// the first having finished before the second starts (one stream). table.done starts at 0 in
+// every upload (table.h write()), including each replay of a captured upload, and one upload
+// serves both launches. A skipped step (found_inf) returns before both, so counters stay
+// untouched. The fences make the count a
 // release (this block's reads of the counters come before its increment) and, in the last
 // block, an acquire (every other block's reads come before the last block's writes).
 __device__ __forceinline__ void finish_steps(const Table& table) {

@@ -30,8 +30,8 @@ const float* scalar_ptr(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr<float>() : nullptr;
 }
 
-// Note [table upload]: each launch's table goes up through a pinned staging buffer with one
-// asynchronous copy on the current stream (no host sync; torch's pinned allocator reuses the
+// Note [table upload]: each step's table (one for both launches of a two-stage algorithm) goes
+// up through a pinned staging buffer with one asynchronous copy on the current stream (no host sync; torch's pinned allocator reuses the
 // buffer once the copy is done). Under CUDA graph capture the copy is a node of the graph that
 // re-reads the buffer at every replay; torch's CachingHostAllocator never recycles a block that
 // was allocated during capture and used by a copy (torch 2.13: ATen/core/CachingHostAllocator.h,
