@@ -1,7 +1,10 @@
 """The small case scripts/gpu_check.sh runs under compute-sanitizer (memcheck, racecheck,
 initcheck, synccheck): every CUDA kernel path of one backend, once, on a few tensors.
 
-Covered: Adam, AdamW, AdamW+amsgrad, SGD without momentum, with momentum, with nesterov; fp32,
+Covered: Adam, AdamW, AdamW+amsgrad, SGD without momentum, with momentum, with nesterov; Lion;
+LARS with momentum (one group excluded from adaptation), with nesterov, without momentum; LAMB
+(decoupled, with the global clip) and LAMB in L2 mode with trust_clip and always_adapt (both
+stages of the two-stage kernels and their partial sums); fp32,
 fp16, bf16, fp64, and fp32 master weights of fp16/bf16 params; each bucket mixing aligned and misaligned (odd storage offset) tensors with
 empty and 1-element ones and one of two chunks (70,000 elements > 64 Ki); clip (2-norm) and
 inf-norm before steps, a GradScaler-style scaled step and a found_inf step; the multi-dtype
@@ -22,11 +25,22 @@ CASES = [("Adam", fusedopt.FusedAdam, dict(weight_decay=0.1)),
          ("AdamW-amsgrad", fusedopt.FusedAdamW, dict(amsgrad=True)),
          ("SGD", fusedopt.FusedSGD, dict(lr=0.1)),
          ("SGD-momentum", fusedopt.FusedSGD, dict(lr=0.1, momentum=0.9, dampening=0.1)),
-         ("SGD-nesterov", fusedopt.FusedSGD, dict(lr=0.1, momentum=0.9, nesterov=True))]
+         ("SGD-nesterov", fusedopt.FusedSGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
+         ("Lion", fusedopt.FusedLion, dict(weight_decay=0.1)),
+         ("LARS-momentum", fusedopt.FusedLARS, dict(lr=0.1, momentum=0.9, weight_decay=1e-4)),
+         ("LARS-nesterov", fusedopt.FusedLARS, dict(lr=0.1, momentum=0.9, nesterov=True)),
+         ("LARS", fusedopt.FusedLARS, dict(lr=0.1, weight_decay=1e-3)),
+         ("LAMB", fusedopt.FusedLAMB, {}),
+         ("LAMB-l2-clip-adapt", fusedopt.FusedLAMB,
+          dict(adam_w_mode=False, trust_clip=True, always_adapt=True, max_grad_norm=None))]
 # fp32 master copies of fp16/bf16 params (Note [master copy]): one more state list per bucket
 MASTER_CASES = [("AdamW-master", fusedopt.FusedAdamW, dict(master_weights=True)),
                 ("SGD-momentum-master", fusedopt.FusedSGD,
-                 dict(lr=0.1, momentum=0.9, master_weights=True))]
+                 dict(lr=0.1, momentum=0.9, master_weights=True)),
+                ("Lion-master", fusedopt.FusedLion, dict(master_weights=True)),
+                ("LARS-momentum-master", fusedopt.FusedLARS,
+                 dict(lr=0.1, momentum=0.9, master_weights=True)),
+                ("LAMB-master", fusedopt.FusedLAMB, dict(master_weights=True))]
 
 
 def params(dtype, device):
@@ -56,8 +70,10 @@ def main():
         low = dtype in (torch.float16, torch.bfloat16)
         for name, cls, kwargs in CASES + (MASTER_CASES if low else []):
             ps = params(dtype, device)
-            opt = cls([{"params": ps[::2]}, {"params": ps[1::2], "lr": 1e-4}],
-                      backend=args.backend, **kwargs)
+            second = {"params": ps[1::2], "lr": 1e-4}
+            if cls is fusedopt.FusedLARS:            # local lr 1 for one group, as for norms
+                second["lars_exclude"] = True
+            opt = cls([{"params": ps[::2]}, second], backend=args.backend, **kwargs)
             fill_grads(ps)
             opt.step()                                   # state creation
             fill_grads(ps)

@@ -1,7 +1,9 @@
 """The CUDA backend on a GPU (issue 3): parity with the reference backend and with torch's own
 optimizers (for-loop and fused) for every option and dtype, clipping and AMP inside the step,
 GradScaler, found_inf, CUDA-graph capture with lr changes between replays, no host sync, launch
-counts, and a float16 tensor of more than 2^31 elements. Skipped as a whole without a GPU."""
+counts, and a float16 tensor of more than 2^31 elements; Lion, LARS and LAMB (issue 26) against
+the reference backend, their two-stage steps reproducible bit for bit. Skipped as a whole without
+a GPU."""
 import math
 
 import pytest
@@ -9,9 +11,11 @@ import torch
 
 import fusedopt
 from fusedopt import backends
+from fusedopt.algorithms import ALGORITHMS, optimizer_classes
 from helpers import (CASES, CASE_IDS, FUSED, TORCH, compare_master_runs, group_overrides,
                      make_params, set_grads, split_groups, start_from_same_states)
-from tolerances import LOW_PRECISION_FACTOR, assert_close, max_error
+from test_algorithms import NEW_CASES, NEW_IDS
+from tolerances import LOW_PRECISION_FACTOR, assert_close, assert_within_ulp, max_error
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA device (torch.cuda.is_available() is False)")
@@ -201,14 +205,22 @@ def test_scale_in_place_mixed_dtypes():
         torch.testing.assert_close(t, e, rtol=0, atol=0, msg=lambda m: f"tensor {i}: {m}")
 
 
-def test_found_inf_touches_nothing_then_scaled_step_matches_reference():
+FOUND_INF_CASES = [("FusedAdamW", dict(amsgrad=True)), ("FusedSGD", dict(momentum=0.9))] + [
+    (n, NEW_CASES[n][0][0]) for n in ("FusedLion", "FusedLARS", "FusedLAMB")]
+
+
+@pytest.mark.parametrize("name, kwargs", FOUND_INF_CASES, ids=[n for n, _ in FOUND_INF_CASES])
+def test_found_inf_touches_nothing_then_scaled_step_matches_reference(name, kwargs):
+    """Params, states and step counters stay as they were under found_inf (both launches of
+    LARS and LAMB skip); the next, scaled step matches the reference."""
     base = make_params(SHAPES, torch.float32, NONCONTIGUOUS)
     ours, ref = on_cuda(base), on_cuda(base)
-    opt_ours = fusedopt.FusedAdamW(ours, amsgrad=True, backend="cuda")
-    opt_ref = fusedopt.FusedAdamW(ref, amsgrad=True, backend="reference")
+    opt_ours = optimizer_classes()[name](ours, backend="cuda", **kwargs)
+    opt_ref = optimizer_classes()[name](ref, backend="reference", **kwargs)
     run([opt_ours, opt_ref], [ours, ref], 3, none_every=0)
     before = [p.detach().clone() for p in ours]
     states = [{k: v.clone() for k, v in opt_ours.state[p].items()} for p in ours]
+    counters = [[s.item() for s in b.spec.steps] for b in opt_ours._buckets]
     set_grads([ours, ref], 3, none_every=0)
     for opt in (opt_ours, opt_ref):
         opt.grad_scale = torch.full((), 8.0, device="cuda")
@@ -218,6 +230,7 @@ def test_found_inf_touches_nothing_then_scaled_step_matches_reference():
         assert torch.equal(p.detach(), before[i]), f"param {i} changed under found_inf"
         for key, value in states[i].items():
             assert torch.equal(opt_ours.state[p][key], value), f"state[{key!r}] of {i} changed"
+    assert [[s.item() for s in b.spec.steps] for b in opt_ours._buckets] == counters
     for opt in (opt_ours, opt_ref):
         opt.found_inf = torch.zeros((), device="cuda")
         opt.step()
@@ -269,8 +282,10 @@ def _fill_grads(params, step):
 
 @pytest.mark.parametrize("write", ["device", "numbers"])
 @pytest.mark.parametrize("algo,kwargs", [("AdamW", dict(amsgrad=True, weight_decay=0.1)),
-                                         ("SGD", dict(momentum=0.9, nesterov=True))],
-                         ids=["AdamW-amsgrad", "SGD-nesterov"])
+                                         ("SGD", dict(momentum=0.9, nesterov=True)),
+                                         ("LAMB", dict(weight_decay=0.1, trust_clip=True)),
+                                         ("LARS", dict(lr=0.1, momentum=0.9, weight_decay=1e-3))],
+                         ids=["AdamW-amsgrad", "SGD-nesterov", "LAMB", "LARS"])
 def test_graph_capture_of_clip_and_step_equals_eager(algo, kwargs, write):
     """clip_grad_norm_ + step captured once and replayed with new grads and a new lr written
     into the hyper-parameter table between replays == the same steps run eagerly. The lr is
@@ -279,8 +294,9 @@ def test_graph_capture_of_clip_and_step_equals_eager(algo, kwargs, write):
     base = make_params([(1000,), (33, 17), (5,), (70_000,)], torch.float32)
     graphed, eager = on_cuda(base), on_cuda(base)
     groups = [{"lr": 1e-2}, {"lr": 3e-3}]
-    opt_g = FUSED[algo](split_groups(graphed, groups), backend="cuda", **kwargs)
-    opt_e = FUSED[algo](split_groups(eager, groups), backend="cuda", **kwargs)
+    cls = optimizer_classes()[f"Fused{algo}"]    # LAMB, LARS: two launches, partials buffer
+    opt_g = cls(split_groups(graphed, groups), backend="cuda", **kwargs)
+    opt_e = cls(split_groups(eager, groups), backend="cuda", **kwargs)
     for p in graphed + eager:
         p.grad = torch.zeros_like(p)
     side = torch.cuda.Stream()
@@ -396,12 +412,14 @@ def test_compiled_step_with_inductor_on_cuda(mode):
                                    rtol=1e-4, atol=1e-12)
 
 
-@pytest.mark.parametrize("algo", ["AdamW", "SGD"])
-def test_clip_and_step_never_sync(algo):
+@pytest.mark.parametrize("name", list(optimizer_classes()))
+def test_clip_and_step_never_sync(name):
+    """Every class, LARS's and LAMB's per-tensor norms and LAMB's global clip included."""
     base = make_params(SHAPES, torch.float32, NONCONTIGUOUS)
     params = on_cuda(base)
-    kwargs = dict(momentum=0.9) if algo == "SGD" else {}
-    opt = FUSED[algo](split_groups(params, [{"lr": 1e-2}, {"lr": 1e-3}]), backend="cuda", **kwargs)
+    kwargs = {"FusedSGD": dict(momentum=0.9), "FusedLARS": dict(lr=0.1, momentum=0.9)}.get(name, {})
+    opt = optimizer_classes()[name](split_groups(params, [{"lr": 1e-2}, {"lr": 1e-3}]),
+                                    backend="cuda", **kwargs)
     for p in params:
         p.grad = torch.randn_like(p)
     opt.step()                                        # first step: state creation may sync
@@ -503,6 +521,99 @@ def test_master_weights_match_reference(dtype, algo, kwargs):
                         f"{algo} {dtype} masters vs reference")
 
 
+def _tensor_states(opt, p):
+    return {k: v for k, v in opt.state.get(p, {}).items() if torch.is_tensor(v)}
+
+
+@pytest.mark.parametrize("dtype, master", [(torch.float32, False), (torch.float64, False),
+                                           (torch.bfloat16, False), (torch.float16, False),
+                                           (torch.bfloat16, True), (torch.float16, True)],
+                         ids=["fp32", "fp64", "bf16", "fp16", "bf16-master", "fp16-master"])
+@pytest.mark.parametrize("name, case", NEW_IDS, ids=[f"{n}-{i}" for n, i in NEW_IDS])
+def test_new_algorithms_match_reference(name, case, dtype, master):
+    """Lion, LARS and LAMB on the cuda backend against the reference backend on the same GPU
+    (tests/test_algorithms.py holds the reference to mmpretrain's and lion-pytorch's steps):
+    params and every state over 8 steps, three groups, None grads, shapes 0, 1, odd, 2-D, a
+    transposed view and two chunks (70,000 elements), so the two-stage per-tensor sums span
+    blocks. fp32/fp64 agree to the tolerance table (nvcc contracts multiply-adds that torch's
+    separate ops round twice; LARS and LAMB sum their norms in another order than the
+    reference); fp16/bf16 states and params, stepped from the same states each step, to one ulp
+    of their dtype; each param with a master is its rounding."""
+    kwargs, groups = NEW_CASES[name][case]
+    kwargs = dict(kwargs, master_weights=master)
+    base = make_params(SHAPES, dtype, NONCONTIGUOUS)
+    ours, ref = on_cuda(base), on_cuda(base)
+    cls = optimizer_classes()[name]
+    opt = cls(split_groups(ours, groups), backend="cuda", **kwargs)
+    opt_ref = cls(split_groups(ref, groups), backend="reference", **kwargs)
+    low = dtype in (torch.float16, torch.bfloat16)
+    for step in range(8):
+        set_grads([ours, ref], step)
+        if low:
+            for p, q in zip(ours, ref):
+                q.detach().copy_(p.detach())
+            start_from_same_states(ours, opt, ref, opt_ref)
+        opt.step()
+        opt_ref.step()
+        for i, (p, q) in enumerate(zip(ours, ref)):
+            where = f"{name}-{case} step {step} param {i} {tuple(p.shape)}"
+            s, t = _tensor_states(opt, p), _tensor_states(opt_ref, q)
+            assert s.keys() == t.keys(), where
+            if master and "master_param" in s:
+                assert torch.equal(p.detach(), s["master_param"].to(dtype)), where
+            for key, a, b in [("param", p.detach(), q.detach())] + [(k, s[k], t[k]) for k in t]:
+                if low and a.dtype != torch.float32:
+                    assert_within_ulp(a, b, f"{where} {key}")
+                else:
+                    assert_close(a, b, f"{where} {key}")
+
+
+@pytest.mark.parametrize("name", ["FusedLARS", "FusedLAMB"])
+def test_two_stage_steps_are_reproducible_bit_for_bit(name):
+    """Note [two stages] (csrc/cuda/engine.cuh): the per-tensor sums are partials per block
+    summed in a fixed order, never float atomics, so two runs of the same steps give the same
+    bits; tensors of 1 to 40 chunks (2.6M elements), under clipping and an AMP scale."""
+    kwargs, groups = NEW_CASES[name][0]
+    base = make_params([(2_600_000,), (333, 517), (70_000,), (7,)], torch.float32)
+    runs = []
+    for _ in range(2):
+        params = on_cuda(base)
+        opt = optimizer_classes()[name](split_groups(params, groups), backend="cuda", **kwargs)
+        for step in range(5):
+            set_grads([params], step, none_every=0)
+            opt.clip_grad_norm_(1.0)
+            opt.grad_scale, opt.found_inf = (torch.full((), 2.0, device="cuda"),
+                                              torch.zeros((), device="cuda"))
+            opt.step()
+        runs.append((params, opt))
+    (a, opt_a), (b, opt_b) = runs
+    for i, (p, q) in enumerate(zip(a, b)):
+        assert torch.equal(p, q), f"param {i}: {(p - q).abs().max().item()}"
+        for key, value in _tensor_states(opt_a, p).items():
+            assert torch.equal(value, _tensor_states(opt_b, q)[key]), f"param {i} {key}"
+
+
+@pytest.mark.parametrize("name, kernels", [("FusedLion", 1), ("FusedLARS", 2),
+                                           ("FusedLAMB", 2)])
+def test_update_launches_per_bucket(name, kernels):
+    """One update launch per bucket, two for a two-stage algorithm (Note [two stages]), for
+    100 tensors in 100 groups."""
+    params = on_cuda(make_params([(64,)] * 100, torch.float32))
+    opt = optimizer_classes()[name]([{"params": [p], "lr": 1e-3 * (1 + i % 7)}
+                                     for i, p in enumerate(params)], backend="cuda",
+                                    **NEW_CASES[name][0][0])
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        opt.step()
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    math = name.replace("Fused", "").capitalize() + "Math"    # LionMath, LarsMath, LambMath
+    assert sum("multi_tensor_kernel" in n and math in n for n in names) == kernels, names
+
+
 # last: on the first GPU run (2026-11-27) building this Bucket crashed the process (its
 # constructor threw, and C++ exceptions crashed that build); it admits the list now.
 def test_fp32_master_copy_of_fp16_params():
@@ -516,13 +627,15 @@ def test_fp32_master_copy_of_fp16_params():
     states = [[torch.zeros_like(p) for p in low], [torch.zeros_like(p) for p in low], master]
     steps = [torch.zeros((), device="cuda") for _ in low]
     bucket = ext().Bucket(low, states, steps, [0, 0], [])
-    hp = torch.tensor([[1e-3, 0.01, 0.9, 0.999, 1e-8]], dtype=torch.float64, device="cuda")
+    hp = torch.tensor([[1e-3, 0.01, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0]], dtype=torch.float64,
+                      device="cuda")
+    adamw = ALGORITHMS["adam"]
     opts = [torch.optim.AdamW(oracle, foreach=False), torch.optim.AdamW(low_torch, fused=True)]
     for step in range(15):
         set_grads([oracle, low_torch, low], step, none_every=0)
         for opt in opts:
             opt.step()
-        ext().cuda_adam_step(bucket, hp, False, False, True, None, None, None)
+        ext().cuda_step(bucket, hp, adamw.id, adamw.flags_word({"decoupled": True}))
     assert max_error(low, oracle) <= max_error(low_torch, oracle)
     for p, m in zip(low, master):
         assert torch.equal(p.detach(), m.half()), "param is not the rounding of its master copy"

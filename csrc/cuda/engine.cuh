@@ -1,7 +1,8 @@
 // The device half of the CUDA multi-tensor engine: one kernel template that gives each CUDA
-// block one chunk of one tensor of the table (table.h), and the helpers the algorithm functors
-// share (vectorised loads/stores, the step-counter protocol, dtype dispatch). Only CUDA headers:
-// `nvcc -c` compiles this on a machine whose torch has no CUDA.
+// block one chunk of one tensor of the table (table.h), the helpers every kernel shares
+// (vectorised loads/stores, block reductions, the step-counter protocol, dtype dispatch), and
+// the one update skeleton (UpdateKernel, run_update) that every optimizer's math plugs into.
+// Only CUDA headers: `nvcc -c` compiles this on a machine whose torch has no CUDA.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -9,6 +10,9 @@
 
 #include <cstdint>
 
+#include "algorithms.h"
+#include "hparams.h"
+#include "launchers.h"
 #include "table.h"
 
 namespace fusedopt {
@@ -92,10 +96,12 @@ __device__ __forceinline__ void store(T* p, const C (&r)[N], int i, int n, bool 
 
 // This block's chunk: elements [start, start + n) of tensor t. start is int64 (tensors of
 // 2^31 elements or more); offsets inside a chunk fit in int.
+// index: the chunk's place in its tensor (block blockIdx.x - index is the tensor's first).
 struct Chunk {
   const TensorMeta* t;
   int64_t start;
   int n;
+  int index;
 };
 
 __device__ __forceinline__ Chunk chunk_of(const Table& table) {
@@ -103,12 +109,14 @@ __device__ __forceinline__ Chunk chunk_of(const Table& table) {
   const TensorMeta* t = table.tensors + b.tensor;
   const int64_t start = static_cast<int64_t>(b.chunk) * kChunk;
   const int64_t left = t->numel - start;
-  return Chunk{t, start, static_cast<int>(left < kChunk ? left : kChunk)};
+  return Chunk{t, start, static_cast<int>(left < kChunk ? left : kChunk), b.chunk};
 }
 
-// Slot s of the chunk's tensor as T*, advanced to the chunk's first element.
+// Slot s of the chunk's tensor as T*, advanced to the chunk's first element; null for an
+// empty slot.
 template <typename T> __device__ __forceinline__ T* array(const Chunk& c, int s) {
-  return static_cast<T*>(c.t->ptr[s]) + c.start;
+  T* base = static_cast<T*>(c.t->ptr[s]);
+  return base ? base + c.start : nullptr;
 }
 
 // Calls body(i, vec) for each pack of N elements of an n-element chunk; thread k takes packs
@@ -121,17 +129,47 @@ __device__ __forceinline__ void for_each_pack(int n, bool aligned, F body) {
   }
 }
 
+// Combines each of v[0..K) over the block with op (identity 0) along a fixed shuffle tree, so
+// the same inputs give the same bits on every run and in every block; valid in thread 0. Once
+// per kernel (the warps' scratch is not guarded for a second call).
+template <int K, typename Op> __device__ void block_reduce(double (&v)[K], Op op) {
+  __shared__ double warps[K][kBlockThreads / 32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) v[k] = op(v[k], __shfl_down_sync(0xffffffffu, v[k], o));
+    if (lane == 0) warps[k][warp] = v[k];
+  }
+  __syncthreads();
+  if (warp == 0) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      v[k] = lane < static_cast<int>(blockDim.x / 32) ? warps[k][lane] : 0.0;
+#pragma unroll
+      for (int o = 16; o > 0; o /= 2) v[k] = op(v[k], __shfl_down_sync(0xffffffffu, v[k], o));
+    }
+  }
+}
+
+struct Sum {
+  __device__ double operator()(double a, double b) const { return a + b; }
+};
+
 __device__ __forceinline__ bool skip_step(const float* found_inf) {
   return found_inf != nullptr && *found_inf != 0.f;
 }
 
 // Note [step counters]: every block of a tensor needs the tensor's step count before the
-// increment, yet the counter must grow by exactly one per launch, without a second launch. Each
-// block's thread 0 reads the counter at block start (into shared memory, before any update);
-// finish_steps() then counts finished blocks in table.done, and the last block, which knows
-// every other block has read its counter, increments all of them. table.done starts at 0 in
-// every upload (table.h write()), including each replay of a captured upload. A skipped step
-// (found_inf) returns before both, so counters stay untouched. The fences make the count a
+// increment, yet the counter must grow by exactly one per step, without a launch of its own.
+// Each block's thread 0 reads the counter at block start (into shared memory, before any
+// update); finish_steps() then counts finished blocks in table.done, and the last block, which
+// knows every other block has read its counter, increments all of them. A two-stage algorithm
+// calls it in its second launch only (Note [two stages]): both launches read the same count,
+// the first having finished before the second starts (one stream). table.done starts at 0 in
+// every upload (table.h write()), including each replay of a captured upload, and one upload
+// serves both launches. A skipped step (found_inf) returns before both, so counters stay
+// untouched. The fences make the count a
 // release (this block's reads of the counters come before its increment) and, in the last
 // block, an acquire (every other block's reads come before the last block's writes).
 __device__ __forceinline__ void finish_steps(const Table& table) {
@@ -175,17 +213,183 @@ template <typename F> __host__ __device__ auto dispatch(DType d, F f) -> decltyp
   }
 }
 
-// One launch of an update functor Update<T, kMasterCopy>{args...} for the bucket's dtype:
-// the dtype and master-copy dispatch shared by every algorithm's launcher.
-template <template <typename, bool> class Update, typename... Args>
-cudaError_t launch_update(const Table& table, DType dtype, bool master, cudaStream_t stream,
-                          const Args&... args) {
-  return dispatch(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    if constexpr (sizeof(T) == 2) {   // master copies accompany fp16/bf16 params only
-      if (master) return launch_over(table, Update<T, true>{args...}, stream);
+// ---------------------------------------------------------------------------------------
+// The update skeleton: one kernel body for every algorithm (Note [update math]).
+//
+// Note [update math]: an algorithm's CUDA side is one struct of its arithmetic only, in
+// csrc/cuda/<name>.cu, built on the host from the step's flags word (csrc/algorithms.h):
+//   kStates        state slots it may use (kState0.., bucket order; an absent one is null);
+//   kTwoStage      as algorithm_info(id).two_stage (Note [two stages]);
+//   kSeedsStates   its states hold nothing while the step counter is 0 (SGD's and LARS's
+//                  momentum buffers: the first step writes them without reading them);
+//   reads(stage), writes(stage)  what each stage touches (kUsesGrad | kUsesParam | kUsesStates);
+//   maximize       the prologue negates g;
+//   Row<C>, row<C>(h, step, totals)  block-uniform scalars from the group's hyper-parameter row
+//                  h, the step counter before this step's increment and, in kApplyStage, the
+//                  tensor's kSums totals; computed once per block by thread 0, in double, then
+//                  rounded to the compute type C (as torch rounds a Python scalar for an op);
+//   update(r, g, p, s)           one element: g the prologue's grad, p the param (or its fp32
+//                  master), s[kStates] its states, updated in place (kOneStage, kApplyStage);
+//   sums(r, g, p, s, acc)        one element of stage 1: adds to the kSums partial sums (and,
+//                  for LAMB, updates the states).
+// The engine does the rest: the prologue (skip the launch on found_inf, locate the chunk, read
+// the row and the counter, load, g = grad * inv_scale * clip_coef negated with maximize, in
+// that order) and the epilogue (store; finish_steps). run_update instantiates the kernel per
+// dtype x master copy x stage.
+//
+// Note [two stages] (csrc/algorithms.h): a two-stage algorithm is two launches over the same
+// table, with no host sync between them. kSumStage: each block writes its chunk's kSums partial
+// sums (double, a fixed reduction order) to sums[block * kSums + j]. kApplyStage: each block
+// first sums the partials of its tensor's blocks (consecutive, first = block - chunk index,
+// table.h) along the same fixed order as every other block of that tensor, so all of them,
+// and every run, see the same totals bit for bit, without float atomics; then it updates.
+// Only kApplyStage counts the step (finish_steps), so a counter grows once per step. Cost of
+// the totals: each block reads its tensor's chunks_of(numel) partials, 16 B each; 2 per
+// thread for a 65M-element tensor (1000 chunks), 64 per thread at 2^31 elements.
+
+enum Stage : int { kOneStage = 0, kSumStage = 1, kApplyStage = 2 };
+enum Uses : unsigned { kUsesGrad = 1, kUsesParam = 2, kUsesStates = 4 };
+
+// The defaults of a one-stage algorithm.
+struct OneStage {
+  static constexpr bool kTwoStage = false;
+  static constexpr bool kSeedsStates = false;
+  static constexpr unsigned reads(int) { return kUsesGrad | kUsesParam | kUsesStates; }
+  static constexpr unsigned writes(int) { return kUsesParam | kUsesStates; }
+};
+
+template <typename T, bool kMasterCopy, class Math, int kStage> struct UpdateKernel {
+  Math math;
+  const double* hp;
+  StepScalars s;
+  double* sums;   // kSums per block of the table (two-stage algorithms), else null
+
+  __device__ void operator()(const Table& table) const {
+    using C = typename Compute<T>::type;
+    using Row = typename Math::template Row<C>;
+    constexpr int N = kVec<T>, S = Math::kStates;
+    constexpr unsigned kReads = Math::reads(kStage), kWrites = Math::writes(kStage);
+    if (skip_step(s.found_inf)) return;
+    const Chunk c = chunk_of(table);
+    double totals[kSums] = {};
+    if constexpr (kStage == kApplyStage) {
+      const int64_t first = static_cast<int64_t>(blockIdx.x) - c.index;
+      const int64_t count = chunks_of(c.t->numel);
+      for (int64_t b = threadIdx.x; b < count; b += blockDim.x) {
+#pragma unroll
+        for (int j = 0; j < kSums; ++j) totals[j] += sums[(first + b) * kSums + j];
+      }
+      block_reduce(totals, Sum{});
     }
-    return launch_over(table, Update<T, false>{args...}, stream);
+    __shared__ Row row;
+    __shared__ bool states_set;
+    if (threadIdx.x == 0) {
+      const float step = *c.t->step;   // Note [step counters]: read before any block increments
+      row = math.template row<C>(hp + static_cast<int64_t>(c.t->group) * kHpCols, step, totals);
+      states_set = !(Math::kSeedsStates && step == 0.f);
+    }
+    __syncthreads();
+    const Row r = row;
+    const bool load_states = (kReads & kUsesStates) && states_set;
+    const C inv_scale = s.inv_scale ? static_cast<C>(*s.inv_scale) : C(1);
+    const C clip = s.clip_coef ? static_cast<C>(*s.clip_coef) : C(1);
+
+    const T* g_ptr = array<T>(c, kGrad);
+    T* p_ptr = array<T>(c, kParam);
+    float* master_ptr = kMasterCopy ? array<float>(c, kMaster) : nullptr;
+    T* s_ptr[S];
+    bool vec = aligned<N>(p_ptr) && (!(kReads & kUsesGrad) || aligned<N>(g_ptr)) &&
+               (!kMasterCopy || aligned<N>(master_ptr));
+#pragma unroll
+    for (int k = 0; k < S; ++k) {
+      s_ptr[k] = array<T>(c, kState0 + k);
+      vec = vec && (!s_ptr[k] || aligned<N>(s_ptr[k]));
+    }
+
+    double acc[kSums] = {};
+    for_each_pack<N>(c.n, vec, [&](int i, bool v_ok) {
+      C g[N], p[N], st[S][N];
+      if constexpr ((kReads & kUsesGrad) != 0) load(g, g_ptr, i, c.n, v_ok);
+      if constexpr ((kReads & kUsesParam) != 0) {
+        if (kMasterCopy) {
+          load(p, master_ptr, i, c.n, v_ok);
+        } else {
+          load(p, p_ptr, i, c.n, v_ok);
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < S; ++k) {
+        if (s_ptr[k] && load_states) load(st[k], s_ptr[k], i, c.n, v_ok);
+      }
+#pragma unroll
+      for (int e = 0; e < N; ++e) {
+        C gk = C(0);
+        if constexpr ((kReads & kUsesGrad) != 0) {
+          gk = g[e];
+          if (s.inv_scale) gk *= inv_scale;   // torch's unscale_, then clip_grad_norm_'s scaling
+          if (s.clip_coef) gk *= clip;
+          if (math.maximize) gk = -gk;
+        }
+        C se[S];
+#pragma unroll
+        for (int k = 0; k < S; ++k) se[k] = st[k][e];
+        if constexpr (kStage == kSumStage) {
+          math.sums(r, gk, p[e], se, acc);
+        } else {
+          math.update(r, gk, p[e], se);
+        }
+#pragma unroll
+        for (int k = 0; k < S; ++k) st[k][e] = se[k];
+      }
+      if constexpr ((kWrites & kUsesParam) != 0) {
+        if (kMasterCopy) store(master_ptr, p, i, c.n, v_ok);
+        store(p_ptr, p, i, c.n, v_ok);
+      }
+      if constexpr ((kWrites & kUsesStates) != 0) {
+#pragma unroll
+        for (int k = 0; k < S; ++k) {
+          if (s_ptr[k]) store(s_ptr[k], st[k], i, c.n, v_ok);
+        }
+      }
+    });
+    if constexpr (kStage == kSumStage) {
+      block_reduce(acc, Sum{});
+      if (threadIdx.x == 0) {
+#pragma unroll
+        for (int j = 0; j < kSums; ++j) sums[static_cast<int64_t>(blockIdx.x) * kSums + j] = acc[j];
+      }
+    } else {
+      finish_steps(table);
+    }
+  }
+};
+
+template <typename T, bool kMasterCopy, class Math> cudaError_t run_stages(const UpdateArgs& a) {
+  const Math math(a.flags);
+  if constexpr (Math::kTwoStage) {
+    const cudaError_t err = launch_over(
+        a.table, UpdateKernel<T, kMasterCopy, Math, kSumStage>{math, a.hp, a.scalars, a.sums},
+        a.stream);
+    if (err != cudaSuccess) return err;
+    return launch_over(
+        a.table, UpdateKernel<T, kMasterCopy, Math, kApplyStage>{math, a.hp, a.scalars, a.sums},
+        a.stream);
+  } else {
+    return launch_over(
+        a.table, UpdateKernel<T, kMasterCopy, Math, kOneStage>{math, a.hp, a.scalars, nullptr},
+        a.stream);
+  }
+}
+
+// The launches of one update step of algorithm Math for the bucket's dtype: the dtype and
+// master-copy dispatch shared by every algorithm (master copies accompany fp16/bf16 only).
+template <class Math> cudaError_t run_update(const UpdateArgs& a) {
+  return dispatch(a.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (sizeof(T) == 2) {
+      if (a.master) return run_stages<T, true, Math>(a);
+    }
+    return run_stages<T, false, Math>(a);
   });
 }
 

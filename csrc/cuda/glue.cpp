@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "algorithms.h"
 #include "cuda/launchers.h"
 #include "staging.h"
 
@@ -29,8 +30,8 @@ const float* scalar_ptr(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr<float>() : nullptr;
 }
 
-// Note [table upload]: each launch's table goes up through a pinned staging buffer with one
-// asynchronous copy on the current stream (no host sync; torch's pinned allocator reuses the
+// Note [table upload]: each step's table (one for both launches of a two-stage algorithm) goes
+// up through a pinned staging buffer with one asynchronous copy on the current stream (no host sync; torch's pinned allocator reuses the
 // buffer once the copy is done). Under CUDA graph capture the copy is a node of the graph that
 // re-reads the buffer at every replay; torch's CachingHostAllocator never recycles a block that
 // was allocated during capture and used by a copy (torch 2.13: ATen/core/CachingHostAllocator.h,
@@ -52,7 +53,9 @@ Uploaded upload(const std::vector<fc::TensorMeta>& metas, const at::Device& devi
 }
 
 // The table of one update step: every param of the bucket that has a grad (a param without
-// one is neither updated nor counted as stepped, as in torch). Note [dense arrays], staging.h.
+// one is neither updated nor counted as stepped, as in torch); the algorithm's `algo_states`
+// state lists from kState0 on, the master list (if any) in kMaster (Note [slots],
+// launchers.h). Note [dense arrays], staging.h.
 std::vector<fc::TensorMeta> build_update(const Bucket& b, size_t algo_states, bool master,
                                          Staging& staging) {
   std::vector<fc::TensorMeta> metas;
@@ -78,39 +81,11 @@ std::vector<fc::TensorMeta> build_update(const Bucket& b, size_t algo_states, bo
   return metas;
 }
 
-// The body of adam_step and sgd_step; `launch` is the algorithm's launcher.
-template <typename Launch>
-void update_step(const Bucket& b, const at::Tensor& hp, size_t algo_states, const char* states_are,
-                 const std::optional<at::Tensor>& clip_coef,
-                 const std::optional<at::Tensor>& inv_scale,
-                 const std::optional<at::Tensor>& found_inf, const char* fn, Launch launch) {
-  if (b.params.empty()) return;
-  const at::Device device = b.params[0].device();
-  TORCH_CHECK(device.is_cuda(), fn, ": the bucket's params are on ", device);
-  const bool master = check_step(b, hp, algo_states, states_are, clip_coef, inv_scale, found_inf);
-  c10::cuda::CUDAGuard guard(device);
-  const fc::StepScalars scalars{scalar_ptr(clip_coef), scalar_ptr(inv_scale),
-                                scalar_ptr(found_inf)};
-  Staging staging;
-  const std::vector<fc::TensorMeta> metas = build_update(b, algo_states, master, staging);
-  if (metas.empty()) return;
-  const Uploaded up = upload(metas, device);
-  C10_CUDA_CHECK(launch(up.table, dtype_code(b.params[0]), master, hp.data_ptr<double>(), scalars,
-                        c10::cuda::getCurrentCUDAStream()));
-  staging.write_back();
-}
-
-// Every tensor a norm or scale reads: on `device`, dense, one of the four dtypes.
-void check_tensors(const std::vector<at::Tensor>& tensors, const at::Device& device,
-                   const char* what) {
-  for (size_t i = 0; i < tensors.size(); ++i) check_norm_input(tensors[i], device, what, i);
-}
-
-// One reduction launch and one finalize over tensors of any of the four dtypes (mixed).
+// One reduction launch and one finalize over tensors of any of the four dtypes (mixed), which
+// the validator has checked (check_bucket_norm, check_tensors_norm).
 at::Tensor norm_of(const std::vector<at::Tensor>& tensors, const at::Device& device, bool inf,
                    const std::optional<at::Tensor>& inv_scale,
-                   const std::optional<at::Tensor>& found_inf, const char* what) {
-  check_tensors(tensors, device, what);
+                   const std::optional<at::Tensor>& found_inf) {
   check_scalar(inv_scale, device, "inv_scale");
   check_scalar(found_inf, device, "found_inf");
   c10::cuda::CUDAGuard guard(device);
@@ -139,45 +114,52 @@ at::Tensor norm_of(const std::vector<at::Tensor>& tensors, const at::Device& dev
 
 }  // namespace
 
-void adam_step(const Bucket& b, const at::Tensor& hp, bool amsgrad, bool maximize,
-               bool decoupled, const std::optional<at::Tensor>& clip_coef,
-               const std::optional<at::Tensor>& inv_scale,
-               const std::optional<at::Tensor>& found_inf) {
-  const fc::AdamFlags flags{amsgrad, maximize, decoupled};
-  update_step(b, hp, amsgrad ? 3 : 2,
-              amsgrad ? "exp_avg, exp_avg_sq, max_exp_avg_sq" : "exp_avg, exp_avg_sq", clip_coef,
-              inv_scale, found_inf, "cuda_adam_step",
-              [&](const fc::Table& t, fc::DType d, bool master, const double* h,
-                  fc::StepScalars s, cudaStream_t stream) {
-                return fc::launch_adam(t, d, master, h, flags, s, stream);
-              });
-}
-
-void sgd_step(const Bucket& b, const at::Tensor& hp, bool nesterov, bool maximize,
-              const std::optional<at::Tensor>& clip_coef,
-              const std::optional<at::Tensor>& inv_scale,
-              const std::optional<at::Tensor>& found_inf) {
-  // Buckets are keyed by "momentum != 0": the buffers' list, or none (plus a master copy).
-  const size_t algo_states = b.states.size() - (has_master(b) ? 1 : 0);
-  TORCH_CHECK(algo_states <= 1, "states: SGD keeps at most one state list (momentum_buffer) "
-              "besides the master copies, got ", b.states.size());
-  const fc::SgdFlags flags{algo_states == 1, nesterov, maximize};
-  update_step(b, hp, algo_states, "momentum_buffer or none", clip_coef, inv_scale, found_inf,
-              "cuda_sgd_step",
-              [&](const fc::Table& t, fc::DType d, bool master, const double* h,
-                  fc::StepScalars s, cudaStream_t stream) {
-                return fc::launch_sgd(t, d, master, h, flags, s, stream);
-              });
+void step(const Bucket& b, const at::Tensor& hp, int64_t algo, int64_t flags,
+          const std::optional<at::Tensor>& clip_coef, const std::optional<at::Tensor>& inv_scale,
+          const std::optional<at::Tensor>& found_inf) {
+  check_device_type(b, c10::DeviceType::CUDA, "cuda_step");
+  const bool master = check_step(b, hp, static_cast<int>(algo), flags, clip_coef, inv_scale,
+                                 found_inf);
+  if (b.params.empty()) return;
+  const at::Device device = b.params[0].device();
+  c10::cuda::CUDAGuard guard(device);
+  Staging staging;
+  const std::vector<fc::TensorMeta> metas =
+      build_update(b, static_cast<size_t>(num_states(static_cast<int>(algo), flags)), master,
+                   staging);
+  if (metas.empty()) return;
+  const Uploaded up = upload(metas, device);
+  // Note [two stages] (engine.cuh): kSums partial sums per block, written by the first launch
+  // and read by the second; from torch's caching allocator, so no sync and capturable.
+  at::Tensor sums;
+  if (algorithm_info(static_cast<int>(algo)).two_stage) {
+    sums = at::empty({static_cast<int64_t>(up.table.num_blocks) * kSums},
+                     at::TensorOptions().dtype(at::kDouble).device(device));
+  }
+  const fc::UpdateArgs args{up.table,
+                            dtype_code(b.params[0]),
+                            master,
+                            hp.data_ptr<double>(),
+                            flags,
+                            fc::StepScalars{scalar_ptr(clip_coef), scalar_ptr(inv_scale),
+                                            scalar_ptr(found_inf)},
+                            sums.defined() ? sums.data_ptr<double>() : nullptr,
+                            c10::cuda::getCurrentCUDAStream()};
+  C10_CUDA_CHECK(fc::launch_update(static_cast<int>(algo), args));
+  staging.write_back();
 }
 
 // Norm of every grad of the bucket, pending params included (the reference's bucket_norm).
 at::Tensor bucket_norm(const Bucket& b, double norm_type,
                        const std::optional<at::Tensor>& inv_scale,
                        const std::optional<at::Tensor>& found_inf) {
-  const bool inf = check_norm_type(norm_type);
-  if (b.params.empty() && b.pending.empty()) return at::zeros({}, at::kFloat);
+  check_device_type(b, c10::DeviceType::CUDA, "cuda_bucket_norm");
+  if (b.params.empty() && b.pending.empty()) {
+    check_norm_type(norm_type);
+    return at::zeros({}, at::kFloat);
+  }
   const at::Device device = (b.params.empty() ? b.pending : b.params)[0].device();
-  TORCH_CHECK(device.is_cuda(), "cuda_bucket_norm: the bucket is on ", device);
+  const bool inf = check_bucket_norm(b, norm_type, device);
   std::vector<at::Tensor> grads;
   for (size_t i = 0; i < b.params.size(); ++i) {
     if (b.grad(i).defined()) grads.push_back(b.grad(i));
@@ -185,27 +167,29 @@ at::Tensor bucket_norm(const Bucket& b, double norm_type,
   for (const at::Tensor& p : b.pending) {
     if (p.grad().defined()) grads.push_back(p.grad());
   }
-  return norm_of(grads, device, inf, inv_scale, found_inf, "grads");
+  return norm_of(grads, device, inf, inv_scale, found_inf);
 }
 
 at::Tensor tensors_norm(const std::vector<at::Tensor>& tensors, double norm_type,
                         const std::optional<at::Tensor>& inv_scale,
                         const std::optional<at::Tensor>& found_inf) {
-  const bool inf = check_norm_type(norm_type);
-  if (tensors.empty()) return at::zeros({}, at::kFloat);
+  if (tensors.empty()) {
+    check_norm_type(norm_type);
+    return at::zeros({}, at::kFloat);
+  }
   TORCH_CHECK(tensors[0].device().is_cuda(), "cuda_tensors_norm: tensors[0] is on ",
               tensors[0].device());
-  return norm_of(tensors, tensors[0].device(), inf, inv_scale, found_inf, "tensors");
+  const at::Device device = tensors[0].device();
+  return norm_of(tensors, device, check_tensors_norm(tensors, norm_type, device), inv_scale,
+                 found_inf);
 }
 
 void tensors_scale_(const std::vector<at::Tensor>& tensors, const at::Tensor& coef) {
   if (tensors.empty()) return;
   const at::Device device = tensors[0].device();
   TORCH_CHECK(device.is_cuda(), "cuda_tensors_scale_: tensors[0] is on ", device);
-  check_tensors(tensors, device, "tensors");
-  TORCH_CHECK(coef.defined() && coef.device() == device && coef.scalar_type() == at::kFloat &&
-                  coef.numel() == 1,
-              "coef must be a one-element float32 tensor on ", device);
+  for (size_t i = 0; i < tensors.size(); ++i) check_norm_input(tensors[i], device, "tensors", i);
+  check_scalar(coef, device, "coef");
   c10::cuda::CUDAGuard guard(device);
   std::vector<fc::TensorMeta> metas;
   Staging staging;

@@ -13,14 +13,11 @@
 namespace fusedopt {
 namespace cuda_glue {
 
-void adam_step(const Bucket& b, const at::Tensor& hp, bool amsgrad, bool maximize,
-               bool decoupled, const std::optional<at::Tensor>& clip_coef,
-               const std::optional<at::Tensor>& inv_scale,
-               const std::optional<at::Tensor>& found_inf);
-void sgd_step(const Bucket& b, const at::Tensor& hp, bool nesterov, bool maximize,
-              const std::optional<at::Tensor>& clip_coef,
-              const std::optional<at::Tensor>& inv_scale,
-              const std::optional<at::Tensor>& found_inf);
+// One update step of algorithm `algo` (csrc/algorithms.h) with its `flags` word: check_step
+// first, then one table upload and one launch (two for a two-stage algorithm).
+void step(const Bucket& b, const at::Tensor& hp, int64_t algo, int64_t flags,
+          const std::optional<at::Tensor>& clip_coef, const std::optional<at::Tensor>& inv_scale,
+          const std::optional<at::Tensor>& found_inf);
 // 2- or inf-norm of the bucket's grads (pending params included) as a 0-d float32 device
 // tensor, times inv_scale if given; sets found_inf to 1 if given and the norm is not finite.
 at::Tensor bucket_norm(const Bucket& b, double norm_type,

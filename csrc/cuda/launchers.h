@@ -1,12 +1,20 @@
 // The CUDA kernels as plain C++ functions over an uploaded table (table.h) and raw device
-// pointers; the torch-facing glue in csrc/cuda/glue.cpp checks every argument, builds and
-// uploads the table, and calls these on the current stream. Each returns the launch's error
-// (cudaSuccess or what cudaGetLastError reported); none synchronises with the host.
+// pointers; the torch-facing glue in csrc/cuda/glue.cpp has the one validator check every
+// argument, builds and uploads the table, and calls these on the current stream. Each returns
+// the launches' error (cudaSuccess or what cudaGetLastError reported); none synchronises with
+// the host.
 //
 // Note [slots]: what each kernel reads from a TensorMeta's ptr[] (table.h):
-//   adam  : kGrad, kParam, kState0 exp_avg, kState1 exp_avg_sq, kState2 max_exp_avg_sq if
-//           amsgrad, kMaster if master weights (then kParam receives the rounded master).
-//   sgd   : kGrad, kParam, kState0 momentum_buffer if momentum, kMaster as for adam.
+//   update: kGrad, kParam, then the algorithm's states for the step's flags in bucket order
+//           (csrc/algorithms.h state_names) from kState0 on, and kMaster if master weights
+//           (then kParam receives the rounded master and is never read):
+//             adam  exp_avg, exp_avg_sq[, max_exp_avg_sq if amsgrad]   (kState0..kState2)
+//             sgd   [momentum_buffer if momentum]                      (kState0)
+//             lion  exp_avg                                            (kState0)
+//             lars  [momentum_buffer if momentum]                      (kState0)
+//             lamb  exp_avg, exp_avg_sq                                (kState0, kState1)
+//           A slot the flags leave out is null. Two-stage algorithms read in stage 1 what
+//           their reads(kSumStage) says (engine.cuh, Note [update math]).
 //   norm  : kGrad only, of any DType (mixed in one launch).
 //   scale : kGrad only (scaled in place), of any DType.
 // Params, grads and states share one DType per update launch; master copies are fp32 and only
@@ -14,6 +22,9 @@
 #pragma once
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
+
+#include "algorithms.h"
 #include "table.h"
 
 namespace fusedopt {
@@ -27,24 +38,37 @@ struct StepScalars {
   const float* found_inf;
 };
 
-struct AdamFlags {
-  bool amsgrad;
-  bool maximize;
-  bool decoupled;   // AdamW's decoupled weight decay, else L2 (torch.optim.Adam)
+// One update step of a bucket (engine.cuh run_update).
+struct UpdateArgs {
+  Table table;
+  DType dtype;
+  bool master;          // kMaster slots hold fp32 master copies (fp16/bf16 buckets only)
+  const double* hp;     // the float64 [G, kHpCols] hyper-parameter table (csrc/hparams.h)
+  int64_t flags;        // the algorithm's flags word (csrc/algorithms.h)
+  StepScalars scalars;
+  double* sums;         // two-stage algorithms: kSums doubles per table block, else null
+  cudaStream_t stream;
 };
 
-struct SgdFlags {
-  bool momentum;    // the bucket keeps momentum buffers (its groups have momentum != 0)
-  bool nesterov;
-  bool maximize;
-};
+// Each algorithm's launches, defined in csrc/cuda/<name>.cu.
+cudaError_t update_adam(const UpdateArgs& a);
+cudaError_t update_sgd(const UpdateArgs& a);
+cudaError_t update_lion(const UpdateArgs& a);
+cudaError_t update_lars(const UpdateArgs& a);
+cudaError_t update_lamb(const UpdateArgs& a);
 
-// hp: the float64 [G, kHpCols] hyper-parameter table of csrc/hparams.h on the same device.
-cudaError_t launch_adam(const Table& table, DType dtype, bool master, const double* hp,
-                        AdamFlags flags, StepScalars scalars, cudaStream_t stream);
-
-cudaError_t launch_sgd(const Table& table, DType dtype, bool master, const double* hp,
-                       SgdFlags flags, StepScalars scalars, cudaStream_t stream);
+// The one switch on the algorithm id (the validator has admitted it): one launch, or two for a
+// two-stage algorithm (Note [two stages], engine.cuh).
+inline cudaError_t launch_update(int algo, const UpdateArgs& a) {
+  switch (algo) {
+    case kAdam: return update_adam(a);
+    case kSgd: return update_sgd(a);
+    case kLion: return update_lion(a);
+    case kLars: return update_lars(a);
+    case kLamb: return update_lamb(a);
+    default: return cudaErrorInvalidValue;
+  }
+}
 
 // Two launches: one partial result per block into `partials` (table.num_blocks doubles), then
 // one block that writes the norm (times *inv_scale if given) to *out and, if found_inf is

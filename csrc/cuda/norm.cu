@@ -14,24 +14,15 @@ namespace {
 // Partials and the final combine are double: a sum of fp32 squares cannot overflow (each is
 // below 1.2e77), so the norm is non-finite exactly when some element is (found_inf's meaning),
 // and 2^31 fp16 terms lose nothing to rounding.
-template <bool kInf> __device__ __forceinline__ double combine(double a, double b) {
-  return kInf ? max_nan(a, b) : a + b;
-}
+template <bool kInf> struct Combine {
+  __device__ double operator()(double a, double b) const { return kInf ? max_nan(a, b) : a + b; }
+};
 
 // The block's combined value, valid in thread 0. Identity 0 serves both (|x| >= 0).
-template <bool kInf> __device__ double block_reduce(double v) {
-  __shared__ double warps[kBlockThreads / 32];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) v = combine<kInf>(v, __shfl_down_sync(0xffffffffu, v, o));
-  if (lane == 0) warps[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < static_cast<int>(blockDim.x / 32) ? warps[lane] : 0.0;
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2) v = combine<kInf>(v, __shfl_down_sync(0xffffffffu, v, o));
-  }
-  return v;
+template <bool kInf> __device__ double block_combine(double v) {
+  double one[1] = {v};
+  block_reduce(one, Combine<kInf>{});
+  return one[0];
 }
 
 template <bool kInf> struct NormFunctor {
@@ -57,7 +48,7 @@ template <bool kInf> struct NormFunctor {
       });
       return a;
     });
-    const double block = block_reduce<kInf>(acc);
+    const double block = block_combine<kInf>(acc);
     if (threadIdx.x == 0) partials[blockIdx.x] = block;
   }
 };
@@ -67,8 +58,8 @@ __global__ void __launch_bounds__(kBlockThreads) finalize_norm(const double* par
                                                                float* out, const float* inv_scale,
                                                                float* found_inf) {
   double acc = 0.0;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) acc = combine<kInf>(acc, partials[i]);
-  acc = block_reduce<kInf>(acc);
+  for (int i = threadIdx.x; i < n; i += blockDim.x) acc = Combine<kInf>{}(acc, partials[i]);
+  acc = block_combine<kInf>(acc);
   if (threadIdx.x == 0) {
     double norm = kInf ? acc : sqrt(acc);
     if (inv_scale) norm *= static_cast<double>(*inv_scale);   // the norm of the unscaled grads

@@ -3,9 +3,11 @@
 // definition.
 //
 // Note [one table, one launch]: every tensor of a bucket gets one TensorMeta (its arrays, size,
-// step counter, hyper-parameter row) and every 64 Ki-element chunk of it one BlockMeta; the
-// glue copies the whole table to the device with one asynchronous copy and launches one CUDA
-// block per chunk. Kernel-argument tables (torch's and apex's multi_tensor_apply: 4 KiB, about
+// step counter, hyper-parameter row) and every 64 Ki-element chunk of it one BlockMeta (a
+// tensor's chunks are consecutive and in order: block b holds chunk c of a tensor whose first
+// block is b - c, Note [two stages] in engine.cuh); the glue copies the whole table to the
+// device with one asynchronous copy and launches one CUDA block per chunk (a two-stage
+// algorithm: two launches over the same table). Kernel-argument tables (torch's and apex's multi_tensor_apply: 4 KiB, about
 // 110 tensors per launch) need a launch per 110 tensors; this table has no such limit, so a
 // bucket of any size costs one launch. Size: 72 B per tensor + 8 B per chunk, i.e. 62 KiB of
 // metadata for 500M fp32 parameters in 1000 tensors.
@@ -28,9 +30,9 @@ constexpr int kBlockThreads = 512;
 enum Slot : int {
   kGrad = 0,
   kParam = 1,
-  kState0 = 2,   // Adam exp_avg;      SGD momentum_buffer
-  kState1 = 3,   // Adam exp_avg_sq
-  kState2 = 4,   // Adam max_exp_avg_sq (amsgrad)
+  kState0 = 2,   // the algorithm's states in bucket order (csrc/algorithms.h state_names)
+  kState1 = 3,
+  kState2 = 4,
   kMaster = 5,   // fp32 master copy of an fp16/bf16 parameter, or null
   kSlots = 6,
 };
@@ -69,7 +71,8 @@ struct Layout {
   size_t bytes = 0;
 };
 
-inline int64_t chunks_of(int64_t numel) { return (numel + kChunk - 1) / kChunk; }
+// constexpr: the kernels call it too (--expt-relaxed-constexpr, torch's COMMON_NVCC_FLAGS).
+constexpr int64_t chunks_of(int64_t numel) { return (numel + kChunk - 1) / kChunk; }
 
 // An empty-only table still gets one block: the update kernels' last block increments every
 // step counter (torch steps zero-element params too), and a grid cannot have zero blocks.

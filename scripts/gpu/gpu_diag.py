@@ -4,7 +4,7 @@
 Host time of one step (no device sync inside the timed span), per tensor count: the whole
 ``opt.step()``, the bare extension call, and the cpu backend on CPU tensors of the same counts on
 the same host (its C++ glue checks the same things per tensor), with torch's fused AdamW for
-scale; then torch.profiler's CPU ops of the CUDA step.
+scale; then torch.profiler's CPU ops of the CUDA step; then one step of every class.
 Prints plain text (the log is read by a person).
 
 usage: python scripts/gpu/gpu_diag.py [--device cuda]
@@ -40,6 +40,20 @@ def make(n, device, per_param, backend):
     return fusedopt.FusedAdamW(groups, backend=backend)
 
 
+def class_times(device):
+    """Host time of one step of every class (Lion, LARS and LAMB included: two launches per
+    bucket for the two-stage ones, and LAMB's global clip), 465 per-param groups."""
+    from fusedopt.algorithms import optimizer_classes
+    print("host time of one step per class, median us (465 per-param groups of 16 elements)")
+    for name, cls in optimizer_classes().items():
+        params = [torch.nn.Parameter(torch.zeros(16, device=device)) for _ in range(465)]
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt = cls([{"params": [p], "lr": 1e-3 * (1 + i % 7)} for i, p in enumerate(params)],
+                  **({"lr": 0.1} if name == "FusedLARS" else {}), backend="cuda")
+        print(f"  {name:11s} {host_us(opt.step, sync=torch.cuda.synchronize):8.1f}", flush=True)
+
+
 def host_times(device):
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     print("host time of one AdamW step, median us (16-element tensors, grads set)")
@@ -50,9 +64,8 @@ def host_times(device):
             row.append(f"cuda step {host_us(opt.step, sync=sync):8.1f}")
             b = opt._buckets[0]
             hp = opt.hparam_tables[b.spec.device]
-            call = lambda: b.backend.adam_step(b.handle, hp, amsgrad=False, maximize=False,
-                                               decoupled=True)
-            row.append(f"bare backend adam_step {host_us(call, sync=sync):8.1f}")
+            call = lambda: b.backend.step(b.handle, hp, b.algo, b.flags)
+            row.append(f"bare backend step {host_us(call, sync=sync):8.1f}")
             cpu = make(n, torch.device("cpu"), per_param, "cpu")
             row.append(f"cpu backend step {host_us(cpu.step):8.1f}")
             fused = make(n, device, per_param, "torch-fused")
@@ -75,6 +88,7 @@ def main():
     device = torch.device(args.device)
     if device.type == "cuda":
         host_times(device)
+        class_times(device)
     else:
         print("dry: no CUDA device; the CUDA host times need one")
         opt = make(100, device, True, "cpu")

@@ -36,11 +36,11 @@ _C.Bucket(ps, [[torch.zeros(4) for p in ps]], [torch.zeros(()) for _ in ps], [0,
 ps = [torch.zeros(5, device='cuda') for _ in range(2)]
 _C.Bucket(ps, [[torch.zeros(4, device='cuda') for p in ps]],
           [torch.zeros((), device='cuda') for _ in ps], [0, 0], [])"""),
-    "cuda_adam_step: hp of the wrong dtype": ("of shape [1, 5]", """
+    "cuda_step: hp of the wrong dtype": ("of shape [1, 5]", """
 p = [torch.nn.Parameter(torch.zeros(5, device='cuda'))]; p[0].grad = torch.ones(5, device='cuda')
 b = _C.Bucket(p, [[torch.zeros(5, device='cuda')], [torch.zeros(5, device='cuda')]],
               [torch.zeros((), device='cuda')], [0], [])
-_C.cuda_adam_step(b, torch.zeros(1, 5, device='cuda'), False, False, True, None, None, None)"""),
+_C.cuda_step(b, torch.zeros(1, 5, device='cuda'), 0, 4, None, None, None)"""),
 }
 LOAD_C = "import sys, torch; sys.path.insert(0, {tree!r}); from fusedopt import _C\n"
 
