@@ -15,13 +15,15 @@ struct Bucket {
   // Parameters that already have optimizer state, in table order.
   std::vector<at::Tensor> params;
   // states[k][i] is the k-th state tensor of params[i]. Same dtype, shape and device as the
-  // parameter (torch's layout, so state_dicts interchange). Adam: {exp_avg, exp_avg_sq
-  // [, max_exp_avg_sq]}; SGD with momentum: {momentum_buffer}; SGD without: {}. Then, for
+  // parameter (torch's layout, so state_dicts interchange): the algorithm's states for its
+  // flags, in the order of state_names (csrc/algorithms.h), e.g. Adam {exp_avg, exp_avg_sq
+  // [, max_exp_avg_sq]}, SGD with momentum {momentum_buffer}, SGD without {}. Then, for
   // float16/bfloat16 params with master weights, one more list: their float32 master copies
   // (has_master below).
   std::vector<std::vector<at::Tensor>> states;
-  // steps[i]: 0-d float32 tensor on the parameter's device. For Adam it *is* state['step'];
-  // for SGD it is internal (0 means "momentum buffer not yet seeded", as torch's first step).
+  // steps[i]: 0-d float32 tensor on the parameter's device. For Adam and LAMB it *is*
+  // state['step']; for SGD, LARS and Lion it is internal (0 means "momentum buffer not yet
+  // seeded", as torch's first step).
   std::vector<at::Tensor> steps;
   // Row of the hyper-parameter table for params[i] (the GPU backends upload their own copy
   // inside their tensor tables).
@@ -52,11 +54,11 @@ std::vector<int32_t> group_rows(const std::vector<int64_t>& group_index);
 // At construction: the lists agree, every tensor is a dense real floating tensor shaped like
 // its param, step counters are one-element float32 tensors, group indices are >= 0.
 void check_bucket(const Bucket& b);
-// Before every step touches anything: check_algo; the state lists are the algorithm's for those flags (a master list
-// aside), and all of check_bucket that can change in place (dtypes, shapes, devices:
-// `p.data = ...`); the grads; the table `hp` (float64 [G, kHpCols], contiguous, on the params'
-// device, a row for every group index) and the step scalars. Returns whether the bucket has a
-// master list.
+// Before every step touches anything: check_algo; the state lists are the algorithm's for
+// those flags (a master list aside); all of check_bucket that can change in place (dtypes,
+// shapes, devices: `p.data = ...`); the grads; the table `hp` (float64 [G, kHpCols],
+// contiguous, on the params' device, a row for every group index) and the step scalars.
+// Returns whether the bucket has a master list.
 bool check_step(const Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
                 const std::optional<at::Tensor>& clip_coef,
                 const std::optional<at::Tensor>& inv_scale,

@@ -8,7 +8,8 @@ from fusedopt.algorithms import ALGORITHMS
 from fusedopt.backends import cpu as cpu_backend
 
 C = cpu_backend._extension() if cpu_backend.unavailable_reason() is None else None
-pytestmark = pytest.mark.skipif(C is None, reason=f"cpu backend: {cpu_backend.unavailable_reason()}")
+pytestmark = pytest.mark.skipif(C is None,
+                                reason=f"cpu backend: {cpu_backend.unavailable_reason()}")
 
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))

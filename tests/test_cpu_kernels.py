@@ -57,7 +57,8 @@ ROWS = {
 }
 # buckets without momentum buffers hold groups with momentum 0 (Note [algorithm as data])
 NO_MOMENTUM = {"sgd": [(0.05, 0.0, 0.0, 0.0), (0.02, 0.01, 0.0, 0.0)],
-               "lars": [(0.1, 1e-4, 0.0, 0.0, 1e-8, 1e-3, 0.0), (0.3, 1e-2, 0.0, 0.0, 1e-8, 0.02, 0.0),
+               "lars": [(0.1, 1e-4, 0.0, 0.0, 1e-8, 1e-3, 0.0),
+                        (0.3, 1e-2, 0.0, 0.0, 1e-8, 0.02, 0.0),
                         (0.1, 0.0, 0.0, 0.0, 1e-8, 1e-3, 1.0)]}
 
 # (algorithm, flags by name; unnamed flags are off)
@@ -249,6 +250,27 @@ def test_step_matches_reference_backend(level, algo, flags, dtype):
     spec, hp = make_spec(algo, flags, dtype)
     ours = run_backend(C, spec, hp, algo, flags)
     check_against_reference(ours, algo, flags, dtype, f"{level} {dtype}")
+
+
+@parametrize_levels
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_lion_direction_is_torch_sign(level, dtype):
+    """Lion's direction is torch.sign of the interpolation: 0 for zeros and for NaN (torch's CPU
+    sign), +-1 for infinities; lanes and tails alike (a 37-element tensor: vectors and a tail)."""
+    spec, hp = make_spec("lion", {}, dtype, shapes=[(37,), (5, 3)], transposed=())
+    for p in spec.params:
+        p.grad = torch.randn(p.shape, dtype=torch.float64).to(dtype)
+        p.grad.view(-1)[::4] = 0.0                          # with exp_avg 0: direction 0
+        p.grad.view(-1)[1] = math.nan
+        p.grad.view(-1)[2] = INF
+        p.grad.view(-1)[5] = -INF
+    theirs = clone_spec(spec)
+    for _ in range(2):
+        c_step(bucket_of(spec), hp, "lion", {})
+        reference.step(theirs, hp, ALGORITHMS["lion"], 0)
+    for (name, a), (_, b) in zip(tensors_of(spec), tensors_of(theirs)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True,
+                                   msg=lambda m: f"{level} {name}: {m}")
 
 
 LARGE_CONFIGS = [config("adam", amsgrad=True), config("sgd", momentum=True, nesterov=True),
@@ -714,7 +736,8 @@ def test_params_off_the_cpu_are_rejected():
 def test_buckets_off_the_cpu_are_rejected():
     params = [torch.nn.Parameter(torch.empty(3, device="meta"))]
     bucket = C.Bucket(params, [], [torch.zeros((), device="meta")], [0], [])
-    with pytest.raises(RuntimeError, match=r"step: params\[0\] is on meta; step takes CPU tensors only"):
+    with pytest.raises(RuntimeError,
+                       match=r"step: params\[0\] is on meta; step takes CPU tensors only"):
         c_step(bucket, hp_of(NO_MOMENTUM["sgd"][:1]), "sgd", {})
 
 

@@ -24,7 +24,8 @@ struct Lamb {
                       StepContext& c) {
     const double t_now = static_cast<double>(step + 1.0f);   // torch's float32 step += 1
     const double wd = row[kWeightDecay], beta1 = row[lamb::kBeta1], beta2 = row[lamb::kBeta2];
-    const bool decoupled = flags & lamb::kDecoupled, bias_correction = flags & lamb::kBiasCorrection;
+    const bool decoupled = flags & lamb::kDecoupled;
+    const bool bias_correction = flags & lamb::kBiasCorrection;
     Scalars s{};
     s.grad_scale = c.grad_scale;
     s.grad_coef = c.clip_coef * ((flags & lamb::kMaximize) ? -1 : 1);

@@ -46,7 +46,9 @@ bool dense_alike(const at::Tensor& p, const at::Tensor* const* others, int count
 
 // Per-call lists, reused across calls (one per calling thread): after a bucket's first step
 // the fast path allocates nothing. A step of 1000 16-element tensors takes ~130 us in all, so
-// regrowing these lists every call would be a visible share of it.
+// regrowing these lists every call would be a visible share of it. `tensors` only grows: a step
+// writes its first numels.size() entries in place: zeroing and copying a 192-byte entry per
+// tensor cost a 1000 x 16 SGD step 124 us instead of 112 (1 thread, min of 300).
 struct Scratch {
   std::vector<TensorStep> tensors;
   std::vector<float*> counters;
@@ -61,7 +63,6 @@ struct Scratch {
 
 Scratch& scratch() {
   thread_local Scratch s;
-  s.tensors.clear();
   s.counters.clear();
   s.needs_sums.clear();
   s.numels.clear();
@@ -91,7 +92,7 @@ void sum_stage(Scratch& s, FinishFn finish) {
     d.sums(d, c.begin, c.end, &s.partials[index * kSums]);
   });
   std::array<double, kSums> totals{};
-  for (int64_t index = 0, t = 0; t < static_cast<int64_t>(s.tensors.size()); ++t) {
+  for (int64_t index = 0, t = 0; t < static_cast<int64_t>(s.numels.size()); ++t) {
     totals.fill(0.0);
     for (; index < chunks && s.plan.chunk(index).tensor == t; ++index) {
       for (int k = 0; k < kSums; ++k) totals[k] += s.partials[index * kSums + k];
@@ -123,6 +124,7 @@ void step(Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
   const bool master = has_master(b);
   const int num = num_states(algo, flags);
   StepContext context{scalar_or(inv_scale, 1.0f), scalar_or(clip_coef, 1.0f)};
+  if (s.tensors.size() < b.params.size()) s.tensors.resize(b.params.size());
   for (size_t i = 0; i < b.params.size(); ++i) {
     const at::Tensor& p = b.params[i];
     const at::Tensor& g = b.grad(i);
@@ -134,7 +136,7 @@ void step(Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
     const bool fast = dense_alike(p, others.data(), count);
 
     const DType dtype = dtype_of(p);
-    TensorStep d{};
+    TensorStep& d = s.tensors[s.numels.size()];
     d.update = kernels.update[dtype][num][master];
     d.sums = kernels.sums[dtype][num][master];
     d.param = s.staging.data(p, fast, true);
@@ -145,7 +147,6 @@ void step(Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
     float* counter = b.steps[i].data_ptr<float>();
     const double* row = table + static_cast<int64_t>(b.group_index[i]) * kHpCols;
     s.needs_sums.push_back(kernels.prepare(d, row, *counter, flags, context));
-    s.tensors.push_back(d);
     s.counters.push_back(counter);
     s.numels.push_back(p.numel());
   }
