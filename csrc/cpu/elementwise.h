@@ -16,6 +16,24 @@ void elementwise(const F& f, const S* grad, S* const (&rw)[K], float* master, in
                  int64_t end) {
   using C = compute_t<S>;
   int64_t i = begin;
+  if constexpr (std::is_same_v<S, c10::BFloat16> && Vec<C>::kLanes > 1) {
+    // two vectors at a time, in the order of Note [bf16 lane order]: f sees each as usual
+    constexpr int L = 2 * Vec<C>::kLanes;
+    for (; i + L <= end; i += L) {
+      Vec<C> lo[K], hi[K], g_lo, g_hi;
+      if constexpr (kMaster) {
+        Vec<C>::load_pair(master + i, lo[0], hi[0]);
+      } else {
+        Vec<C>::load_pair(rw[0] + i, lo[0], hi[0]);
+      }
+      for (int k = 1; k < K; ++k) Vec<C>::load_pair(rw[k] + i, lo[k], hi[k]);
+      Vec<C>::load_pair(grad + i, g_lo, g_hi);
+      f(g_lo, lo);
+      f(g_hi, hi);
+      if constexpr (kMaster) Vec<C>::store_pair(master + i, lo[0], hi[0]);
+      for (int k = 0; k < K; ++k) Vec<C>::store_pair(rw[k] + i, lo[k], hi[k]);
+    }
+  }
   for (; i + Vec<C>::kLanes <= end; i += Vec<C>::kLanes) {
     Vec<C> x[K];
     if constexpr (kMaster) {

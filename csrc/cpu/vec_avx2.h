@@ -23,18 +23,48 @@ struct Vec<float> {
                      _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
   void store(c10::BFloat16* p) const {
-    // c10's round_to_nearest_even, lane-wise: add 0x7FFF + lsb of the kept half, NaN -> 0x7FC0
+    // natural lane order: round, then gather the 16-bit halves across the 128-bit lanes
+    __m256i r = bf16_bits(v);
+    __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+  }
+
+  // Note [bf16 lane order]: 16 bf16 loaded as two float vectors in the order the unpack/pack
+  // instructions leave them, lo = elements 0-3, 8-11 and hi = 4-7, 12-15. Widening is one
+  // unpack per vector (instead of a zero-extend + shift) and narrowing one in-lane pack per
+  // two vectors (instead of a pack + cross-lane permute per vector). fp32 streams beside
+  // them (a master copy) are loaded and stored in the same order with one permute each.
+  static void load_pair(const c10::BFloat16* p, Vec& lo, Vec& hi) {
+    __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    __m256i z = _mm256_setzero_si256();
+    lo.v = _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, x));
+    hi.v = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, x));
+  }
+  static void store_pair(c10::BFloat16* p, Vec lo, Vec hi) {
+    // bf16_bits fits 16 bits, so the saturating pack is exact
+    __m256i x = _mm256_packus_epi32(bf16_bits(lo.v), bf16_bits(hi.v));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), x);
+  }
+  static void load_pair(const float* p, Vec& lo, Vec& hi) {
+    __m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + 8);
+    lo.v = _mm256_permute2f128_ps(a, b, 0x20);
+    hi.v = _mm256_permute2f128_ps(a, b, 0x31);
+  }
+  static void store_pair(float* p, Vec lo, Vec hi) {   // the same exchange undoes itself
+    _mm256_storeu_ps(p, _mm256_permute2f128_ps(lo.v, hi.v, 0x20));
+    _mm256_storeu_ps(p + 8, _mm256_permute2f128_ps(lo.v, hi.v, 0x31));
+  }
+
+  // c10's round_to_nearest_even, lane-wise, in the low 16 bits of each 32-bit lane: add
+  // 0x7FFF + the lsb of the kept half, shift; NaN -> 0x7FC0 (Note [bf16 rounding])
+  static __m256i bf16_bits(__m256 v) {
     __m256i bits = _mm256_castps_si256(v);
     __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
     __m256i r = _mm256_srli_epi32(
         _mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
     __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
-    r = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(r),
-                                             _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC0)), nan));
-    // values fit 16 bits, so the saturating pack is exact; it interleaves 128-bit lanes, the
-    // permute gathers the two useful quarters
-    __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+    return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(r),
+                                                _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC0)), nan));
   }
 
   static Vec add(Vec a, Vec b) { return {_mm256_add_ps(a.v, b.v)}; }
