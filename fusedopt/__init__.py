@@ -3,11 +3,14 @@
 Importing it is light (torch only) and never fails because a backend is missing
 (Note [import never fails]); the config layer, the schedulers and the benchmark load on first use.
 """
-from fusedopt.adam import FusedAdam, FusedAdamW
+from fusedopt.algorithms.adam import FusedAdam, FusedAdamW
+from fusedopt.algorithms.lamb import FusedLAMB
+from fusedopt.algorithms.lars import FusedLARS
+from fusedopt.algorithms.lion import FusedLion
+from fusedopt.algorithms.sgd import FusedSGD
 from fusedopt.backends import available_backends
 from fusedopt.clip import clip_grad_norm_
 from fusedopt.optimizer import FusedOptimizer
-from fusedopt.sgd import FusedSGD
 
 __version__ = "0.1.0"
 
@@ -31,5 +34,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'fusedopt' has no attribute {name!r}")
 
 
-__all__ = ["FusedAdam", "FusedAdamW", "FusedSGD", "FusedOptimizer", "available_backends",
+__all__ = ["FusedAdam", "FusedAdamW", "FusedSGD", "FusedLion", "FusedLARS", "FusedLAMB",
+           "FusedOptimizer", "available_backends",
            "clip_grad_norm_", *_CONFIG_NAMES]

@@ -1,6 +1,7 @@
 """The multi-tensor engine's Python half: buckets, and the one pinned upload.
 
-Note [pack once]: parameters are packed into buckets keyed by (device, dtype, algorithm flags)
+Note [pack once]: parameters are packed into buckets keyed by (device, dtype, algorithm flags,
+master weights)
 on the first step, and again only after add_param_group, load_state_dict, a first grad on a
 parameter without state, or a change of an algorithm flag. Each backend turns a BucketSpec into
 a handle once; afterwards a step costs O(number of buckets) in Python, whatever the number of
@@ -18,7 +19,7 @@ class BucketSpec:
     meanings are those of csrc/bucket.h, so the C++ backends read it one-to-one."""
     device: torch.device
     dtype: torch.dtype
-    flags: tuple                                       # ((name, value), ...) algorithm flags
+    flags: int                                         # the algorithm's flags word
     params: List[torch.Tensor] = field(default_factory=list)
     states: List[List[torch.Tensor]] = field(default_factory=list)
     steps: List[torch.Tensor] = field(default_factory=list)
@@ -58,7 +59,8 @@ class Bucket:
     spec: BucketSpec
     backend: Any                                       # backend module (fusedopt/backends)
     handle: Any                                        # what backend.make_bucket(spec) returned
-    kwargs: dict                                       # flags as step keyword arguments
+    algo: Any                                          # its fusedopt.algorithms descriptor
+    flags: int                                         # the algorithm's flags word
     hp: torch.Tensor                                   # the hyper-parameter table of its device
 
 

@@ -43,6 +43,7 @@ class Column(NamedTuple):
     high: float = math.inf
     high_open: bool = False          # [low, high) instead of [low, high]
     zero_flag: bool = False          # value != 0 is also an algorithm flag (SGD's momentum)
+    boolean: bool = False            # a True/False group key, 1.0/0.0 in the table (lars_exclude)
 
 
 class HparamTable:

@@ -4,7 +4,7 @@ when the parameters are exactly a fusedopt optimizer's, the scaling folded into 
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-from fusedopt import _distributed, backends
+from fusedopt import _distributed, _ops, backends
 
 # param -> the fusedopt optimizer that steps it, registered by the optimizer when it packs
 # (this module imports nothing of the optimizers: they call in, Note [clip inside the step]).
@@ -67,7 +67,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     for g in grads:
         by_placement.setdefault(_distributed.placement_key(g), []).append(_distributed.local(g))
     total = backends.combine_norms(
-        [_distributed.reduce_norm(backends.tensors_norm(local, norm_type), norm_type, key)
+        [_distributed.reduce_norm(_ops.tensors_norm(local, norm_type), norm_type, key)
          for key, local in by_placement.items()], norm_type)
     coef = clip_coefficient(total, max_norm, norm_type, error_if_nonfinite)
     by_device = {}
@@ -75,7 +75,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         for g in local:
             by_device.setdefault((g.device, g.dtype), []).append(g)
     for (device, _), gs in by_device.items():
-        backends.tensors_scale_(gs, coef.to(device))
+        _ops.tensors_scale_(gs, coef.to(device))
     return total
 
 

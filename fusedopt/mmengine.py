@@ -3,7 +3,7 @@
 ``import fusedopt.mmengine`` (or any ``type='fusedopt.X'`` in an mmengine config: mmengine then
 imports ``fusedopt.registry``, which imports this module) makes these resolvable:
 
-- ``optimizer=dict(type='fusedopt.FusedAdamW', ...)`` (also FusedAdam, FusedSGD);
+- ``optimizer=dict(type='fusedopt.FusedAdamW', ...)`` (every class of fusedopt.algorithms);
 - ``optim_wrapper=dict(type='fusedopt.OptimWrapper' | 'fusedopt.AmpOptimWrapper', ...)``: the
   fused wrappers (clip inside the step, fused AMP step) as subclasses of mmengine's wrappers,
   so the Runner, its hooks and mmengine's schedulers accept them;
@@ -37,7 +37,7 @@ from mmengine.optim import OptimWrapper as _MMOptimWrapper
 from mmengine.optim import OptimWrapperDict as _MMOptimWrapperDict
 from mmengine.registry import Registry as _MMRegistry
 
-import fusedopt as _fo
+from fusedopt.algorithms import optimizer_classes
 from fusedopt.config import constructor as _constructor
 from fusedopt.config import optim_wrapper as _wrapper
 from fusedopt.config import optim_wrapper_dict as _wrapper_dict
@@ -175,8 +175,8 @@ def _register(registry: _MMRegistry, module, name=None) -> None:
     registry.register_module(name=name, module=module, force=True)
 
 
-for _name in ("FusedAdam", "FusedAdamW", "FusedSGD"):
-    _register(OPTIMIZERS, getattr(_fo, _name))
+for _cls in optimizer_classes().values():
+    _register(OPTIMIZERS, _cls)
 if hasattr(_zero, "ZeroRedundancyOptimizer"):      # torch built with torch.distributed
     class ZeroRedundancyOptimizer(_zero.ZeroRedundancyOptimizer):
         """fusedopt's ZeroRedundancyOptimizer resolving ``optimizer_type`` through mmengine's

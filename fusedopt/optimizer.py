@@ -1,16 +1,17 @@
-"""FusedOptimizer: the class layer shared by FusedAdam, FusedAdamW and FusedSGD.
+"""FusedOptimizer: the one class layer of every fusedopt optimizer.
 
 It validates, keeps torch-layout state (so state_dicts interchange with torch.optim), packs the
 parameters into buckets (Note [pack once]) and keeps the hyper-parameter tables in step with the
-param_group dicts (Note [one truth], fusedopt/_hparams.py). The math lives in
-fusedopt/functional.py and the backends.
+param_group dicts (Note [one truth], fusedopt/_hparams.py). What differs between algorithms is
+data: the class's ``ALGORITHM`` descriptor (Note [algorithm as data], fusedopt/algorithms/);
+the math lives in the backends, reached through fusedopt/_ops.py.
 """
 import warnings
 
 import torch
 from torch.optim.optimizer import required
 
-from fusedopt import _distributed, _engine, _hparams, backends, clip, functional
+from fusedopt import _distributed, _engine, _hparams, _ops, backends, clip
 
 
 def host_number(value, sync=True):
@@ -47,9 +48,18 @@ def check_hparam(name, value, low=0.0, high=None, sync=True):
 
 
 class FusedOptimizer(torch.optim.Optimizer):
-    """Base class. Subclasses define the algorithm: ``_COLUMNS`` (table column -> where it is in
-    a param_group and its valid range), ``_FLAG_KEYS``, ``_HPARAM_SLOTS``, ``_flags``,
-    ``_state_of``/``_new_state`` and ``_kernel`` (the functional entry)."""
+    """Base class. A subclass names its algorithm (``ALGORITHM``, a fusedopt.algorithms
+    descriptor), its constructor's arguments and defaults, and checks that span several values
+    (``_check_pairs``, ``_check_column``); the table columns, flags, state and step follow from
+    the descriptor."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        algo = cls.__dict__.get("ALGORITHM")
+        if algo is not None:      # what the tables and schedulers read, from the descriptor
+            cls._COLUMNS = algo.table_columns
+            cls._FLAG_KEYS = algo.flag_keys + ("master_weights",)
+            cls._HPARAM_SLOTS = algo.slots
 
     def __init__(self, params, defaults, backend="auto"):
         if defaults.get("differentiable"):
@@ -75,6 +85,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._param_ids = []
         self._carry = _Carry()
         self._dtensors = []
+        self._counters = {}        # param -> internal step counter (Note [internal counters])
 
     # GradScaler.step sets self.grad_scale / self.found_inf and lets step() unscale inline
     _step_supports_amp_scaling = True
@@ -152,6 +163,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             for key, value in self.defaults.items():
                 g.setdefault(key, value)
         self._param_set = {p for g in self.param_groups for p in g["params"]}
+        self._counters = {}        # rebuilt from the loaded state (Note [internal counters])
         self._hparams.stale = True
         self._buckets = None
 
@@ -250,7 +262,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         row = [0.0] * _hparams.NUM_COLS
         for column, c in cls._COLUMNS.items():
             value = group[c.key]
-            row[column] = value if c.index is None else value[c.index]
+            value = value if c.index is None else value[c.index]
+            row[column] = float(value) if c.boolean else value
         return row
 
     @classmethod
@@ -260,6 +273,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         cls._check_pairs(group)
         for c in cls._COLUMNS.values():
             value = group[c.key] if c.index is None else group[c.key][c.index]
+            if c.boolean:
+                if value not in (True, False):   # 0 and 1 too, as Python's bools are
+                    raise TypeError(f"Invalid {c.key}: {value!r}; expected True or False")
+                continue
             check_hparam(c.key if c.index is None else f"{c.key}[{c.index}]", value, c.low,
                          c.high if c.high_open else None, sync=sync)
 
@@ -329,7 +346,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 key = (p.device, p.dtype, flags[gi], placement)
                 spec = specs.get(key)
                 if spec is None:
-                    spec = specs[key] = _engine.BucketSpec(p.device, p.dtype, flags[gi],
+                    spec = specs[key] = _engine.BucketSpec(p.device, p.dtype, flags[gi][0],
                                                            placement=placement, groups=groups)
                 shard = _distributed.local(p)
                 if placement is not None:
@@ -352,7 +369,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         for spec in specs.values():
             backend = backends.resolve(self.backend, spec.device)
             buckets.append(_engine.Bucket(spec, backend, backend.make_bucket(spec),
-                                          dict(spec.flags), self._hparams.tables[spec.device]))
+                                          self.ALGORITHM, spec.flags,
+                                          self._hparams.tables[spec.device]))
         self._buckets = buckets
         self._packed = (list(groups), flags)
         # clip_grad_norm_'s test "are these exactly my params?" (Note [clip inside the step])
@@ -383,6 +401,60 @@ class FusedOptimizer(torch.optim.Optimizer):
                 self._new_state(p, self.param_groups[b.spec.pending_group[i]])
                 grown = True
         return grown
+
+    # ---- state (torch's layout: state_dicts interchange with torch.optim) -------------------------
+    @classmethod
+    def _flags(cls, group):
+        """(the algorithm's flags word, master weights): what buckets are keyed by, besides the
+        device and the dtype."""
+        algo = cls.ALGORITHM
+        return algo.flags_word(algo.group_flags(group)), bool(group.get("master_weights"))
+
+    def _state_of(self, p, group):
+        """(state tensors in bucket order, step counter) of a param that has state, else None."""
+        algo = self.ALGORITHM
+        names = algo.state_names(self._flags(group)[0])
+        state = self.state.get(p) or {}
+        if any(state.get(name) is None for name in names):
+            return None
+        if algo.step_in_state:
+            if "step" not in state:
+                return None
+            # torch keeps 'step' on the CPU unless fused/capturable; fusedopt keeps it beside the
+            # parameter (what torch's fused path does), so the bias correction is computed on
+            # the device.
+            step = torch.as_tensor(state["step"], dtype=torch.float32).to(p.device).reshape(())
+            state["step"] = step
+        else:
+            step = self._counter(p, seeded=True) if names else self._counters.get(p)
+            if step is None:
+                return None
+        return [state[name] for name in names] + self._master_states(p, group), step
+
+    def _new_state(self, p, group):
+        """The state of a param at its first grad: zeros shaped like it, and a counter at 0."""
+        algo = self.ALGORITHM
+        state = self.state[p]
+        if algo.step_in_state:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+        else:
+            # a fresh counter: one kept from momentum-free steps would mark a new buffer seeded
+            self._counters.pop(p, None)
+            self._counter(p, seeded=False)
+        for name in algo.state_names(self._flags(group)[0]):
+            state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _counter(self, p, seeded):
+        """Note [internal counters]: an algorithm whose torch layout has no 'step' (SGD, LARS,
+        Lion) still needs a per-param count: torch's SGD seeds a momentum buffer with the first
+        grad (no dampening), so the kernels must know which buffers are seeded. It lives here,
+        outside torch's state layout, and is rebuilt from the state after a load (a param with
+        a buffer is seeded)."""
+        counter = self._counters.get(p)
+        if counter is None:
+            counter = torch.full((), float(seeded), dtype=torch.float32, device=p.device)
+            self._counters[p] = counter
+        return counter
 
     def _master_states(self, p, group):
         """Note [master copy]: with ``master_weights=True`` every fp16/bf16 param keeps an fp32
@@ -439,7 +511,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._hparams.captured = True        # Note [one truth]: these tables are in a graph
         for b in buckets:
             if b.spec.params:
-                self._kernel(b, b.hp, **_on_device(scalars, b.spec.device))
+                _ops.step(b, _on_device(scalars, b.spec.device))
         if self._dtensors:
             self._attach_shard_grads(buckets, clear=True)   # don't keep old grads alive
 
@@ -449,7 +521,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _init_group(self):
         """Table rows, packing and new states for the next step. Dynamo runs this for real while
         it traces a step (its hook for torch.optim's _init_group) and keeps None as a constant."""
-        from fusedopt import _ops  # noqa: F401  (registers the ops before the graph calls them)
+        from fusedopt import _library  # noqa: F401  (registers the ops before the graph calls them)
         buckets = self._current_buckets()
         if self._init_new_states(buckets):
             buckets = self._pack()
@@ -466,7 +538,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         scalars = self._step_scalars(buckets)
         for b in buckets:
             if b.spec.params:
-                self._kernel(b, b.hp, **_on_device(scalars, b.spec.device))
+                _ops.step(b, _on_device(scalars, b.spec.device))
 
     def _hparams_in_graph(self):
         """Every table cell from the param_group dicts, inside the graph: a number is a constant
@@ -491,6 +563,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             inv_scale = grad_scale.double().reciprocal().float()
         if found_inf is not None:
             found_inf = found_inf.float()
+        clip_coef = self._grad_coefficient(buckets, clip_coef, inv_scale)
         if self.defaults.get("skip_nonfinite"):
             # Note [skip non-finite steps]: one norm over every grad (reused from a clip of this
             # step) decides on device whether any grad is inf/nan; the kernels then touch nothing.
@@ -502,6 +575,12 @@ class FusedOptimizer(torch.optim.Optimizer):
                 carry.skipped = _engine.upload(carry.skipped, bad.device)
             carry.skipped = carry.skipped + bad
         return {"clip_coef": clip_coef, "inv_scale": inv_scale, "found_inf": found_inf}
+
+    def _grad_coefficient(self, buckets, clip_coef, inv_scale):
+        """The factor every grad of this step is multiplied by besides the AMP unscale: the
+        deferred clip coefficient, or None. An algorithm with a clip of its own (LAMB's
+        ``max_grad_norm``) folds it in here."""
+        return clip_coef
 
     @property
     def skipped_steps(self):
@@ -579,7 +658,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         for DTensor buckets; other orders than 2 and inf go through torch's vector_norm."""
         norms = []
         for b in buckets:
-            local = functional.norm(b, norm_type)
+            local = _ops.bucket_norm(b, norm_type)
             norms.append(_distributed.reduce_norm(local, norm_type, b.spec.placement))
         return backends.combine_norms(norms, norm_type) if norms else torch.zeros(())
 

@@ -29,13 +29,18 @@ CASES = [
 CASE_IDS = [f"{a}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'default'}" for a, kw in CASES]
 
 
+# three groups with different hyper-parameters per algorithm; SGD's third is momentum-free, which
+# lands in a bucket of its own (not beside nesterov, which needs a momentum)
+GROUP_OVERRIDES = {
+    "Adam": [{"lr": 1e-2}, {"lr": 3e-3, "betas": (0.8, 0.99), "weight_decay": 0.2}, {"eps": 1e-6}],
+    "SGD": [{"lr": 0.02}, {"weight_decay": 0.05}, {"momentum": 0.0, "dampening": 0.0}],
+}
+GROUP_OVERRIDES["AdamW"] = GROUP_OVERRIDES["Adam"]
+
+
 def group_overrides(algo, kwargs):
-    """Three groups with different hyper-parameters (and, for SGD, a momentum-free group,
-    which lands in a bucket of its own)."""
-    if algo == "SGD":
-        third = {} if kwargs.get("nesterov") else {"momentum": 0.0, "dampening": 0.0}
-        return [{"lr": 0.02}, {"weight_decay": 0.05}, third]
-    return [{"lr": 1e-2}, {"lr": 3e-3, "betas": (0.8, 0.99), "weight_decay": 0.2}, {"eps": 1e-6}]
+    groups = GROUP_OVERRIDES[algo]
+    return groups[:2] + [{}] if kwargs.get("nesterov") else groups
 
 
 def make_params(shapes, dtype=torch.float32, noncontiguous=()):

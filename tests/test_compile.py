@@ -30,14 +30,16 @@ def model():
     return torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
 
 
+# per class: options that exercise its flags and states
+OPTIONS = {"AdamW": {}, "Adam": dict(weight_decay=0.01, amsgrad=True),
+           "SGD": dict(momentum=0.9, nesterov=True), "Lion": dict(weight_decay=0.1),
+           "LARS": dict(momentum=0.9, weight_decay=1e-4), "LAMB": dict(max_grad_norm=0.5)}
+
+
 def optimizer(algo, m, backend):
     groups = [{"params": [m[0].weight, m[0].bias], "lr": 1e-2},
               {"params": list(m[2].parameters()), "lr": 3e-3}]
-    if algo == "AdamW":
-        return fusedopt.FusedAdamW(groups, backend=backend)
-    if algo == "Adam":
-        return fusedopt.FusedAdam(groups, backend=backend, weight_decay=0.01, amsgrad=True)
-    return fusedopt.FusedSGD(groups, backend=backend, momentum=0.9, nesterov=True)
+    return getattr(fusedopt, f"Fused{algo}")(groups, backend=backend, **OPTIONS[algo])
 
 
 def train_step(m, o, clip=None, scaler=None, schedulers=()):
@@ -90,7 +92,7 @@ TORCH_SCHED = (lambda o: torch.optim.lr_scheduler.StepLR(o, 2, 0.5),)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("algo", ["AdamW", "Adam", "SGD"])
+@pytest.mark.parametrize("algo", list(OPTIONS))
 def test_compiled_step_equals_eager(algo, backend):
     """Clip (the optimizer's own, deferred into the step), step, a torch scheduler, zero_grad."""
     what = f"{algo} {backend}"
@@ -119,9 +121,8 @@ def test_compiled_step_with_master_weights(algo, backend):
     runs = []
     for compiled in (True, False):
         m = model().to(torch.bfloat16)
-        kw = dict(momentum=0.9) if algo == "SGD" else {}
         o = getattr(fusedopt, f"Fused{algo}")(m.parameters(), lr=1e-2, master_weights=True,
-                                             backend=backend, **kw)
+                                             backend=backend, **OPTIONS[algo])
 
         def step(m=m, o=o):
             torch.nn.functional.mse_loss(m(X.bfloat16()).float(), Y).backward()
@@ -253,7 +254,7 @@ def test_graph_breaks_no_more_than_torch_optim(algo, clip):
 
 def test_custom_ops_have_fake_implementations():
     """torch.library's own checks of the ops: schema, fake kernel, mutation annotations."""
-    from fusedopt import _ops
+    from fusedopt import _library
     m = model()
     o = optimizer("AdamW", m, CPU_BACKENDS[-1])
     torch.nn.functional.mse_loss(m(X), Y).backward()
@@ -261,10 +262,10 @@ def test_custom_ops_have_fake_implementations():
     (b,) = o._buckets
     spec = b.spec
     args = (spec.params, [p.grad for p in spec.params], [s for ss in spec.states for s in ss],
-            spec.steps, b.hp, spec.group_index, False, False, True, None, None, None,
+            spec.steps, b.hp, spec.group_index, "adam", b.flags, None, None, None,
             b.backend.NAME)
-    torch.library.opcheck(_ops.adam_, args, test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(_ops.norm, ([p.grad for p in spec.params], 2.0, b.backend.NAME))
+    torch.library.opcheck(_library.step_, args, test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(_library.norm, ([p.grad for p in spec.params], 2.0, b.backend.NAME))
     grads = [p.grad.clone() for p in spec.params]
-    torch.library.opcheck(_ops.scale_, (grads, torch.tensor(0.5), b.backend.NAME),
+    torch.library.opcheck(_library.scale_, (grads, torch.tensor(0.5), b.backend.NAME),
                           test_utils=("test_schema", "test_faketensor"))

@@ -147,6 +147,11 @@ def _python_calls(fn):
 
 @pytest.mark.skipif(_ext.C is None, reason="the O(1) scan is fusedopt._C's (without it, "
                     "_hparams._PyWatch compares every group in Python)")
+# a write the C++ scan leaves to Python: a pair, a flag
+REREAD_WRITE = {"Adam": ("betas", (0.8, 0.99)), "AdamW": ("betas", (0.8, 0.99)),
+                "SGD": ("nesterov", False)}
+
+
 @pytest.mark.parametrize("algo", list(FUSED))
 def test_a_write_to_one_group_costs_o1_at_the_next_step(algo):
     """A step after writing one group's lr (or nothing) makes the same number of Python calls
@@ -159,8 +164,8 @@ def test_a_write_to_one_group_costs_o1_at_the_next_step(algo):
         opt.param_groups[groups // 2]["lr"] = 0.123
         counts[groups, "one"] = _python_calls(opt.step)
         assert table(opt)[groups // 2, _hparams.LR].item() == 0.123
-        opt.param_groups[groups // 2]["betas" if algo != "SGD" else "nesterov"] = (
-            (0.8, 0.99) if algo != "SGD" else False)     # a row Python re-reads
+        key, value = REREAD_WRITE[algo]
+        opt.param_groups[groups // 2][key] = value      # a row Python re-reads
         counts[groups, "row"] = _python_calls(opt.step)
     for kind in ("none", "one", "row"):
         assert counts[10, kind] == counts[1000, kind], (kind, counts)

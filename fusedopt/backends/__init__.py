@@ -7,8 +7,9 @@ A backend is a module with this interface (all take a bucket handle made by ``ma
     supports(device) -> bool                  can it step tensors on this device
     make_bucket(spec: BucketSpec) -> handle
     pending_with_grad(handle) -> list[int]    indices into spec.pending whose grad is now set
-    adam_step(handle, hp, *, amsgrad, maximize, decoupled, clip_coef, inv_scale, found_inf)
-    sgd_step(handle, hp, *, nesterov, maximize, clip_coef, inv_scale, found_inf)
+    step(handle, hp, algo, flags, *, clip_coef, inv_scale, found_inf)
+                                              one step of algorithm ``algo`` (a descriptor of
+                                              fusedopt.algorithms) with flags word ``flags``
     bucket_norm(handle, norm_type) -> 0-d float32 tensor   norm of every grad in the bucket
     tensors_norm(tensors, norm_type) -> 0-d float32 tensor norm of a list of tensors
     (norm_type is 2.0 or inf there; other orders go to the reference: see ``native_norm``)
@@ -93,35 +94,6 @@ def resolve(name, device):
 def native_norm(norm_type):
     """Backends reduce orders 2 and inf in their kernels; other orders use torch's vector_norm."""
     return norm_type in (2.0, float("inf"))
-
-
-def tensors_norm(tensors, norm_type):
-    """One multi-tensor reduction per device; the per-device results combine on the first."""
-    by_device = {}
-    for t in tensors:
-        by_device.setdefault(t.device, []).append(t)
-    if not by_device:
-        return torch.zeros((), dtype=torch.float32)
-    norms = []
-    for dev, ts in by_device.items():
-        module = resolve("auto", dev) if native_norm(norm_type) else _module("reference")
-        if torch.compiler.is_compiling():     # Note [compiled steps], fusedopt/_ops.py
-            from fusedopt import _ops  # noqa: F401
-            norms.append(torch.ops.fusedopt.norm(ts, norm_type, module.NAME))
-        else:
-            norms.append(module.tensors_norm(ts, norm_type))
-    return combine_norms(norms, norm_type)
-
-
-def tensors_scale_(tensors, coef):
-    """``tensors[i] *= coef`` in place; the tensors share a device, ``coef`` is a 0-d float32
-    tensor there."""
-    module = resolve("auto", tensors[0].device)
-    if torch.compiler.is_compiling():
-        from fusedopt import _ops  # noqa: F401
-        torch.ops.fusedopt.scale_(tensors, coef, module.NAME)
-    else:
-        module.tensors_scale_(tensors, coef)
 
 
 def combine_norms(norms, norm_type):

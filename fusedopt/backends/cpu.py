@@ -55,14 +55,20 @@ def pending_with_grad(handle):
     return _extension().pending_with_grad(handle)
 
 
-def adam_step(handle, hp, *, amsgrad, maximize, decoupled, clip_coef=None, inv_scale=None,
-              found_inf=None):
-    _extension().adam_step(handle, hp, amsgrad, maximize, decoupled, clip_coef, inv_scale,
-                           found_inf)
-
-
-def sgd_step(handle, hp, *, nesterov, maximize, clip_coef=None, inv_scale=None, found_inf=None):
-    _extension().sgd_step(handle, hp, nesterov, maximize, clip_coef, inv_scale, found_inf)
+def step(handle, hp, algo, flags, *, clip_coef=None, inv_scale=None, found_inf=None):
+    ext = _extension()
+    if hasattr(ext, "step"):
+        ext.step(handle, hp, algo.id, flags, clip_coef, inv_scale, found_inf)
+        return
+    # TRANSITION (removed when the one C++ binding lands): the per-algorithm bindings
+    f = algo.flag_dict(flags)
+    if algo.name == "adam":
+        ext.adam_step(handle, hp, f["amsgrad"], f["maximize"], f["decoupled"], clip_coef,
+                      inv_scale, found_inf)
+    elif algo.name == "sgd":
+        ext.sgd_step(handle, hp, f["nesterov"], f["maximize"], clip_coef, inv_scale, found_inf)
+    else:
+        raise NotImplementedError(f"{algo.name} on the cpu backend")
 
 
 def bucket_norm(handle, norm_type):

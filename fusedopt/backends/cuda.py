@@ -25,7 +25,7 @@ _jit = {}          # "module" -> the JIT-built extension, or "error" -> why it i
 
 
 def _has_kernels(module):
-    return module is not None and hasattr(module, "cuda_adam_step")
+    return module is not None and hasattr(module, "cuda_step")
 
 
 def _nvcc():
@@ -83,14 +83,8 @@ def pending_with_grad(handle):
     return _extension().pending_with_grad(handle)
 
 
-def adam_step(handle, hp, *, amsgrad, maximize, decoupled, clip_coef=None, inv_scale=None,
-              found_inf=None):
-    _extension().cuda_adam_step(handle, hp, amsgrad, maximize, decoupled, clip_coef, inv_scale,
-                                found_inf)
-
-
-def sgd_step(handle, hp, *, nesterov, maximize, clip_coef=None, inv_scale=None, found_inf=None):
-    _extension().cuda_sgd_step(handle, hp, nesterov, maximize, clip_coef, inv_scale, found_inf)
+def step(handle, hp, algo, flags, *, clip_coef=None, inv_scale=None, found_inf=None):
+    _extension().cuda_step(handle, hp, algo.id, flags, clip_coef, inv_scale, found_inf)
 
 
 def bucket_norm(handle, norm_type):

@@ -1,16 +1,14 @@
 """The reference backend: plain PyTorch, written for clarity. It is the oracle of every test.
 
-It follows torch.optim's for-loop implementations (`_single_tensor_adam`, `_single_tensor_sgd`)
-step by step, with two documented differences shared by every fusedopt backend
-(docs/internals.md): fp16/bf16 parameters are computed in fp32, and the AMP unscale and the
-clip coefficient are applied to the grad inside the step. With master copies (Note [master
-copy] in fusedopt/optimizer.py) the same math runs on the fp32 master instead of the param.
+Each algorithm's math is its descriptor's ``update`` (fusedopt/algorithms/), which follows
+torch.optim's for-loop implementations (`_single_tensor_adam`, `_single_tensor_sgd`) or the
+published pseudo-code step by step; this module is the loop around it, with two documented
+differences shared by every fusedopt backend (docs/internals.md): fp16/bf16 parameters are
+computed in fp32, and the AMP unscale and the clip coefficient are applied to the grad inside the
+step. With master copies (Note [master copy] in fusedopt/optimizer.py) the same math runs on the
+fp32 master instead of the param.
 """
-import math
-
 import torch
-
-from fusedopt import _hparams
 
 NAME = "reference"
 
@@ -66,74 +64,31 @@ def _write_param(spec, i, param):
     spec.params[i].detach().copy_(param)
 
 
-def adam_step(spec, hp, *, amsgrad, maximize, decoupled, clip_coef=None, inv_scale=None,
-              found_inf=None):
+def step(spec, hp, algo, flags, *, clip_coef=None, inv_scale=None, found_inf=None):
+    """One step of ``algo`` (a descriptor of fusedopt.algorithms): for each param with a grad,
+    its states and the param (or its master) in the compute dtype, the counter incremented in
+    float32 as torch's ``state['step'] += 1``, then the algorithm's reference ``update``, then
+    everything written back in its own dtype."""
     if _skipped(spec, found_inf):
         return
     rows = hp.tolist()
+    names = algo.column_names
+    flags = algo.flag_dict(flags)
+    num_states = len(algo.state_names(flags))
     for i, p in enumerate(spec.params):
         grad = spec.grad(i)
         if grad is None:
             continue
-        row = rows[spec.group_index[i]]
-        lr, wd = row[_hparams.LR], row[_hparams.WEIGHT_DECAY]
-        beta1, beta2, eps = row[_hparams.BETA1], row[_hparams.BETA2], row[_hparams.EPS]
         ct = _compute_dtype(p)
-        g = _grad(p, grad, inv_scale, clip_coef, maximize)
+        g = _grad(p, grad, inv_scale, clip_coef, flags.get("maximize", False))
         param = _read_param(spec, i, ct)
-        exp_avg, exp_avg_sq = (s.to(ct) for s in (spec.states[0][i], spec.states[1][i]))
+        states = [spec.states[k][i].to(ct) for k in range(num_states)]
         spec.steps[i] += 1
-        step = spec.steps[i].item()
-        if wd != 0:
-            if decoupled:
-                param.mul_(1 - lr * wd)
-            else:
-                g = g.add(param, alpha=wd)
-        exp_avg.lerp_(g, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        step_size = lr / (1 - beta1 ** step)
-        bias_correction2_sqrt = math.sqrt(1 - beta2 ** step)
-        if amsgrad:
-            max_sq = spec.states[2][i].to(ct)
-            torch.maximum(max_sq, exp_avg_sq, out=max_sq)
-            spec.states[2][i].copy_(max_sq)
-            denom = (max_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-        else:
-            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-        param.addcdiv_(exp_avg, denom, value=-step_size)
+        row = dict(zip(names, rows[spec.group_index[i]]))
+        algo.update(param, g, states, spec.steps[i].item(), row, flags)
         _write_param(spec, i, param)
-        spec.states[0][i].copy_(exp_avg)
-        spec.states[1][i].copy_(exp_avg_sq)
-
-
-def sgd_step(spec, hp, *, nesterov, maximize, clip_coef=None, inv_scale=None, found_inf=None):
-    if _skipped(spec, found_inf):
-        return
-    rows = hp.tolist()
-    has_buffer = len(spec.states) - spec.has_master == 1
-    for i, p in enumerate(spec.params):
-        grad = spec.grad(i)
-        if grad is None:
-            continue
-        row = rows[spec.group_index[i]]
-        lr, wd = row[_hparams.LR], row[_hparams.WEIGHT_DECAY]
-        momentum, dampening = row[_hparams.MOMENTUM], row[_hparams.DAMPENING]
-        ct = _compute_dtype(p)
-        g = _grad(p, grad, inv_scale, clip_coef, maximize)
-        param = _read_param(spec, i, ct)
-        if wd != 0:
-            g = g.add(param, alpha=wd)
-        if has_buffer:
-            buf = spec.states[0][i].to(ct)
-            if spec.steps[i].item() == 0:
-                buf.copy_(g)
-            else:
-                buf.mul_(momentum).add_(g, alpha=1 - dampening)
-            spec.states[0][i].copy_(buf)
-            g = g.add(buf, alpha=momentum) if nesterov else buf
-        param.add_(g, alpha=-lr)
-        _write_param(spec, i, param)
-        spec.steps[i] += 1
+        for k, state in enumerate(states):
+            spec.states[k][i].copy_(state)
 
 
 def _norm(tensors, norm_type):

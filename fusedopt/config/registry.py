@@ -313,12 +313,18 @@ def _register_torch_optimizers(registry: Registry) -> None:
         registry._module_dict.setdefault("TorchAdafactor", registry._module_dict["Adafactor"])
 
 
+# mmpretrain's names for the optimizers it defines (its configs say type='LARS', 'Lamb'); torch
+# has neither, so a config written for mmpretrain builds fusedopt's drop-in unchanged
+MMPRETRAIN_NAMES = {"LARS": "FusedLARS", "Lamb": "FusedLAMB"}
+
+
 def _register_fusedopt_optimizers(registry: Registry) -> None:
-    import fusedopt
-    for name in ("FusedAdam", "FusedAdamW", "FusedSGD"):
-        obj = getattr(fusedopt, name, None)
-        if obj is not None and name not in registry._module_dict:
-            registry._module_dict[name] = obj
+    from fusedopt.algorithms import optimizer_classes
+    classes = optimizer_classes()
+    for name, cls in classes.items():
+        registry._module_dict.setdefault(name, cls)
+    for name, target in MMPRETRAIN_NAMES.items():
+        registry._module_dict.setdefault(name, classes[target])
 
 
 OPTIMIZERS = Registry("optimizer", build_func=_build_with_registry,
