@@ -69,10 +69,11 @@ struct Vec<float> {
   // becomes 0x7FC0 as in c10, at every level and in every loop. That NaN is fusedopt's
   // choice, not torch's: torch 2.13 writes 0xFFFF for a NaN in a vectorised bf16 op and
   // 0x7FC0 in its scalar loop (add_ on 120 elements vs on 6), so tests compare NaN
-  // positions, not their bits, against torch. Measured alternatives: a float-add rounding
-  // trick (x + c - c with c from x's exponent) takes as many ops and mishandles subnormals;
-  // AVX512_BF16's vcvtne2ps2bf16 flushes subnormals and needs a CPU check of its own, for
-  // at most 0.05 ns/element (bench/cpu_convert_micro.cpp estimate: 6 of ~44 ops per 32).
+  // positions, not their bits, against torch. Not taken: a float-add rounding (x + c - c,
+  // c from x's exponent) takes as many ops and needs fix-ups for subnormals and huge x;
+  // AVX512_BF16's vcvtne2ps2bf16 flushes subnormals (a fix-up branch) and needs a CPU check
+  // beyond avx512f, for an estimated (not measured) 0.05 ns/element: a bf16 AVX-512 AdamW
+  // is already within 10% of fp16's 0.43 ns/element in cache (Note [bf16 lane order]).
   static __m256i bf16_round(__m256 v) {
     __m256i bits = _mm256_castps_si256(v);
     __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));

@@ -36,9 +36,9 @@ struct Vec<float> {
     hi.v = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(0xFFFF0000)));
   }
   static void store_pair(c10::BFloat16* p, Vec lo, Vec hi) {
-    // (lo >> 16) | (hi & 0xFFFF0000): 0xEA is A | (B & C)
+    // (lo >> 16) | (hi & 0xFFFF0000): 0xF8 is A | (B & C) (truth table bit 4a + 2b + c)
     __m512i x = _mm512_ternarylogic_epi32(_mm512_srli_epi32(bf16_round(lo.v), 16),
-                                          bf16_round(hi.v), _mm512_set1_epi32(0xFFFF0000), 0xEA);
+                                          bf16_round(hi.v), _mm512_set1_epi32(0xFFFF0000), 0xF8);
     _mm512_storeu_si512(p, x);
   }
   // fp32 streams beside bf16 ones (the master copy): one two-source permute per vector
