@@ -136,14 +136,15 @@ def run_case(case, dtype_name, impls, args):
     for r in rows:
         r["vs_torch"] = best["ms"] / r["ms"] if best else None
     st = sorted(times["stream"])
-    return dict(case=case, dtype=dtype_name, bytes_per_step=moved, stream_gbps=stream_gbps,
+    return dict(case=case, dtype=dtype_name, loadavg_end=os.getloadavg()[0],
+                bytes_per_step=moved, stream_gbps=stream_gbps,
                 stream_p20_p80_ms=[st[len(st) // 5] * 1e3, st[(4 * len(st)) // 5] * 1e3],
                 baseline=best["impl"] if best else None, rows=rows)
 
 
 def print_case(res):
     print(f"\n{res['case']} {res['dtype']}: stream {res['stream_gbps']:.1f} GB/s, "
-          f"baseline {res['baseline']}")
+          f"baseline {res['baseline']}, load average {res['loadavg_end']:.1f}")
     for r in res["rows"]:
         vs = f"{r['vs_torch']:.2f}x" if r["vs_torch"] else "-"
         flag = "" if r["correct"] else f"  WRONG ({r['check_err_ulps']:.3g} ulp)"
@@ -163,8 +164,11 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--check-steps", type=int, default=5)
     ap.add_argument("--check-ulps", type=float, default=4.0)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     impls = [f"fusedopt-cpu-{lv}" for lv in args.levels.split(",") if lv]
     impls += [t for t in args.torch.split(",") if t]
     started = dict(time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
