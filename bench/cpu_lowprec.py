@@ -179,12 +179,19 @@ def main():
             res = run_case(case, dt, impls, args)
             print_case(res)
             results.append(res)
+            if args.json:   # after every case: a run cut short keeps what it measured
+                write(args, started, results)
+    if args.json:
+        print("wrote", args.json)
+
+
+def write(args, started, results):
     rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                if ln.startswith("model name")), platform.processor())
-    flags = next((ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo")
-                  if ln.startswith("flags")), [])
+    cpuinfo = open("/proc/cpuinfo").read().splitlines()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")),
+               platform.processor())
+    flags = next((ln.split(":", 1)[1].split() for ln in cpuinfo if ln.startswith("flags")), [])
     out = dict(device=dict(cpu=cpu, cores=os.cpu_count(), threads=torch.get_num_threads(),
                            isa=sorted(f for f in flags if f.startswith(("avx", "f16c", "fma")))),
                versions=dict(torch=torch.__version__, python=platform.python_version()),
@@ -192,11 +199,9 @@ def main():
                ended=dict(time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                           loadavg=os.getloadavg()[0]),
                results=results)
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
-        print("wrote", args.json)
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":
