@@ -44,11 +44,20 @@ struct AlgorithmInfo {
   // runs over every chunk and returns kSums partial sums per chunk; stage 2 updates, reading
   // the tensor's totals. Step counters grow once per step, after stage 2.
   bool two_stage;
+  int num_flags;            // flag bits 0 .. num_flags-1 exist; any higher bit is an error
+  const char* flag_names;   // bit k = the k-th name (the Python descriptor's `flag_names`)
 };
+
+inline bool valid_algo(int64_t algo) { return algo >= 0 && algo < kNumAlgos; }
 
 inline const AlgorithmInfo& algorithm_info(int algo) {
   static const AlgorithmInfo table[kNumAlgos] = {
-      {"adam", false}, {"sgd", false}, {"lion", false}, {"lars", true}, {"lamb", true}};
+      {"adam", false, 3, "amsgrad, maximize, decoupled"},
+      {"sgd", false, 3, "momentum, nesterov, maximize"},
+      {"lion", false, 1, "maximize"},
+      {"lars", true, 3, "momentum, nesterov, maximize"},
+      {"lamb", true, 6, "bias_correction, grad_averaging, trust_clip, always_adapt, decoupled, "
+                        "maximize"}};
   return table[algo];
 }
 

@@ -3,11 +3,11 @@
 // input. The CUDA host glue lives in csrc/cuda/glue.cpp and is bound here when built.
 #include <torch/extension.h>
 
-#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "algorithms.h"
 #include "bucket.h"
 #include "cpu/kernels.h"
 #include "cpu/ops.h"
@@ -22,12 +22,10 @@ void register_cuda(pybind11::module_& m) {
   namespace g = fusedopt::cuda_glue;
   using pybind11::arg;
   const auto none = pybind11::none();
-  m.def("cuda_adam_step", &g::adam_step,
-        "Adam/AdamW step of a CUDA bucket: one launch, no host sync (docs/internals.md)",
-        arg("bucket"), arg("hp"), arg("amsgrad"), arg("maximize"), arg("decoupled"),
-        arg("clip_coef") = none, arg("inv_scale") = none, arg("found_inf") = none);
-  m.def("cuda_sgd_step", &g::sgd_step, "SGD step of a CUDA bucket: one launch, no host sync",
-        arg("bucket"), arg("hp"), arg("nesterov"), arg("maximize"), arg("clip_coef") = none,
+  m.def("cuda_step", &g::step,
+        "one step of algorithm `algo` (csrc/algorithms.h) with `flags` of a CUDA bucket: no "
+        "host sync (docs/internals.md, Note [algorithm as data])",
+        arg("bucket"), arg("hp"), arg("algo"), arg("flags"), arg("clip_coef") = none,
         arg("inv_scale") = none, arg("found_inf") = none);
   m.def("cuda_bucket_norm", &g::bucket_norm,
         "2- or inf-norm of the bucket's grads as a 0-d float32 device tensor (times inv_scale "
@@ -49,12 +47,6 @@ namespace {
 
 using OptTensor = std::optional<at::Tensor>;
 
-void check_cpu(const Bucket& b, const char* fn) {
-  if (b.params.empty()) return;
-  TORCH_CHECK(b.params[0].is_cpu(), fn, ": params[0] is on ", b.params[0].device(),
-              "; the cpu backend steps CPU tensors only");
-}
-
 std::shared_ptr<Bucket> make_bucket(std::vector<at::Tensor> params,
                                     std::vector<std::vector<at::Tensor>> states,
                                     std::vector<at::Tensor> steps, std::vector<int64_t> group_index,
@@ -64,12 +56,7 @@ std::shared_ptr<Bucket> make_bucket(std::vector<at::Tensor> params,
   b->params = std::move(params);
   b->states = std::move(states);
   b->steps = std::move(steps);
-  b->group_index.reserve(group_index.size());
-  for (size_t i = 0; i < group_index.size(); ++i) {
-    TORCH_CHECK(group_index[i] >= 0 && group_index[i] <= std::numeric_limits<int32_t>::max(),
-                "group_index[", i, "] = ", group_index[i], " is out of range");
-    b->group_index.push_back(static_cast<int32_t>(group_index[i]));
-  }
+  b->group_index = group_rows(group_index);
   b->pending = std::move(pending);
   b->grads.reserve(grads.size());
   for (auto& g : grads) b->grads.push_back(g.has_value() ? std::move(*g) : at::Tensor());
@@ -85,48 +72,43 @@ std::vector<int64_t> pending_with_grad(const Bucket& b) {
   return out;
 }
 
-void adam_step(Bucket& b, const at::Tensor& hp, bool amsgrad, bool maximize, bool decoupled,
-               const OptTensor& clip_coef, const OptTensor& inv_scale,
-               const OptTensor& found_inf) {
-  check_cpu(b, "adam_step");
-  check_step(b, hp, amsgrad ? 3 : 2,
-             amsgrad ? "exp_avg, exp_avg_sq, max_exp_avg_sq" : "exp_avg, exp_avg_sq",
-             clip_coef, inv_scale, found_inf);
-  cpu::adam_step(b, hp, amsgrad, maximize, decoupled, clip_coef, inv_scale, found_inf);
+void step(Bucket& b, const at::Tensor& hp, int algo, int64_t flags, const OptTensor& clip_coef,
+          const OptTensor& inv_scale, const OptTensor& found_inf) {
+  check_device_type(b, c10::DeviceType::CPU, "step");
+  check_step(b, hp, algo, flags, clip_coef, inv_scale, found_inf);
+  cpu::step(b, hp, algo, flags, clip_coef, inv_scale, found_inf);
 }
 
-void sgd_step(Bucket& b, const at::Tensor& hp, bool nesterov, bool maximize,
-              const OptTensor& clip_coef, const OptTensor& inv_scale, const OptTensor& found_inf) {
-  // SGD keeps momentum buffers or nothing; which one the bucket holds decides (a master copy
-  // list aside: Note [master copy], bucket.h)
-  const size_t algo_states = b.states.size() - (has_master(b) ? 1 : 0);
-  TORCH_CHECK(algo_states <= 1, "states: SGD keeps at most one state list (momentum_buffer) "
-              "besides the master copies, got ", b.states.size());
-  check_cpu(b, "sgd_step");
-  check_step(b, hp, algo_states, "momentum_buffer or none", clip_coef, inv_scale, found_inf);
-  cpu::sgd_step(b, hp, nesterov, maximize, clip_coef, inv_scale, found_inf);
+// The C++ table's view of an algorithm, for tests/test_cpp_table.py to hold against the Python
+// descriptors (fusedopt/algorithms/).
+py::dict algorithm_info_of(int algo, int64_t flags) {
+  check_algo(algo, flags);
+  const AlgorithmInfo& info = algorithm_info(algo);
+  auto split = [](const std::string& joined) {
+    py::list out;
+    for (size_t start = 0; start < joined.size();) {
+      size_t end = joined.find(", ", start);
+      if (end == std::string::npos) end = joined.size();
+      out.append(joined.substr(start, end - start));
+      start = end + 2;
+    }
+    return py::tuple(out);
+  };
+  py::dict out;
+  out["name"] = info.name;
+  out["two_stage"] = info.two_stage;
+  out["flag_names"] = split(info.flag_names);
+  out["state_names"] = num_states(algo, flags) == 0 ? py::tuple() : split(state_names(algo, flags));
+  return out;
 }
 
 at::Tensor bucket_norm(const Bucket& b, double norm_type) {
-  check_norm_type(norm_type);
-  const at::Device cpu(at::kCPU);
-  for (size_t i = 0; i < b.params.size(); ++i) {
-    const at::Tensor& g = b.grad(i);
-    if (g.defined()) check_norm_input(g, cpu, "grad of params", i);
-  }
-  for (size_t j = 0; j < b.pending.size(); ++j) {
-    const at::Tensor& g = b.pending[j].grad();
-    if (g.defined()) check_norm_input(g, cpu, "grad of pending", j);
-  }
+  check_bucket_norm(b, norm_type, at::Device(at::kCPU));
   return cpu::bucket_norm(b, norm_type);
 }
 
 at::Tensor tensors_norm(const std::vector<at::Tensor>& tensors, double norm_type) {
-  check_norm_type(norm_type);
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    TORCH_CHECK(tensors[i].defined(), "tensors[", i, "] is undefined");
-    check_norm_input(tensors[i], at::Device(at::kCPU), "tensors", i);
-  }
+  check_tensors_norm(tensors, norm_type, at::Device(at::kCPU));
   return cpu::tensors_norm(tensors, norm_type);
 }
 
@@ -142,12 +124,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("grads") = std::vector<std::optional<at::Tensor>>());
   m.def("pending_with_grad", &pending_with_grad, py::arg("bucket"),
         "indices into bucket.pending of the params whose .grad is defined now");
-  m.def("adam_step", &adam_step, py::arg("bucket"), py::arg("hp"), py::arg("amsgrad"),
-        py::arg("maximize"), py::arg("decoupled"), py::arg("clip_coef"), py::arg("inv_scale"),
-        py::arg("found_inf"), "Adam (decoupled=False) or AdamW step of every param with a grad");
-  m.def("sgd_step", &sgd_step, py::arg("bucket"), py::arg("hp"), py::arg("nesterov"),
-        py::arg("maximize"), py::arg("clip_coef"), py::arg("inv_scale"), py::arg("found_inf"),
-        "SGD step of every param with a grad");
+  m.def("step", &step, py::arg("bucket"), py::arg("hp"), py::arg("algo"), py::arg("flags"),
+        py::arg("clip_coef"), py::arg("inv_scale"), py::arg("found_inf"),
+        "one step of algorithm `algo` (csrc/algorithms.h) with `flags` of every param with a "
+        "grad (docs/internals.md, Note [algorithm as data])");
+  m.def("algorithm_info", &algorithm_info_of, py::arg("algo"), py::arg("flags") = 0,
+        "the C++ table's entry of an algorithm: dict(name, two_stage, flag_names, state_names "
+        "(for these flags))");
   m.def("bucket_norm", &bucket_norm, py::arg("bucket"), py::arg("norm_type"),
         "0-d float32 norm of every defined grad of the bucket's params and pending");
   m.def("tensors_norm", &tensors_norm, py::arg("tensors"), py::arg("norm_type"),

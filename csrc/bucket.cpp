@@ -5,8 +5,10 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <limits>
 #include <ostream>
 
+#include "algorithms.h"
 #include "hparams.h"
 
 namespace fusedopt {
@@ -80,6 +82,26 @@ void check_scalar(const std::optional<at::Tensor>& t, const at::Device& device, 
               t->defined() ? t->numel() : 0, " elements");
 }
 
+void check_algo(int algo, int64_t flags) {
+  TORCH_CHECK_VALUE(valid_algo(algo), "algo must be an algorithm id from 0 to ", kNumAlgos - 1,
+                    " (csrc/algorithms.h: adam, sgd, lion, lars, lamb); got ", algo);
+  const AlgorithmInfo& info = algorithm_info(algo);
+  TORCH_CHECK_VALUE(flags >= 0 && (flags >> info.num_flags) == 0, "flags = ", flags,
+                    " has bits that ", info.name, " does not have: its ", info.num_flags,
+                    " flags are bits 0 to ", info.num_flags - 1, " (", info.flag_names, ")");
+}
+
+std::vector<int32_t> group_rows(const std::vector<int64_t>& group_index) {
+  std::vector<int32_t> rows;
+  rows.reserve(group_index.size());
+  for (size_t i = 0; i < group_index.size(); ++i) {
+    TORCH_CHECK(group_index[i] >= 0 && group_index[i] <= std::numeric_limits<int32_t>::max(),
+                "group_index[", i, "] = ", group_index[i], " is out of range");
+    rows.push_back(static_cast<int32_t>(group_index[i]));
+  }
+  return rows;
+}
+
 bool has_master(const Bucket& b) {
   return !b.params.empty() && !b.states.empty() && !b.states.back().empty() &&
          low_precision(b.params[0].scalar_type()) &&
@@ -115,13 +137,16 @@ void check_bucket(const Bucket& b) {
   for (size_t j = 0; j < b.pending.size(); ++j) check_param(b.pending[j], Name{"pending", j});
 }
 
-bool check_step(const Bucket& b, const at::Tensor& hp, size_t algo_states, const char* states_are,
+bool check_step(const Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
                 const std::optional<at::Tensor>& clip_coef,
                 const std::optional<at::Tensor>& inv_scale,
                 const std::optional<at::Tensor>& found_inf) {
+  check_algo(algo, flags);
+  const AlgorithmInfo& info = algorithm_info(algo);
   const bool master = has_master(b);
+  const size_t algo_states = static_cast<size_t>(num_states(algo, flags));
   TORCH_CHECK(b.states.size() == algo_states + (master ? 1 : 0), "states: expected ",
-              algo_states, " state lists (", states_are,
+              algo_states, " state lists for ", info.name, " (", state_names(algo, flags),
               master ? ", then the master copies" : "", "), got ", b.states.size());
   if (b.params.empty()) return master;
   const size_t n = b.params.size();
@@ -159,6 +184,14 @@ bool check_step(const Bucket& b, const at::Tensor& hp, size_t algo_states, const
   return master;
 }
 
+void check_device_type(const Bucket& b, c10::DeviceType type, const char* fn) {
+  const std::vector<at::Tensor>& some = b.params.empty() ? b.pending : b.params;
+  if (some.empty()) return;
+  TORCH_CHECK(some[0].device().type() == type, fn, ": ", b.params.empty() ? "pending" : "params",
+              "[0] is on ", some[0].device(), "; ", fn, " takes ", c10::DeviceTypeName(type),
+              " tensors only");
+}
+
 void check_norm_input(const at::Tensor& t, const at::Device& device, const char* what, size_t i) {
   TORCH_CHECK(t.layout() == at::kStrided, "sparse gradients are not supported (", what, "[", i,
               "] has layout ", t.layout(), ")");
@@ -170,6 +203,29 @@ void check_norm_input(const at::Tensor& t, const at::Device& device, const char*
 bool check_norm_type(double norm_type) {
   const bool inf = std::isinf(norm_type) && norm_type > 0;
   TORCH_CHECK_VALUE(inf || norm_type == 2.0, "norm_type must be 2.0 or inf, got ", norm_type);
+  return inf;
+}
+
+bool check_bucket_norm(const Bucket& b, double norm_type, const at::Device& device) {
+  const bool inf = check_norm_type(norm_type);
+  for (size_t i = 0; i < b.params.size(); ++i) {
+    const at::Tensor& g = b.grad(i);
+    if (g.defined()) check_norm_input(g, device, "grad of params", i);
+  }
+  for (size_t j = 0; j < b.pending.size(); ++j) {
+    const at::Tensor& g = b.pending[j].grad();
+    if (g.defined()) check_norm_input(g, device, "grad of pending", j);
+  }
+  return inf;
+}
+
+bool check_tensors_norm(const std::vector<at::Tensor>& tensors, double norm_type,
+                        const at::Device& device) {
+  const bool inf = check_norm_type(norm_type);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    TORCH_CHECK(tensors[i].defined(), "tensors[", i, "] is undefined");
+    check_norm_input(tensors[i], device, "tensors", i);
+  }
   return inf;
 }
 

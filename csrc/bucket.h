@@ -45,23 +45,35 @@ struct Bucket {
 // rounding). The algorithm's own states always have the params' dtype, so the dtype tells the
 // two apart.
 bool has_master(const Bucket& b);
+// `algo` is an id of csrc/algorithms.h and `flags` has no bit that algorithm lacks.
+void check_algo(int algo, int64_t flags);
+// The group indices as the bucket keeps them: each in [0, 2^31).
+std::vector<int32_t> group_rows(const std::vector<int64_t>& group_index);
 // At construction: the lists agree, every tensor is a dense real floating tensor shaped like
 // its param, step counters are one-element float32 tensors, group indices are >= 0.
 void check_bucket(const Bucket& b);
-// Before every step touches anything: all of the above that can change in place (dtypes,
-// shapes, devices: `p.data = ...`), the grads, the table `hp` (float64 [G, kHpCols], contiguous, on
-// the params' device, a row for every group index) and the step scalars. `algo_states`: the
-// state lists the algorithm keeps (`states_are` names them in errors), a master list aside.
-// Returns whether the bucket has a master list.
-bool check_step(const Bucket& b, const at::Tensor& hp, size_t algo_states, const char* states_are,
+// Before every step touches anything: check_algo; the state lists are the algorithm's for those flags (a master list
+// aside), and all of check_bucket that can change in place (dtypes, shapes, devices:
+// `p.data = ...`); the grads; the table `hp` (float64 [G, kHpCols], contiguous, on the params'
+// device, a row for every group index) and the step scalars. Returns whether the bucket has a
+// master list.
+bool check_step(const Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
                 const std::optional<at::Tensor>& clip_coef,
                 const std::optional<at::Tensor>& inv_scale,
                 const std::optional<at::Tensor>& found_inf);
+// The bucket's params (and pending params) are on a device of `type`; `fn` names the call in
+// the error ("step": the cpu backend steps CPU tensors only).
+void check_device_type(const Bucket& b, c10::DeviceType type, const char* fn);
 // A step scalar (clip_coef, inv_scale, found_inf): None, or a one-element float32 on `device`.
 void check_scalar(const std::optional<at::Tensor>& t, const at::Device& device, const char* name);
 // Norm inputs: dense, one of the four dtypes, on `device` (`what` names them: "tensors",
 // "grad of params").
 void check_norm_input(const at::Tensor& t, const at::Device& device, const char* what, size_t i);
 bool check_norm_type(double norm_type);   // true for inf
+// A norm call: the norm type, and every defined grad of the bucket's params and pending (or every
+// tensor, all defined) a norm input on `device`. Return whether the norm is inf.
+bool check_bucket_norm(const Bucket& b, double norm_type, const at::Device& device);
+bool check_tensors_norm(const std::vector<at::Tensor>& tensors, double norm_type,
+                        const at::Device& device);
 
 }  // namespace fusedopt

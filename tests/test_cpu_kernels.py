@@ -15,6 +15,8 @@ import torch
 
 import fusedopt
 from fusedopt import _engine
+from fusedopt._hparams import NUM_COLS
+from fusedopt.algorithms import ALGORITHMS
 from fusedopt.backends import cpu as cpu_backend
 from fusedopt.backends import reference
 from helpers import clone_params, make_params, set_grads
@@ -39,25 +41,63 @@ TRANSPOSED = (4,)
 LARGE = [((1 << 20) + 3,), (12, 10), (5,)]
 STEPS = 10
 
-# hp rows (lr, weight_decay, beta1|momentum, beta2|dampening, eps). beta1 = 0.3 makes torch's
-# lerp_ take its second formula (weight 1 - beta1 >= 0.5).
-ADAM_ROWS = [(1e-2, 0.0, 0.9, 0.999, 1e-8), (3e-3, 0.1, 0.8, 0.99, 1e-6),
-             (5e-2, 0.02, 0.3, 0.95, 1e-8)]
-SGD_ROWS = [(0.05, 0.0, 0.9, 0.0, 0.0), (0.02, 0.01, 0.8, 0.3, 0.0), (0.1, 0.05, 0.5, 0.0, 0.0)]
-SGD_NO_MOMENTUM_ROWS = [(0.05, 0.0, 0.0, 0.0, 0.0), (0.02, 0.01, 0.0, 0.0, 0.0)]
+# hp rows by column (the descriptor's column_names; padded to the table's width), three groups
+# per algorithm. Adam's beta1 = 0.3 makes torch's lerp_ take its second formula (weight 1 - beta1
+# >= 0.5); LARS's third row is excluded from adaptation (lars_exclude), as configs exclude norms
+# and biases; LAMB's second has no weight decay (trust ratio 1 unless always_adapt).
+ROWS = {
+    "adam": [(1e-2, 0.0, 0.9, 0.999, 1e-8), (3e-3, 0.1, 0.8, 0.99, 1e-6),
+             (5e-2, 0.02, 0.3, 0.95, 1e-8)],
+    "sgd": [(0.05, 0.0, 0.9, 0.0), (0.02, 0.01, 0.8, 0.3), (0.1, 0.05, 0.5, 0.0)],
+    "lion": [(1e-3, 0.1, 0.9, 0.99), (3e-4, 0.0, 0.95, 0.98), (2e-3, 1.0, 0.3, 0.9)],
+    "lars": [(0.1, 1e-4, 0.9, 0.0, 1e-8, 1e-3, 0.0), (0.3, 0.0, 0.5, 0.2, 1e-3, 0.02, 0.0),
+             (0.1, 1e-2, 0.9, 0.0, 1e-8, 1e-3, 1.0)],
+    "lamb": [(1e-2, 0.01, 0.9, 0.999, 1e-6), (3e-3, 0.0, 0.8, 0.99, 1e-6),
+             (1e-2, 0.1, 0.3, 0.95, 1e-4)],
+}
+# buckets without momentum buffers hold groups with momentum 0 (Note [algorithm as data])
+NO_MOMENTUM = {"sgd": [(0.05, 0.0, 0.0, 0.0), (0.02, 0.01, 0.0, 0.0)],
+               "lars": [(0.1, 1e-4, 0.0, 0.0, 1e-8, 1e-3, 0.0), (0.3, 1e-2, 0.0, 0.0, 1e-8, 0.02, 0.0),
+                        (0.1, 0.0, 0.0, 0.0, 1e-8, 1e-3, 1.0)]}
 
-# (algorithm, step flags, momentum buffers for SGD)
+# (algorithm, flags by name; unnamed flags are off)
 CONFIGS = [
-    ("adam", dict(amsgrad=False, maximize=False, decoupled=False)),
-    ("adam", dict(amsgrad=True, maximize=False, decoupled=False)),
-    ("adam", dict(amsgrad=False, maximize=True, decoupled=True)),
+    ("adam", dict()),
+    ("adam", dict(amsgrad=True)),
+    ("adam", dict(maximize=True, decoupled=True)),
     ("adam", dict(amsgrad=True, maximize=True, decoupled=True)),
-    ("sgd", dict(nesterov=False, maximize=False, momentum=True)),
-    ("sgd", dict(nesterov=True, maximize=False, momentum=True)),
-    ("sgd", dict(nesterov=False, maximize=True, momentum=True)),
-    ("sgd", dict(nesterov=False, maximize=False, momentum=False)),
+    ("sgd", dict(momentum=True)),
+    ("sgd", dict(momentum=True, nesterov=True)),
+    ("sgd", dict(momentum=True, maximize=True)),
+    ("sgd", dict()),
+    ("lion", dict()),
+    ("lion", dict(maximize=True)),
+    ("lars", dict(momentum=True)),
+    ("lars", dict(momentum=True, nesterov=True)),
+    ("lars", dict(momentum=True, maximize=True)),
+    ("lars", dict()),
+    ("lamb", dict(bias_correction=True, grad_averaging=True, decoupled=True)),
+    ("lamb", dict(bias_correction=True, grad_averaging=True, decoupled=True, trust_clip=True,
+                  always_adapt=True)),
+    ("lamb", dict()),                                       # apex's adam_w_mode=False, no options
+    ("lamb", dict(bias_correction=True, decoupled=True, maximize=True)),
 ]
 CONFIG_IDS = [f"{a}-" + "-".join(k for k, v in f.items() if v) for a, f in CONFIGS]
+# bitwise the reference's in every dtype: Lion's ops are all correctly rounded in torch too
+# (Adam's sqrt is not, Note [torch's rounding]; LARS and LAMB sum their norms in another order)
+SAME_BITS_AS_REFERENCE = {"lion"}
+# whose levels and thread counts give the same bits (Note [one source, three instruction sets]);
+# LARS's and LAMB's per-tensor sums add lanes of the level's width (two_stage.h)
+SAME_BITS_AT_EVERY_LEVEL = [config for config in CONFIGS if config[0] in ("adam", "sgd", "lion")]
+TWO_STAGE = [config for config in CONFIGS if ALGORITHMS[config[0]].two_stage]
+
+
+def config(name, **flags):
+    return next(c for c in CONFIGS if c == (name, flags))
+
+
+def flags_word(algo, flags):
+    return ALGORITHMS[algo].flags_word(flags)
 
 
 @pytest.fixture
@@ -74,22 +114,25 @@ def parametrize_levels(f):
 
 
 # ---- building and running buckets ----------------------------------------------------------
+def hp_of(rows):
+    table = torch.zeros(len(rows), NUM_COLS, dtype=torch.float64)
+    for i, row in enumerate(rows):
+        table[i, :len(row)] = torch.tensor(row, dtype=torch.float64)
+    return table
+
+
 def make_spec(algo, flags, dtype, shapes=SHAPES, transposed=TRANSPOSED, seed=0):
     torch.manual_seed(seed)
     params = make_params(shapes, dtype, transposed)
-    if algo == "adam":
-        count = 3 if flags["amsgrad"] else 2
-        states = [[torch.zeros_like(p) for p in params] for _ in range(count)]
-        rows = ADAM_ROWS
-    else:
-        states = [[torch.zeros_like(p) for p in params]] if flags["momentum"] else []
-        rows = SGD_ROWS if flags["momentum"] else SGD_NO_MOMENTUM_ROWS
+    names = ALGORITHMS[algo].state_names(flags_word(algo, flags))
+    states = [[torch.zeros_like(p) for p in params] for _ in names]
+    rows = ROWS[algo] if names or algo not in NO_MOMENTUM else NO_MOMENTUM[algo]
     spec = _engine.BucketSpec(torch.device("cpu"), dtype, ())
     spec.params = params
     spec.states = states
     spec.steps = [torch.zeros(()) for _ in params]
     spec.group_index = [i % len(rows) for i in range(len(params))]
-    return spec, torch.tensor(rows, dtype=torch.float64)
+    return spec, hp_of(rows)
 
 
 def clone_spec(spec):
@@ -104,10 +147,13 @@ def clone_spec(spec):
     return out
 
 
-def step_args(algo, flags):
-    if algo == "adam":
-        return {k: flags[k] for k in ("amsgrad", "maximize", "decoupled")}
-    return {k: flags[k] for k in ("nesterov", "maximize")}
+def bucket_of(spec):
+    return C.Bucket(spec.params, spec.states, spec.steps, spec.group_index, spec.pending)
+
+
+def c_step(bucket, hp, algo, flags, clip_coef=None, inv_scale=None, found_inf=None):
+    C.step(bucket, hp, ALGORITHMS[algo].id, flags_word(algo, flags), clip_coef, inv_scale,
+           found_inf)
 
 
 def scalars_for(step):
@@ -131,18 +177,15 @@ def set_spec_grads(specs, step, none_every=4):
 def run_backend(backend, spec, hp, algo, flags, steps=STEPS, others=()):
     """Steps `spec` with `backend` (reference module or the C extension); grads are set on
     `spec` and `others` alike."""
-    handle = spec if backend is reference else C.Bucket(spec.params, spec.states, spec.steps,
-                                                        spec.group_index, spec.pending)
+    handle = spec if backend is reference else bucket_of(spec)
     for step in range(steps):
         set_spec_grads([spec, *others], step)
         inv_scale, clip_coef = scalars_for(step)
         if backend is reference:
-            fn = reference.adam_step if algo == "adam" else reference.sgd_step
-            fn(spec, hp, clip_coef=clip_coef, inv_scale=inv_scale, **step_args(algo, flags))
-        elif algo == "adam":
-            C.adam_step(handle, hp, *step_args(algo, flags).values(), clip_coef, inv_scale, None)
+            reference.step(spec, hp, ALGORITHMS[algo], flags_word(algo, flags),
+                           clip_coef=clip_coef, inv_scale=inv_scale)
         else:
-            C.sgd_step(handle, hp, *step_args(algo, flags).values(), clip_coef, inv_scale, None)
+            c_step(handle, hp, algo, flags, clip_coef, inv_scale)
     return spec
 
 
@@ -167,8 +210,20 @@ def reference_run(algo, flags, dtype, shapes=SHAPES, transposed=TRANSPOSED):
     return _REFERENCE_RUNS[key]
 
 
+def assert_same_bits(runs):
+    (first_key, first), *rest = runs.items()
+    for key, run in rest:
+        for (name, a), (_, b) in zip(tensors_of(run), tensors_of(first)):
+            diff = (a.double() - b.double()).abs()
+            assert torch.equal(a, b), (f"{key} vs {first_key}: {name} differs at "
+                                       f"{diff.argmax().item()} by {diff.max().item():.3g}")
+
+
 def check_against_reference(ours, algo, flags, dtype, where, shapes=SHAPES, transposed=TRANSPOSED):
     theirs = reference_run(algo, flags, dtype, shapes, transposed)
+    if algo in SAME_BITS_AS_REFERENCE:
+        assert_same_bits({"reference": theirs, where: ours})
+        return
     if dtype not in LOW:
         for (name, a), (_, b) in zip(tensors_of(ours), tensors_of(theirs)):
             assert_close(a, b, f"{where}: {name}")
@@ -196,27 +251,30 @@ def test_step_matches_reference_backend(level, algo, flags, dtype):
     check_against_reference(ours, algo, flags, dtype, f"{level} {dtype}")
 
 
+LARGE_CONFIGS = [config("adam", amsgrad=True), config("sgd", momentum=True, nesterov=True),
+                 config("lion"), config("lars", momentum=True), CONFIGS[CONFIG_IDS.index(
+                     "lamb-bias_correction-grad_averaging-decoupled")]]
+LARGE_IDS = [CONFIG_IDS[CONFIGS.index(c)] for c in LARGE_CONFIGS]
+
+
 @parametrize_levels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("algo,flags", [CONFIGS[1], CONFIGS[5]], ids=[CONFIG_IDS[1], CONFIG_IDS[5]])
+@pytest.mark.parametrize("algo,flags", LARGE_CONFIGS, ids=LARGE_IDS)
 def test_large_tensor_matches_reference_backend(level, algo, flags, dtype):
-    """> 2^20 elements: 17 chunks split over the threads of one parallel region."""
+    """> 2^20 elements: 17 chunks split over the threads of one parallel region (two-stage
+    algorithms: a tensor's sums from 17 chunks, added in chunk order)."""
     spec, hp = make_spec(algo, flags, dtype, LARGE, (1,))
     ours = run_backend(C, spec, hp, algo, flags)
     check_against_reference(ours, algo, flags, dtype, f"{level} {dtype}", LARGE, (1,))
 
 
-def assert_same_bits(runs):
-    (first_key, first), *rest = runs.items()
-    for key, run in rest:
-        for (name, a), (_, b) in zip(tensors_of(run), tensors_of(first)):
-            diff = (a.double() - b.double()).abs()
-            assert torch.equal(a, b), (f"{key} vs {first_key}: {name} differs at "
-                                       f"{diff.argmax().item()} by {diff.max().item():.3g}")
+LEVEL_CONFIGS = [config("adam", amsgrad=True, maximize=True, decoupled=True),
+                 config("sgd", momentum=True, nesterov=True), config("lion", maximize=True)]
+LEVEL_IDS = [CONFIG_IDS[CONFIGS.index(c)] for c in LEVEL_CONFIGS]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("algo,flags", [CONFIGS[3], CONFIGS[5]], ids=[CONFIG_IDS[3], CONFIG_IDS[5]])
+@pytest.mark.parametrize("algo,flags", LEVEL_CONFIGS, ids=LEVEL_IDS)
 def test_levels_agree_bit_for_bit(monkeypatch, algo, flags, dtype):
     """Note [one source, three instruction sets]: every level rounds the same IEEE operations,
     so scalar, AVX2 and AVX-512 give identical bits."""
@@ -228,8 +286,12 @@ def test_levels_agree_bit_for_bit(monkeypatch, algo, flags, dtype):
     assert_same_bits(runs)
 
 
-@pytest.mark.parametrize("algo,flags", [CONFIGS[3], CONFIGS[5]], ids=[CONFIG_IDS[3], CONFIG_IDS[5]])
+@pytest.mark.parametrize("algo,flags", LEVEL_CONFIGS[:2] + TWO_STAGE[:1] + TWO_STAGE[-1:],
+                         ids=LEVEL_IDS[:2] + [CONFIG_IDS[CONFIGS.index(c)]
+                                              for c in TWO_STAGE[:1] + TWO_STAGE[-1:]])
 def test_thread_count_does_not_change_bits(algo, flags):
+    """Note [work items]: chunk bounds do not depend on the thread count, and two-stage sums
+    are added in chunk order (Note [two stages])."""
     runs = {}
     threads = torch.get_num_threads()
     try:
@@ -242,32 +304,41 @@ def test_thread_count_does_not_change_bits(algo, flags):
     assert_same_bits(runs)
 
 
+FOUND_INF_CONFIGS = [config("adam", amsgrad=True), config("sgd", momentum=True), config("lion"),
+                     config("lars", momentum=True), TWO_STAGE[-1]]
+
+
 @parametrize_levels
-@pytest.mark.parametrize("algo,flags", [CONFIGS[1], CONFIGS[4]], ids=[CONFIG_IDS[1], CONFIG_IDS[4]])
+@pytest.mark.parametrize("algo,flags", FOUND_INF_CONFIGS,
+                         ids=[CONFIG_IDS[CONFIGS.index(c)] for c in FOUND_INF_CONFIGS])
 def test_found_inf_touches_nothing(level, algo, flags):
     spec, hp = make_spec(algo, flags, torch.float32)
     run_backend(C, spec, hp, algo, flags, steps=2)
     before = [(n, t.clone()) for n, t in tensors_of(spec)]
-    bucket = C.Bucket(spec.params, spec.states, spec.steps, spec.group_index, spec.pending)
+    bucket = bucket_of(spec)
     set_spec_grads([spec], 2, none_every=0)
-    fn = C.adam_step if algo == "adam" else C.sgd_step
-    fn(bucket, hp, *step_args(algo, flags).values(), None, None, torch.tensor(1.0))
+    c_step(bucket, hp, algo, flags, found_inf=torch.tensor(1.0))
     for (name, a), (_, b) in zip(tensors_of(spec), before):
         assert torch.equal(a, b), f"found_inf=1 changed {name}"
-    fn(bucket, hp, *step_args(algo, flags).values(), None, None, torch.tensor(0.0))
+    c_step(bucket, hp, algo, flags, found_inf=torch.tensor(0.0))
     counts = [(s.item(), b.item() + 1) for s, (_, b) in zip(spec.steps, before[-len(spec.steps):])]
     assert all(now == expected for now, expected in counts), f"found_inf=0 must step: {counts}"
 
 
+LAYOUT_CONFIGS = [config("adam", amsgrad=True), config("lars", momentum=True), TWO_STAGE[-1]]
+
+
 @parametrize_levels
 @pytest.mark.parametrize("layout", ["grad-contiguous", "state-transposed", "param-sliced"])
-def test_mixed_layouts_take_the_copy_path(level, layout):
+@pytest.mark.parametrize("algo,flags", LAYOUT_CONFIGS,
+                         ids=[CONFIG_IDS[CONFIGS.index(c)] for c in LAYOUT_CONFIGS])
+def test_mixed_layouts_take_the_copy_path(level, layout, algo, flags):
     """Note [dense fast path]: a grad or state whose strides differ from its param's, or a param
-    that is not dense (a strided slice), is stepped on contiguous copies and written back."""
-    flags = CONFIGS[1][1]
+    that is not dense (a strided slice), is stepped on contiguous copies and written back (both
+    stages of a two-stage algorithm read the copies)."""
 
     def build():
-        spec, hp = make_spec("adam", flags, torch.float32, shapes=[(40, 30), (64,)],
+        spec, hp = make_spec(algo, flags, torch.float32, shapes=[(40, 30), (64,)],
                              transposed=(0,))
         if layout == "param-sliced":
             base = torch.randn(40, 60)
@@ -275,7 +346,7 @@ def test_mixed_layouts_take_the_copy_path(level, layout):
             for lst in spec.states:
                 lst[0] = torch.zeros(40, 60)[:, 1::2]
         if layout == "state-transposed":
-            spec.states[1][0] = torch.zeros(40, 30)           # param is a transposed view
+            spec.states[-1][0] = torch.zeros(40, 30)          # param is a transposed view
         return spec, hp
 
     spec, hp = build()
@@ -285,9 +356,8 @@ def test_mixed_layouts_take_the_copy_path(level, layout):
         if layout == "grad-contiguous":
             for s in (spec, ref_spec):
                 s.params[0].grad = s.params[0].grad.contiguous()
-        bucket = C.Bucket(spec.params, spec.states, spec.steps, spec.group_index, spec.pending)
-        C.adam_step(bucket, hp, True, False, False, None, None, None)
-        reference.adam_step(ref_spec, hp, amsgrad=True, maximize=False, decoupled=False)
+        c_step(bucket_of(spec), hp, algo, flags)
+        reference.step(ref_spec, hp, ALGORITHMS[algo], flags_word(algo, flags))
     for (name, a), (_, b) in zip(tensors_of(spec), tensors_of(ref_spec)):
         assert_close(a, b, f"{layout}: {name}")
 
@@ -341,11 +411,11 @@ def test_bucket_norm_covers_params_and_pending(level):
     for p, g in zip(params, grads):
         p.grad = g
     params[2].grad = None                                  # undefined grads are left out
-    spec, _ = make_spec("sgd", CONFIGS[7][1], torch.float32, shapes=[g.shape for g in grads[:3]],
+    spec, _ = make_spec("sgd", {}, torch.float32, shapes=[g.shape for g in grads[:3]],
                         transposed=())
     spec.params = params[:3]
     spec.pending = params[3:]
-    bucket = C.Bucket(spec.params, spec.states, spec.steps, spec.group_index, spec.pending)
+    bucket = bucket_of(spec)
     assert C.pending_with_grad(bucket) == [0, 1, 2]
     present = [g for i, g in enumerate(grads) if i != 2]
     for norm_type in (2.0, INF):
@@ -457,7 +527,7 @@ def test_master_copy_matches_reference_backend(level, algo, flags, dtype):
 
 
 @pytest.mark.parametrize("dtype", LOW, ids=["fp16", "bf16"])
-@pytest.mark.parametrize("algo,flags", [CONFIGS[3], CONFIGS[5]], ids=[CONFIG_IDS[3], CONFIG_IDS[5]])
+@pytest.mark.parametrize("algo,flags", LEVEL_CONFIGS, ids=LEVEL_IDS)
 def test_master_copy_levels_agree_bit_for_bit(monkeypatch, algo, flags, dtype):
     runs = {}
     for name in LEVELS:
@@ -482,8 +552,7 @@ def test_extension_links_the_shared_libstdcxx():
 def test_bad_master_lists():
     """A last fp32 list beside fp16/bf16 params is the master copies; anything else is held to
     the algorithm's states' rules."""
-    spec, hp = make_spec("adam", CONFIGS[0][1], torch.bfloat16, shapes=[(3,), (4, 2)],
-                         transposed=())
+    spec, hp = make_spec("adam", {}, torch.bfloat16, shapes=[(3,), (4, 2)], transposed=())
     masters = [p.detach().float() for p in spec.params]
     with pytest.raises(RuntimeError, match=r"states\[2\]\[1\] has shape \[3\] but params\[1\]"):
         C.Bucket(spec.params, spec.states + [[masters[0], masters[0]]], spec.steps, [0, 0], [])
@@ -492,29 +561,27 @@ def test_bad_master_lists():
                  [0, 0], [])
     bucket = C.Bucket(spec.params, spec.states + [masters], spec.steps, [0, 0], [])
     with pytest.raises(RuntimeError, match="expected 3 state lists .*then the master copies"):
-        C.adam_step(bucket, hp, True, False, False, None, None, None)
-    with pytest.raises(RuntimeError, match="besides the master copies, got 3"):
-        C.sgd_step(bucket, hp, False, False, None, None, None)
+        c_step(bucket, hp, "adam", dict(amsgrad=True))
+    with pytest.raises(RuntimeError, match=r"then the master copies\), got 3"):
+        c_step(bucket, hp, "sgd", dict(momentum=True))
     fp32 = [p.detach().float() for p in spec.params]   # fp32 params: an fp32 list is a state
     bucket = C.Bucket(fp32, [[torch.zeros_like(p) for p in fp32] for _ in range(3)], spec.steps,
                       [0, 0], [])
     with pytest.raises(RuntimeError, match=r"states: expected 2 state lists"):
-        C.adam_step(bucket, hp, False, False, False, None, None, None)
+        c_step(bucket, hp, "adam", {})
 
 
 # ---- bad input: a clear error naming the argument, nothing changed ----------------------------
 def _valid():
-    spec, hp = make_spec("adam", CONFIGS[0][1], torch.float32, shapes=[(3,), (4, 2), (5,)],
-                         transposed=())
+    spec, hp = make_spec("adam", {}, torch.float32, shapes=[(3,), (4, 2), (5,)], transposed=())
     for p in spec.params:
         p.grad = torch.randn(p.shape)
     return spec, hp
 
 
 def _adam(spec, hp, amsgrad=False, **scalars):
-    bucket = C.Bucket(spec.params, spec.states, spec.steps, spec.group_index, spec.pending)
-    C.adam_step(bucket, hp, amsgrad, False, True, scalars.get("clip_coef"),
-                scalars.get("inv_scale"), scalars.get("found_inf"))
+    c_step(bucket_of(spec), hp, "adam", dict(amsgrad=amsgrad, decoupled=True),
+           scalars.get("clip_coef"), scalars.get("inv_scale"), scalars.get("found_inf"))
 
 
 def _sparse_grad(spec):
@@ -585,10 +652,29 @@ def test_wrong_number_of_state_lists():
     spec, hp = _valid()
     with pytest.raises(RuntimeError, match=r"states: expected 3 state lists"):
         _adam(spec, hp, amsgrad=True)
-    bucket = C.Bucket(spec.params, spec.states, spec.steps, spec.group_index, spec.pending)
-    with pytest.raises(RuntimeError, match=r"states: SGD keeps at most one state list"):
-        C.sgd_step(bucket, hp, False, False, None, None, None)
+    with pytest.raises(RuntimeError, match=r"states: expected 1 state lists for sgd"):
+        c_step(bucket_of(spec), hp, "sgd", dict(momentum=True))
     assert all(s.item() == 0 for s in spec.steps)
+
+
+@pytest.mark.parametrize("algo,flags,exc,match", [
+    (-1, 0, ValueError, r"algo must be an algorithm id from 0 to 4 .*; got -1"),
+    (5, 0, ValueError, r"algo must be an algorithm id from 0 to 4 .*; got 5"),
+    (2, 2, ValueError, r"flags = 2 has bits that lion does not have: its 1 flags are bits 0 to 0 "
+                       r"\(maximize\)"),
+    (0, 8, ValueError, r"flags = 8 has bits that adam does not have: its 3 flags"),
+    (4, -1, ValueError, r"flags = -1 has bits that lamb does not have"),
+    (4, 0, RuntimeError, r"states: expected 2 state lists for lamb \(exp_avg, exp_avg_sq\), "
+                         r"got 3"),
+], ids=["algo-negative", "algo-unknown", "lion-flag", "adam-flag", "flags-negative",
+        "lamb-states"])
+def test_bad_algorithm_or_flags_raise_before_any_change(algo, flags, exc, match):
+    spec, hp = _valid()
+    spec.states.append([torch.zeros_like(p) for p in spec.params])
+    before = [(n, t.clone()) for n, t in tensors_of(spec)]
+    with pytest.raises(exc, match=match):
+        C.step(bucket_of(spec), hp, algo, flags, None, None, None)
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(tensors_of(spec), before))
 
 
 @pytest.mark.parametrize("param,exc,match", [
@@ -621,9 +707,15 @@ def test_params_off_the_cpu_are_rejected():
     steps = [torch.zeros(()), torch.zeros((), device="meta")]
     bucket = C.Bucket(params, [], steps, [0, 0], [])
     with pytest.raises(RuntimeError, match=r"params\[1\] is on meta"):
-        C.sgd_step(bucket, torch.tensor([SGD_ROWS[0]], dtype=torch.float64), False, False,
-                   None, None, None)
+        c_step(bucket, hp_of(NO_MOMENTUM["sgd"][:1]), "sgd", {})
     assert torch.equal(params[0].detach(), torch.zeros(3)) and steps[0].item() == 0
+
+
+def test_buckets_off_the_cpu_are_rejected():
+    params = [torch.nn.Parameter(torch.empty(3, device="meta"))]
+    bucket = C.Bucket(params, [], [torch.zeros((), device="meta")], [0], [])
+    with pytest.raises(RuntimeError, match=r"step: params\[0\] is on meta; step takes CPU tensors only"):
+        c_step(bucket, hp_of(NO_MOMENTUM["sgd"][:1]), "sgd", {})
 
 
 def test_bad_norm_input():
@@ -635,7 +727,7 @@ def test_bad_norm_input():
         C.tensors_norm([torch.ones(3).to_sparse()], 2.0)
     spec, _ = _valid()
     spec.params[1].grad = torch.ones(4, 2).to_sparse()
-    bucket = C.Bucket(spec.params, spec.states, spec.steps, spec.group_index, spec.pending)
+    bucket = bucket_of(spec)
     with pytest.raises(RuntimeError,
                        match=r"sparse gradients are not supported \(grad of params\[1\]"):
         C.bucket_norm(bucket, 2.0)

@@ -1,8 +1,15 @@
-// What the CPU step code (ops.cpp, compiled for the baseline ISA) hands to the kernels, which
-// are compiled once per instruction set (kernels_{scalar,avx2,avx512}.cpp, Note [one source,
-// three instruction sets]). Only plain data and function pointers cross that line.
+// What the CPU driver (ops.cpp, compiled for the baseline ISA) hands to the kernels, which are
+// compiled once per instruction set (kernels_{scalar,avx2,avx512}.cpp, Note [one source, three
+// instruction sets]). Only plain data and function pointers cross that line.
 #pragma once
+#include <cmath>
 #include <cstdint>
+#include <limits>
+#include <new>
+#include <type_traits>
+
+#include "algorithms.h"
+#include "hparams.h"
 
 namespace fusedopt::cpu {
 
@@ -18,60 +25,92 @@ const char* capability_name(Capability c);
 // double (docs/internals.md, "Step semantics").
 enum DType : int { kFloat = 0, kDouble = 1, kHalf = 2, kBFloat16 = 3, kNumDTypes = 4 };
 
-struct AdamTensor;
-struct SgdTensor;
-using AdamFn = void (*)(const AdamTensor&, int64_t begin, int64_t end);
-using SgdFn = void (*)(const SgdTensor&, int64_t begin, int64_t end);
+constexpr int kMaxStates = 3;   // Adam with amsgrad
+
+// torch's 1 - beta**step (and its **0.5), remembered for the last (beta, step): the params
+// of a model share betas and step count, and pow was the largest single cost in a profile
+// of steps of 1000 16-element tensors (13% of all samples, Python included).
+class BiasCorrection {
+ public:
+  explicit BiasCorrection(bool root) : root_(root) {}
+  double operator()(double beta, double step) {
+    if (beta != beta_ || step != step_) {
+      beta_ = beta;
+      step_ = step;
+      value_ = 1.0 - std::pow(beta, step);
+      if (root_) value_ = std::pow(value_, 0.5);
+    }
+    return value_;
+  }
+
+ private:
+  bool root_;
+  double beta_ = std::numeric_limits<double>::quiet_NaN(), step_ = 0, value_ = 0;
+};
+
+// What every tensor of one step call shares: the step scalars (read once) and the memos.
+struct StepContext {
+  double grad_scale;   // inv_scale, or 1 (multiplying by 1 is exact)
+  double clip_coef;    // or 1
+  BiasCorrection bias_correction1{false}, bias_correction2_sqrt{true};
+};
+
+struct TensorStep;
+using UpdateFn = void (*)(const TensorStep&, int64_t begin, int64_t end);
+// Stage 1 of a two-stage algorithm: the chunk's kSums sums into sums[0..kSums).
+using SumsFn = void (*)(const TensorStep&, int64_t begin, int64_t end, double* sums);
+// The algorithm's per-tensor scalars from its table row, the counter before this step and the
+// flags, in double, on the calling thread. Returns whether stage 1 must sum this tensor (false:
+// its finish changes nothing).
+using PrepareFn = bool (*)(TensorStep&, const double* row, float step, int64_t flags,
+                           StepContext&);
+// Two-stage algorithms: folds the tensor's totals into its scalars, between the stages.
+using FinishFn = void (*)(TensorStep&, const double* sums);
 // Returns the chunk's sum of squares (norm 2) or max |x| (norm inf), NaN if it holds one.
 using NormFn = double (*)(const void* data, int64_t begin, int64_t end);
 
-// One parameter's Adam/AdamW update. The pointers address dense memory laid out identically
-// (Note [dense fast path] in ops.cpp), so element j of one is element j of the others.
-// Scalars are in double here; a kernel rounds them to its compute type once per chunk, as
+// One parameter's step. The pointers address dense memory laid out identically (Note [dense
+// fast path] in ops.cpp), so element j of one is element j of the others. The algorithm's
+// scalars are in double here; a kernel rounds them to its compute type once per chunk, as
 // torch rounds a Python float to the tensor's dtype.
-struct AdamTensor {
-  AdamFn fn;
+struct TensorStep {
+  UpdateFn update;
+  SumsFn sums;                   // two-stage algorithms only
   void* param;
   const void* grad;
-  void* exp_avg;
-  void* exp_avg_sq;
-  void* max_exp_avg_sq;      // null unless amsgrad
-  float* master;             // fp32 master copy of an fp16/bf16 param, or null (then
-                             // param is written, never read: Note [master copy], bucket.h)
-  double grad_scale;         // inv_scale, or 1 (multiplying by 1 is exact)
-  double grad_coef;          // clip_coef (or 1), negated for maximize: -(a*b) == a*(-b) exactly
-  double l2;                 // weight_decay if L2 (Adam) decay applies, else 0
-  double decay;              // 1 - lr*weight_decay if decoupled (AdamW), else 1
-  double lerp_weight;        // 1 - beta1
-  double beta2;
-  double one_minus_beta2;
-  double bias_correction2_sqrt;
-  double neg_step_size;      // -lr / (1 - beta1^step)
-  double eps;
+  void* states[kMaxStates];      // the algorithm's states for its flags, in bucket order
+  float* master;                 // fp32 master copy of an fp16/bf16 param, or null (then
+                                 // param is written, never read: Note [master copy], bucket.h)
+
+  // The algorithm's `Scalars` (plain doubles and bools), written by its prepare.
+  template <class T>
+  void set_scalars(const T& s) {
+    static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= sizeof(scalars_) &&
+                  alignof(T) <= alignof(double));
+    new (scalars_) T(s);
+  }
+  template <class T>
+  T& scalars_as() { return *std::launder(reinterpret_cast<T*>(scalars_)); }
+  template <class T>
+  const T& scalars_as() const { return *std::launder(reinterpret_cast<const T*>(scalars_)); }
+
+ private:
+  alignas(double) unsigned char scalars_[16 * sizeof(double)];
 };
 
-// One parameter's SGD update; same conventions as AdamTensor.
-struct SgdTensor {
-  SgdFn fn;
-  void* param;
-  const void* grad;
-  void* momentum_buffer;     // null when the bucket keeps no momentum buffers
-  float* master;             // as AdamTensor::master
-  double grad_scale;
-  double grad_coef;
-  double weight_decay;       // 0 means "no decay" (torch skips the add entirely)
-  double momentum;
-  double one_minus_dampening;
-  double neg_lr;
-  bool seed;                 // first step: buffer = grad (torch's clone)
-  bool nesterov;
+// One algorithm's kernels (Note [one driver], ops.cpp). The update and sums kernels are indexed
+// by [dtype][the algorithm's state lists for its flags][master copy]; entries the algorithm
+// cannot have are null (the validator rejected those buckets).
+struct AlgoKernels {
+  PrepareFn prepare;
+  FinishFn finish;                               // null unless two-stage
+  UpdateFn update[kNumDTypes][kMaxStates + 1][2];
+  SumsFn sums[kNumDTypes][kMaxStates + 1][2];    // null unless two-stage
 };
 
-// The last index of adam and sgd: with a master copy (fp16/bf16 only; null for fp32/fp64).
 struct KernelTable {
-  AdamFn adam[kNumDTypes][2][2];   // [dtype][amsgrad][master copy]
-  SgdFn sgd[kNumDTypes][2][2];     // [dtype][has momentum buffer][master copy]
-  NormFn norm[kNumDTypes][2];   // [dtype][inf norm]
+  AlgoKernels algo[kNumAlgos];   // indexed by AlgoId (csrc/algorithms.h)
+  NormFn norm[kNumDTypes][2];    // [dtype][inf norm]
 };
 
 const KernelTable& kernels_scalar();

@@ -50,6 +50,8 @@ class WorkPlan {
   }
 
   int64_t num_chunks() const { return static_cast<int64_t>(chunks_.size()); }
+  // Chunks are in tensor order, each tensor's in element order.
+  const Chunk& chunk(int64_t i) const { return chunks_[i]; }
 
   // Calls f(chunk, chunk_index) once per chunk, in one parallel region when the work is
   // large enough (Note [work items]).

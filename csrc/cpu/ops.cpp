@@ -1,12 +1,14 @@
-// The CPU steps: per-tensor scalars on the calling thread, then one engine run
+// The CPU step and norms: per-tensor scalars on the calling thread, then engine runs
 // (multi_tensor.h) over every chunk of the bucket with the kernels of the chosen level.
 #include "cpu/ops.h"
 
+#include <algorithm>
+#include <array>
 #include <cmath>
-#include <limits>
 
 #include <c10/core/GradMode.h>
 
+#include "algorithms.h"
 #include "cpu/kernels.h"
 #include "cpu/multi_tensor.h"
 #include "hparams.h"
@@ -29,14 +31,15 @@ DType dtype_of(const at::Tensor& t) {
 // then the same logical element (contiguous tensors, but also transposed or channels-last
 // params whose grads and states follow their layout, as autograd and zeros_like make them).
 // Anything else is stepped on contiguous copies, which are copied back after the run
-// (Staging, csrc/staging.h). Null entries (a state the step does not have) are skipped.
-bool dense_alike(const at::Tensor& p, std::initializer_list<const at::Tensor*> others) {
+// (Staging, csrc/staging.h).
+bool dense_alike(const at::Tensor& p, const at::Tensor* const* others, int count) {
   bool all_contiguous = p.is_contiguous();
-  for (const at::Tensor* t : others) all_contiguous = all_contiguous && (!t || t->is_contiguous());
+  for (int k = 0; k < count; ++k) all_contiguous = all_contiguous && others[k]->is_contiguous();
   if (all_contiguous) return true;
   if (!p.is_non_overlapping_and_dense()) return false;
-  for (const at::Tensor* t : others) {
-    if (t && (t->strides() != p.strides() || !t->is_non_overlapping_and_dense())) return false;
+  for (int k = 0; k < count; ++k) {
+    const at::Tensor& t = *others[k];
+    if (t.strides() != p.strides() || !t.is_non_overlapping_and_dense()) return false;
   }
   return true;
 }
@@ -45,8 +48,9 @@ bool dense_alike(const at::Tensor& p, std::initializer_list<const at::Tensor*> o
 // the fast path allocates nothing. A step of 1000 16-element tensors takes ~130 us in all, so
 // regrowing these lists every call would be a visible share of it.
 struct Scratch {
-  std::vector<AdamTensor> adam;
-  std::vector<SgdTensor> sgd;
+  std::vector<TensorStep> tensors;
+  std::vector<float*> counters;
+  std::vector<char> needs_sums;
   std::vector<int64_t> numels;
   std::vector<const void*> norm_data;
   std::vector<NormFn> norm_fn;
@@ -57,8 +61,9 @@ struct Scratch {
 
 Scratch& scratch() {
   thread_local Scratch s;
-  s.adam.clear();
-  s.sgd.clear();
+  s.tensors.clear();
+  s.counters.clear();
+  s.needs_sums.clear();
   s.numels.clear();
   s.norm_data.clear();
   s.norm_fn.clear();
@@ -70,142 +75,90 @@ float scalar_or(const std::optional<at::Tensor>& t, float fallback) {
   return t.has_value() ? *t->data_ptr<float>() : fallback;
 }
 
-// torch's 1 - beta**step (and its **0.5), remembered for the last (beta, step): the params
-// of a model share betas and step count, and pow was the largest single cost in a profile
-// of steps of 1000 16-element tensors (13% of all samples, Python included).
-class BiasCorrection {
- public:
-  explicit BiasCorrection(bool root) : root_(root) {}
-  double operator()(double beta, double step) {
-    if (beta != beta_ || step != step_) {
-      beta_ = beta;
-      step_ = step;
-      value_ = 1.0 - std::pow(beta, step);
-      if (root_) value_ = std::pow(value_, 0.5);
-    }
-    return value_;
-  }
-
- private:
-  bool root_;
-  double beta_ = std::numeric_limits<double>::quiet_NaN(), step_ = 0, value_ = 0;
-};
-
 bool skipped(const std::optional<at::Tensor>& found_inf) {
   return found_inf.has_value() && *found_inf->data_ptr<float>() != 0.0f;
 }
 
+// Stage 1 of a two-stage algorithm (Note [two stages], csrc/algorithms.h): the kSums partial
+// sums of every chunk, then each tensor's totals in chunk order (a tensor's chunks are
+// consecutive in the plan), folded into its scalars by the algorithm's finish.
+void sum_stage(Scratch& s, FinishFn finish) {
+  const int64_t chunks = s.plan.num_chunks();
+  s.partials.assign(static_cast<size_t>(chunks) * kSums, 0.0);
+  s.plan.run([&](const Chunk& c, int64_t index) {
+    if (!s.needs_sums[c.tensor]) return;
+    const TensorStep& d = s.tensors[c.tensor];
+    d.sums(d, c.begin, c.end, &s.partials[index * kSums]);
+  });
+  std::array<double, kSums> totals{};
+  for (int64_t index = 0, t = 0; t < static_cast<int64_t>(s.tensors.size()); ++t) {
+    totals.fill(0.0);
+    for (; index < chunks && s.plan.chunk(index).tensor == t; ++index) {
+      for (int k = 0; k < kSums; ++k) totals[k] += s.partials[index * kSums + k];
+    }
+    finish(s.tensors[t], totals.data());
+  }
+}
+
 }  // namespace
 
-void adam_step(Bucket& b, const at::Tensor& hp, bool amsgrad, bool maximize, bool decoupled,
-               const std::optional<at::Tensor>& clip_coef,
-               const std::optional<at::Tensor>& inv_scale,
-               const std::optional<at::Tensor>& found_inf) {
+// Note [one driver]: every algorithm steps through this one function. An algorithm contributes,
+// in its csrc/cpu/<name>.h, a `prepare` (its per-tensor scalars in double from its table row,
+// counter and flags), for two-stage algorithms a `finish` (the tensor's sums folded into those
+// scalars) and an element functor `Math<C>` templated on the vector type; kernels_isa.h
+// instantiates the kernels per dtype, state-list count and master copy into the table this
+// driver indexes by algorithm id. The driver stages, plans and runs the chunks, and grows each
+// counter once, after the last stage.
+void step(Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
+          const std::optional<at::Tensor>& clip_coef,
+          const std::optional<at::Tensor>& inv_scale,
+          const std::optional<at::Tensor>& found_inf) {
   if (skipped(found_inf)) return;
   // the slow path copies into leaf params that require grad (Note [dense fast path])
   c10::AutoGradMode no_grad(false);
-  const KernelTable& kernels = kernel_table();
+  const AlgoKernels& kernels = kernel_table().algo[algo];
+  const bool two_stage = kernels.finish != nullptr;
   Scratch& s = scratch();
   const double* table = hp.data_ptr<double>();
-  const double grad_scale = scalar_or(inv_scale, 1.0f);
-  const double grad_coef = static_cast<double>(scalar_or(clip_coef, 1.0f)) * (maximize ? -1 : 1);
   const bool master = has_master(b);
-  BiasCorrection bias_correction1(false), bias_correction2_sqrt(true);
+  const int num = num_states(algo, flags);
+  StepContext context{scalar_or(inv_scale, 1.0f), scalar_or(clip_coef, 1.0f)};
   for (size_t i = 0; i < b.params.size(); ++i) {
     const at::Tensor& p = b.params[i];
     const at::Tensor& g = b.grad(i);
     if (!g.defined()) continue;
-    const at::Tensor& m = b.states[0][i];
-    const at::Tensor& v = b.states[1][i];
-    const at::Tensor* vmax = amsgrad ? &b.states[2][i] : nullptr;
-    const at::Tensor* copy = master ? &b.states.back()[i] : nullptr;
-    bool fast = dense_alike(p, {&g, &m, &v, vmax, copy});
+    std::array<const at::Tensor*, kMaxStates + 2> others{&g};
+    for (int k = 0; k < num; ++k) others[1 + k] = &b.states[k][i];
+    if (master) others[1 + num] = &b.states.back()[i];
+    const int count = 1 + num + (master ? 1 : 0);
+    const bool fast = dense_alike(p, others.data(), count);
 
-    // torch: step_t += 1 in float32, then bias corrections from its value in double
-    float* step = b.steps[i].data_ptr<float>();
-    *step += 1.0f;
-    const double t = *step;
-    const double* row = table + static_cast<int64_t>(b.group_index[i]) * kHpCols;
-    const double lr = row[kLr], wd = row[kWeightDecay], beta1 = row[kBeta1], beta2 = row[kBeta2];
-
-    AdamTensor d;
-    d.fn = kernels.adam[dtype_of(p)][amsgrad][master];
+    const DType dtype = dtype_of(p);
+    TensorStep d{};
+    d.update = kernels.update[dtype][num][master];
+    d.sums = kernels.sums[dtype][num][master];
     d.param = s.staging.data(p, fast, true);
     d.grad = s.staging.data(g, fast, false);
-    d.exp_avg = s.staging.data(m, fast, true);
-    d.exp_avg_sq = s.staging.data(v, fast, true);
-    d.max_exp_avg_sq = amsgrad ? s.staging.data(*vmax, fast, true) : nullptr;
-    d.master = master ? static_cast<float*>(s.staging.data(*copy, fast, true)) : nullptr;
-    d.grad_scale = grad_scale;
-    d.grad_coef = grad_coef;
-    d.l2 = decoupled ? 0.0 : wd;
-    d.decay = decoupled ? 1.0 - lr * wd : 1.0;
-    d.lerp_weight = 1.0 - beta1;
-    d.beta2 = beta2;
-    d.one_minus_beta2 = 1.0 - beta2;
-    d.bias_correction2_sqrt = bias_correction2_sqrt(beta2, t);
-    d.neg_step_size = -(lr / bias_correction1(beta1, t));
-    d.eps = row[kEps];
-    s.adam.push_back(d);
+    for (int k = 0; k < num; ++k) d.states[k] = s.staging.data(b.states[k][i], fast, true);
+    d.master = master ? static_cast<float*>(s.staging.data(b.states.back()[i], fast, true))
+                      : nullptr;
+    float* counter = b.steps[i].data_ptr<float>();
+    const double* row = table + static_cast<int64_t>(b.group_index[i]) * kHpCols;
+    s.needs_sums.push_back(kernels.prepare(d, row, *counter, flags, context));
+    s.tensors.push_back(d);
+    s.counters.push_back(counter);
     s.numels.push_back(p.numel());
   }
   s.plan.build(s.numels);
-  s.plan.run([&](const Chunk& c, int64_t) {
-    const AdamTensor& d = s.adam[c.tensor];
-    d.fn(d, c.begin, c.end);
-  });
-  s.staging.write_back();
-}
-
-void sgd_step(Bucket& b, const at::Tensor& hp, bool nesterov, bool maximize,
-              const std::optional<at::Tensor>& clip_coef,
-              const std::optional<at::Tensor>& inv_scale,
-              const std::optional<at::Tensor>& found_inf) {
-  if (skipped(found_inf)) return;
-  c10::AutoGradMode no_grad(false);
-  const KernelTable& kernels = kernel_table();
-  Scratch& s = scratch();
-  const double* table = hp.data_ptr<double>();
-  const bool master = has_master(b);
-  const bool buffered = b.states.size() - master == 1;
-  const double grad_scale = scalar_or(inv_scale, 1.0f);
-  const double grad_coef = static_cast<double>(scalar_or(clip_coef, 1.0f)) * (maximize ? -1 : 1);
-  for (size_t i = 0; i < b.params.size(); ++i) {
-    const at::Tensor& p = b.params[i];
-    const at::Tensor& g = b.grad(i);
-    if (!g.defined()) continue;
-    const at::Tensor* buf = buffered ? &b.states[0][i] : nullptr;
-    const at::Tensor* copy = master ? &b.states.back()[i] : nullptr;
-    bool fast = dense_alike(p, {&g, buf, copy});
-
-    // SGD's counter only tells whether the buffer was seeded (torch's "buf is None")
-    float* step = b.steps[i].data_ptr<float>();
-    const bool seed = *step == 0.0f;
-    *step += 1.0f;
-    const double* row = table + static_cast<int64_t>(b.group_index[i]) * kHpCols;
-
-    SgdTensor d;
-    d.fn = kernels.sgd[dtype_of(p)][buffered][master];
-    d.param = s.staging.data(p, fast, true);
-    d.grad = s.staging.data(g, fast, false);
-    d.momentum_buffer = buffered ? s.staging.data(*buf, fast, true) : nullptr;
-    d.master = master ? static_cast<float*>(s.staging.data(*copy, fast, true)) : nullptr;
-    d.grad_scale = grad_scale;
-    d.grad_coef = grad_coef;
-    d.weight_decay = row[kWeightDecay];
-    d.momentum = row[kMomentum];
-    d.one_minus_dampening = 1.0 - row[kDampening];
-    d.neg_lr = -row[kLr];
-    d.seed = seed;
-    d.nesterov = nesterov;
-    s.sgd.push_back(d);
-    s.numels.push_back(p.numel());
+  // no stage 1 where no tensor needs sums (LAMB without weight decay, LARS all excluded)
+  if (two_stage && std::find(s.needs_sums.begin(), s.needs_sums.end(), 1) != s.needs_sums.end()) {
+    sum_stage(s, kernels.finish);
   }
-  s.plan.build(s.numels);
   s.plan.run([&](const Chunk& c, int64_t) {
-    const SgdTensor& d = s.sgd[c.tensor];
-    d.fn(d, c.begin, c.end);
+    const TensorStep& d = s.tensors[c.tensor];
+    d.update(d, c.begin, c.end);
   });
+  for (float* counter : s.counters) *counter += 1.0f;
   s.staging.write_back();
 }
 

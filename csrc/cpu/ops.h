@@ -8,15 +8,12 @@
 
 namespace fusedopt::cpu {
 
-void adam_step(Bucket& bucket, const at::Tensor& hp, bool amsgrad, bool maximize, bool decoupled,
-               const std::optional<at::Tensor>& clip_coef,
-               const std::optional<at::Tensor>& inv_scale,
-               const std::optional<at::Tensor>& found_inf);
-
-void sgd_step(Bucket& bucket, const at::Tensor& hp, bool nesterov, bool maximize,
-              const std::optional<at::Tensor>& clip_coef,
-              const std::optional<at::Tensor>& inv_scale,
-              const std::optional<at::Tensor>& found_inf);
+// One step of `algo` (csrc/algorithms.h) with `flags` over every param of the bucket with a
+// grad (Note [one driver], ops.cpp).
+void step(Bucket& bucket, const at::Tensor& hp, int algo, int64_t flags,
+          const std::optional<at::Tensor>& clip_coef,
+          const std::optional<at::Tensor>& inv_scale,
+          const std::optional<at::Tensor>& found_inf);
 
 // 0-d float32: the norm (2 or inf) of every defined grad of the bucket's params and pending
 at::Tensor bucket_norm(const Bucket& bucket, double norm_type);

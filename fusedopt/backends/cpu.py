@@ -56,19 +56,7 @@ def pending_with_grad(handle):
 
 
 def step(handle, hp, algo, flags, *, clip_coef=None, inv_scale=None, found_inf=None):
-    ext = _extension()
-    if hasattr(ext, "step"):
-        ext.step(handle, hp, algo.id, flags, clip_coef, inv_scale, found_inf)
-        return
-    # TRANSITION (removed when the one C++ binding lands): the per-algorithm bindings
-    f = algo.flag_dict(flags)
-    if algo.name == "adam":
-        ext.adam_step(handle, hp, f["amsgrad"], f["maximize"], f["decoupled"], clip_coef,
-                      inv_scale, found_inf)
-    elif algo.name == "sgd":
-        ext.sgd_step(handle, hp, f["nesterov"], f["maximize"], clip_coef, inv_scale, found_inf)
-    else:
-        raise NotImplementedError(f"{algo.name} on the cpu backend")
+    _extension().step(handle, hp, algo.id, flags, clip_coef, inv_scale, found_inf)
 
 
 def bucket_norm(handle, norm_type):
