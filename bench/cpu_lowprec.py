@@ -11,7 +11,7 @@ last place of the dtype (relative to the reference's magnitude) is "wrong", show
 and never used as a baseline (torch 2.13's fused CPU SGD in bf16/fp16 moves nothing,
 pytorch#191763). Then each round times one step of every implementation and one stream pass
 (`a.add_(b, alpha=...)` on fp32, 12 B/element), in an order rotated every round. Reported per
-row: median and p20/p80 ms, GB/s for the bytes the step must move (grad read + param and states
+row: median and p20/p80 ms (wall clock, or with --clock thread the thread's CPU time), GB/s for the bytes the step must move (grad read + param and states
 read and written, in the dtype), that over the stream's median GB/s ("of stream"), and the
 fastest correct torch row's median over this row's ("vs torch").
 """
@@ -88,10 +88,13 @@ def check(impl, case, dtype, steps, ulps):
     return err, err <= ulps
 
 
+CLOCK = time.perf_counter   # --clock thread: time.thread_time (see main)
+
+
 def stream_pass(a, b):
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     a.add_(b, alpha=1e-6)
-    return time.perf_counter() - t0
+    return CLOCK() - t0
 
 
 def run_case(case, dtype_name, impls, args):
@@ -114,9 +117,9 @@ def run_case(case, dtype_name, impls, args):
             if n == "stream":
                 dt = stream_pass(a, b)
             else:
-                t0 = time.perf_counter()
+                t0 = CLOCK()
                 step(n, opts[n])
-                dt = time.perf_counter() - t0
+                dt = CLOCK() - t0
             if r >= args.warmup:
                 times[n].append(dt)
     del opts, grads
@@ -165,10 +168,19 @@ def main():
     ap.add_argument("--check-steps", type=int, default=5)
     ap.add_argument("--check-ulps", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                    help="thread: CPU time of the calling thread (needs --threads 1, where every "
+                         "implementation runs on it), which leaves out the time a loaded machine "
+                         "keeps the process descheduled; memory stalls still count")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "thread":
+        if torch.get_num_threads() != 1:
+            ap.error("--clock thread needs --threads 1")
+        global CLOCK
+        CLOCK = time.thread_time
     impls = [f"fusedopt-cpu-{lv}" for lv in args.levels.split(",") if lv]
     impls += [t for t in args.torch.split(",") if t]
     started = dict(time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -186,8 +198,10 @@ def main():
 
 
 def write(args, started, results):
-    rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                         cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    # FUSEDOPT_BENCH_REVISION: the commit of a copied tree run outside its checkout
+    rev = os.environ.get("FUSEDOPT_BENCH_REVISION") or subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+        cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
     cpuinfo = open("/proc/cpuinfo").read().splitlines()
     cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")),
                platform.processor())
