@@ -1,9 +1,10 @@
-// In-cache throughput of the CPU kernels (ns per element, one thread, best of 7 x 20 calls):
+// In-cache throughput of the CPU kernels (ns per element, one thread, best of REPEATS x CALLS calls):
 // what a step costs when memory is not the limit, per level and dtype, and a bare "p += g" for
 // the cost of the loads and stores alone. Used for Note [bf16 lane order] (elementwise.h).
 //   g++ -O3 -std=c++17 -DLEVEL=2 -Icsrc $(python -c "import torch.utils.cpp_extension as c; \
 //       print(' '.join('-I' + p for p in c.include_paths()))") bench/cpu_micro.cpp -o /tmp/micro
-//   /tmp/micro            # LEVEL=2 avx512, 1 avx2, 0 scalar; -DNELEM=4000000 for DRAM
+//   /tmp/micro            # LEVEL=2 avx512, 1 avx2, 0 scalar; -DNELEM=20000000 -DREPEATS=3
+//                         # -DCALLS=3 for DRAM (builds against the kernels.h of 0509b1b)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -18,6 +19,12 @@
 
 #ifndef NELEM
 #define NELEM 8192   // 4 streams of 32 KB (fp32): in L2
+#endif
+#ifndef REPEATS      // best of REPEATS timings of CALLS calls each
+#define REPEATS 7
+#endif
+#ifndef CALLS
+#define CALLS 20
 #endif
 
 #pragma GCC push_options
@@ -49,11 +56,11 @@ using namespace fusedopt::cpu;
 template <class F>
 double ns_per_elem(F f) {
   double best = 1e9;
-  for (int r = 0; r < 7; ++r) {
+  for (int r = 0; r < REPEATS; ++r) {
     auto t0 = std::chrono::steady_clock::now();
-    for (int k = 0; k < 20; ++k) f();
+    for (int k = 0; k < CALLS; ++k) f();
     best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
-                                  .count() / 20);
+                                  .count() / CALLS);
   }
   return best / NELEM * 1e9;
 }
