@@ -145,13 +145,13 @@ def _python_calls(fn):
     return count[0]
 
 
-@pytest.mark.skipif(_ext.C is None, reason="the O(1) scan is fusedopt._C's (without it, "
-                    "_hparams._PyWatch compares every group in Python)")
 # a write the C++ scan leaves to Python: a pair, a flag
 REREAD_WRITE = {"Adam": ("betas", (0.8, 0.99)), "AdamW": ("betas", (0.8, 0.99)),
                 "SGD": ("nesterov", False)}
 
 
+@pytest.mark.skipif(_ext.C is None, reason="the O(1) scan is fusedopt._C's (without it, "
+                    "_hparams._PyWatch compares every group in Python)")
 @pytest.mark.parametrize("algo", list(FUSED))
 def test_a_write_to_one_group_costs_o1_at_the_next_step(algo):
     """A step after writing one group's lr (or nothing) makes the same number of Python calls
