@@ -23,14 +23,48 @@ struct Vec<float> {
                         _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
   void store(c10::BFloat16* p) const {
-    // c10's round_to_nearest_even, lane-wise: add 0x7FFF + lsb of the kept half, NaN -> 0x7FC0
+    __m512i r = _mm512_srli_epi32(bf16_round(v), 16);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+  }
+
+  // Two vectors in the even/odd order of Note [bf16 lane order] (elementwise.h), with
+  // AVX-512F alone (no BW): narrowing is one shift and one ternary-logic op per two vectors
+  // instead of a 2-uop vpmovdw per vector.
+  static void load_pair(const c10::BFloat16* p, Vec& lo, Vec& hi) {
+    __m512i x = _mm512_loadu_si512(p);
+    lo.v = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
+    hi.v = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(0xFFFF0000)));
+  }
+  static void store_pair(c10::BFloat16* p, Vec lo, Vec hi) {
+    // (lo >> 16) | (hi & 0xFFFF0000): 0xF8 is A | (B & C) (truth table bit 4a + 2b + c)
+    __m512i x = _mm512_ternarylogic_epi32(_mm512_srli_epi32(bf16_round(lo.v), 16),
+                                          bf16_round(hi.v), _mm512_set1_epi32(0xFFFF0000), 0xF8);
+    _mm512_storeu_si512(p, x);
+  }
+  // fp32 streams beside bf16 ones (the master copy): one two-source permute per vector
+  static void load_pair(const float* p, Vec& lo, Vec& hi) {
+    __m512 a = _mm512_loadu_ps(p), b = _mm512_loadu_ps(p + 16);
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                           28, 30);
+    lo.v = _mm512_permutex2var_ps(a, even, b);
+    hi.v = _mm512_permutex2var_ps(a, _mm512_add_epi32(even, _mm512_set1_epi32(1)), b);
+  }
+  static void store_pair(float* p, Vec lo, Vec hi) {
+    // element 2k is lo[k], 2k + 1 is hi[k]; index 16 + k names hi[k]
+    const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22,
+                                            7, 23);
+    _mm512_storeu_ps(p, _mm512_permutex2var_ps(lo.v, first, hi.v));
+    _mm512_storeu_ps(p + 16, _mm512_permutex2var_ps(
+                                 lo.v, _mm512_add_epi32(first, _mm512_set1_epi32(8)), hi.v));
+  }
+
+  // Note [bf16 rounding] (vec_avx2.h); the NaN lanes take 0x7FC0 in the same masked move
+  static __m512i bf16_round(__m512 v) {
     __m512i bits = _mm512_castps_si512(v);
     __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(
-        _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
-    r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), r,
-                                _mm512_set1_epi32(0x7FC0));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+    __m512i r = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+    return _mm512_mask_mov_epi32(_mm512_set1_epi32(0x7FC00000),
+                                 _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), r);
   }
 
   static Vec add(Vec a, Vec b) { return {_mm512_add_ps(a.v, b.v)}; }
