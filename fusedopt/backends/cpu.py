@@ -7,6 +7,7 @@ import threading
 import torch
 
 from fusedopt import _ext
+from fusedopt.backends import _compiled
 
 NAME = "cpu"
 
@@ -35,36 +36,11 @@ def _extension():
 
 
 def unavailable_reason():
-    try:
-        _extension()
-    except RuntimeError as exc:
-        return str(exc)
-    return None
+    return _compiled.load_error(_extension)
 
 
-def supports(device):
-    return device.type == "cpu"
-
-
-def make_bucket(spec):
-    return _extension().Bucket(spec.params, spec.states, spec.steps, spec.group_index,
-                               spec.pending, spec.grads or [])
-
-
-def pending_with_grad(handle):
-    return _extension().pending_with_grad(handle)
-
-
-def step(handle, hp, algo, flags, *, clip_coef=None, inv_scale=None, found_inf=None):
-    _extension().step(handle, hp, algo.id, flags, clip_coef, inv_scale, found_inf)
-
-
-def bucket_norm(handle, norm_type):
-    return _extension().bucket_norm(handle, norm_type)
-
-
-def tensors_norm(tensors, norm_type):
-    return _extension().tensors_norm(list(tensors), norm_type)
+(supports, make_bucket, pending_with_grad, step, bucket_norm,
+ tensors_norm) = _compiled.functions(_extension, "", "cpu")
 
 
 def tensors_scale_(tensors, coef):
