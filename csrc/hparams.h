@@ -16,7 +16,5 @@ enum HpCol : int {
   kWeightDecay = 1,
   kHpCols = 8,
 };
-// Adam's and SGD's own columns (csrc/algorithms.h names every algorithm's).
-constexpr int kBeta1 = 2, kBeta2 = 3, kEps = 4, kMomentum = 2, kDampening = 3;
 
 }  // namespace fusedopt

@@ -30,9 +30,9 @@ import torch
 
 from fusedopt import _engine, _ext
 
+# Adam's columns, which the tests read; every algorithm's are named by its descriptor
 LR, WEIGHT_DECAY, BETA1, BETA2, EPS = range(5)
 NUM_COLS = 8      # csrc/hparams.h kHpCols: room for every algorithm's columns
-MOMENTUM, DAMPENING = BETA1, BETA2   # SGD reuses the Adam beta columns
 
 
 class Column(NamedTuple):
