@@ -14,13 +14,19 @@ namespace fusedopt {
 struct Bucket {
   // Parameters that already have optimizer state, in table order.
   std::vector<at::Tensor> params;
-  // states[k][i] is the k-th state tensor of params[i]. Same dtype, shape and device as the
-  // parameter (torch's layout, so state_dicts interchange): the algorithm's states for its
-  // flags, in the order of state_names (csrc/algorithms.h), e.g. Adam {exp_avg, exp_avg_sq
-  // [, max_exp_avg_sq]}, SGD with momentum {momentum_buffer}, SGD without {}. Then, for
-  // float16/bfloat16 params with master weights, one more list: their float32 master copies
-  // (has_master below).
+  // states[k][i] is the k-th state tensor of params[i]. Same shape and device as the parameter
+  // (torch's layout, so state_dicts interchange): the algorithm's states for its flags, in the
+  // order of state_names (csrc/algorithms.h), e.g. Adam {exp_avg, exp_avg_sq[, max_exp_avg_sq]},
+  // SGD with momentum {momentum_buffer}, SGD without {}, all of one dtype (the param's, or as
+  // Note [precision modes] in docs/internals.md allows). Then, where `weights` is not kPlain,
+  // one more list: the float32 master copies (kMaster) or the compensations in the param's
+  // dtype (kKahan).
   std::vector<std::vector<at::Tensor>> states;
+  // Note [precision modes]: kPlain (0), kMaster (1) or kKahan (2), fixed at construction.
+  int weights = 0;
+  // Empty, or one seed per param in [0, 2^32): the states (then bfloat16) are written with
+  // stochastic rounding (Note [stochastic rounding], docs/internals.md).
+  std::vector<int64_t> seeds;
   // steps[i]: 0-d float32 tensor on the parameter's device. For Adam and LAMB it *is*
   // state['step']; for SGD, LARS and Lion it is internal (0 means "momentum buffer not yet
   // seeded", as torch's first step).
@@ -41,11 +47,12 @@ struct Bucket {
 
 // The one validator of the C++ backends (csrc/bucket.cpp); the kernels assume what it checked.
 //
-// Note [master copy] (fusedopt/optimizer.py): a last state list of float32 tensors beside
-// float16/bfloat16 params holds their fp32 master copies (Note [slots], csrc/cuda/launchers.h).
-// A step reads the master instead of the param and writes both (the param: the master's
-// rounding). The algorithm's own states always have the params' dtype, so the dtype tells the
-// two apart.
+// Note [master copy] (fusedopt/optimizer.py): with weights == kMaster a last state list of
+// float32 tensors beside float16/bfloat16 params holds their fp32 master copies (Note [slots],
+// csrc/cuda/launchers.h). A step reads the master instead of the param and writes both (the
+// param: the master's rounding). With kKahan the last list holds compensations (Note
+// [precision modes]).
+enum Weights : int { kPlain = 0, kMaster = 1, kKahan = 2 };
 bool has_master(const Bucket& b);
 // `algo` is an id of csrc/algorithms.h and `flags` has no bit that algorithm lacks.
 void check_algo(int algo, int64_t flags);

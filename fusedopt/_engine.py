@@ -13,6 +13,9 @@ from typing import Any, List, Optional
 import torch
 
 
+PLAIN, MASTER, KAHAN = 0, 1, 2     # BucketSpec.weights == csrc/bucket.h Weights
+
+
 @dataclass
 class BucketSpec:
     """Every parameter of one optimizer that shares (device, dtype, flags). Field names and
@@ -31,13 +34,23 @@ class BucketSpec:
     groups: Any = None                                 # the optimizer's param_groups: error texts
     # explicit grads of params (fusedopt._ops under torch.compile); None: each param's .grad
     grads: Optional[List[Optional[torch.Tensor]]] = None
+    # Note [precision modes] (docs/internals.md): PLAIN, MASTER (last state list: fp32 copies)
+    # or KAHAN (last state list: compensations in the params' dtype)
+    weights: int = 0
+    # one seed per param (stochastically rounded bf16 states), or empty
+    seeds: List[int] = field(default_factory=list)
 
     @property
     def has_master(self):
         """The last state list holds fp32 master copies of fp16/bf16 params (Note [master copy]
-        in fusedopt/optimizer.py); the algorithm's own states have the params' dtype."""
-        return (self.dtype in (torch.float16, torch.bfloat16) and bool(self.states)
-                and bool(self.states[-1]) and self.states[-1][0].dtype == torch.float32)
+        in fusedopt/optimizer.py)."""
+        return self.weights == MASTER
+
+    @property
+    def has_extra(self):
+        """The last state list is the weights mode's (masters or compensations), not the
+        algorithm's."""
+        return self.weights != PLAIN
 
     def grad(self, i):
         return self.params[i].grad if self.grads is None else self.grads[i]

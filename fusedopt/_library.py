@@ -9,13 +9,13 @@ from fusedopt import _engine, backends
 from fusedopt.algorithms import ALGORITHMS
 
 
-def _spec(params, grads, states, steps, group_index):
+def _spec(params, grads, states, steps, group_index, weights, seeds):
     n = len(params)
     k = len(states) // n
     return _engine.BucketSpec(params[0].device, params[0].dtype, 0, params=list(params),
                               states=[list(states[j * n:(j + 1) * n]) for j in range(k)],
                               steps=list(steps), group_index=list(group_index),
-                              grads=list(grads))
+                              grads=list(grads), weights=weights, seeds=list(seeds))
 
 
 @torch.library.custom_op("fusedopt::step_", mutates_args=("params", "states", "steps"))
@@ -23,18 +23,20 @@ def step_(params: List[torch.Tensor], grads: List[Optional[torch.Tensor]],
           states: List[torch.Tensor], steps: List[torch.Tensor], hp: torch.Tensor,
           group_index: List[int], algo: str, flags: int, clip_coef: Optional[torch.Tensor],
           inv_scale: Optional[torch.Tensor], found_inf: Optional[torch.Tensor],
-          backend: str) -> None:
-    """One step of algorithm ``algo`` (fusedopt.algorithms) over ``params`` on ``backend``."""
+          backend: str, weights: int, seeds: List[int]) -> None:
+    """One step of algorithm ``algo`` (fusedopt.algorithms) over ``params`` on ``backend``;
+    ``weights`` and ``seeds`` as BucketSpec's (Note [precision modes])."""
     if params:
         module = backends.named(backend)
-        module.step(module.make_bucket(_spec(params, grads, states, steps, group_index)), hp,
+        spec = _spec(params, grads, states, steps, group_index, weights, seeds)
+        module.step(module.make_bucket(spec), hp,
                     ALGORITHMS[algo], flags, clip_coef=clip_coef, inv_scale=inv_scale,
                     found_inf=found_inf)
 
 
 @step_.register_fake
 def _step_fake(params, grads, states, steps, hp, group_index, algo, flags, clip_coef, inv_scale,
-               found_inf, backend):
+               found_inf, backend, weights, seeds):
     return None
 
 

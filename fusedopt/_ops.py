@@ -31,7 +31,7 @@ def step(bucket, scalars):
                                  [s for states in spec.states for s in states], spec.steps,
                                  bucket.hp, spec.group_index, algo.name, bucket.flags,
                                  scalars["clip_coef"], scalars["inv_scale"], scalars["found_inf"],
-                                 bucket.backend.NAME)
+                                 bucket.backend.NAME, spec.weights, spec.seeds)
         return
     bucket.backend.step(bucket.handle, bucket.hp, algo, bucket.flags, **scalars)
 

@@ -13,7 +13,7 @@ def functions(extension, prefix, device_type):
 
     def make_bucket(spec):
         return extension().Bucket(spec.params, spec.states, spec.steps, spec.group_index,
-                                  spec.pending, spec.grads or [])
+                                  spec.pending, spec.grads or [], spec.weights, spec.seeds)
 
     def pending_with_grad(handle):
         return extension().pending_with_grad(handle)

@@ -6,9 +6,13 @@ published pseudo-code step by step; this module is the loop around it, with two 
 differences shared by every fusedopt backend (docs/internals.md): fp16/bf16 parameters are
 computed in fp32, and the AMP unscale and the clip coefficient are applied to the grad inside the
 step. With master copies (Note [master copy] in fusedopt/optimizer.py) the same math runs on the
-fp32 master instead of the param.
+fp32 master instead of the param; Note [precision modes] (docs/internals.md) says what the other
+modes read and write, Note [stochastic rounding] how bf16 states are rounded, both written here
+plainly.
 """
 import torch
+
+from fusedopt import _engine
 
 NAME = "reference"
 
@@ -52,16 +56,77 @@ def _grad(p, grad, inv_scale, clip_coef, maximize):
 
 
 def _read_param(spec, i, ct):
-    """The value a step starts from, in the compute dtype: the master copy if the bucket has
-    them (the param is then not read), else the param."""
-    source = spec.states[-1][i] if spec.has_master else spec.params[i].detach()
-    return source.to(ct)
+    """The value a step starts from, in the compute dtype (Note [precision modes]): the master
+    copy (the param is then not read), the param plus its compensation, or the param."""
+    p = spec.params[i].detach()
+    if spec.weights == _engine.MASTER:
+        return spec.states[-1][i].to(ct)
+    if spec.weights == _engine.KAHAN:
+        return p.to(ct) + spec.states[-1][i].to(ct)
+    return p.to(ct)
 
 
 def _write_param(spec, i, param):
-    if spec.has_master:
+    p = spec.params[i].detach()
+    if spec.weights == _engine.MASTER:
         spec.states[-1][i].copy_(param)
-    spec.params[i].detach().copy_(param)
+    p.copy_(param)
+    if spec.weights == _engine.KAHAN:     # what the rounding of the param lost
+        spec.states[-1][i].copy_(param - p.to(param.dtype))
+
+
+# Note [stochastic rounding] (docs/internals.md), written plainly on int64 tensors holding
+# uint32 values: every product is split in 16-bit halves so that no int64 overflows.
+_MASK = 0xFFFFFFFF
+
+
+def _mul32(x, c):
+    """(x * c) mod 2^32 for uint32 values ``x`` (an int64 tensor) and a constant ``c``."""
+    return ((x & 0xFFFF) * c + ((((x >> 16) * c) & 0xFFFF) << 16)) & _MASK
+
+
+def fmix32(h):
+    """MurmurHash3's 32-bit finaliser on int64 tensors (or Python ints) holding uint32 values."""
+    if not torch.is_tensor(h):
+        return int(fmix32(torch.tensor(h, dtype=torch.int64)))
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = _mul32(h, 0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def rounding_key(seed, t, k):
+    """The key of state list ``k`` of a tensor with ``seed`` at step ``t`` (after the increment)."""
+    return fmix32((seed ^ fmix32((t * 4 + k) & _MASK)) & _MASK)
+
+
+def random_bits(key, numel):
+    """bits(key, j) of every element index j < numel (int64 tensor of uint32 values)."""
+    j = torch.arange(numel, dtype=torch.int64) & _MASK
+    return fmix32(_mul32(j, 0x9E3779B1) ^ key)
+
+
+def stochastic_round_bf16(x, key):
+    """``x`` (float32) as bfloat16, rounded stochastically with the bits of ``key``, element j
+    of ``x`` in row-major order using bits(key, j)."""
+    flat = x.detach().reshape(-1).to(torch.float32)
+    r = random_bits(key, flat.numel()).to(flat.device) >> 16
+    u = flat.view(torch.int32).to(torch.int64) & _MASK
+    top = ((u + r) & _MASK) >> 16
+    top = torch.where(torch.isnan(flat), torch.full_like(top, 0x7FC0), top)
+    top = torch.where(top >= 0x8000, top - 0x10000, top)     # as int16 bits
+    return top.to(torch.int16).view(torch.bfloat16).reshape(x.shape)
+
+
+def _write_state(spec, k, i, value, t):
+    """State k of params[i] in its storage dtype: stochastically rounded where the bucket has
+    seeds, else round-to-nearest (``copy_``)."""
+    target = spec.states[k][i]
+    if spec.seeds:
+        target.copy_(stochastic_round_bf16(value, rounding_key(spec.seeds[i], int(t), k)))
+    else:
+        target.copy_(value)
 
 
 def step(spec, hp, algo, flags, *, clip_coef=None, inv_scale=None, found_inf=None):
@@ -85,10 +150,11 @@ def step(spec, hp, algo, flags, *, clip_coef=None, inv_scale=None, found_inf=Non
         states = [spec.states[k][i].to(ct) for k in range(num_states)]
         spec.steps[i] += 1
         row = dict(zip(names, rows[spec.group_index[i]]))
-        algo.update(param, g, states, spec.steps[i].item(), row, flags)
+        t = spec.steps[i].item()
+        algo.update(param, g, states, t, row, flags)
         _write_param(spec, i, param)
         for k, state in enumerate(states):
-            spec.states[k][i].copy_(state)
+            _write_state(spec, k, i, state, t)
 
 
 def _norm(tensors, norm_type):
