@@ -11,7 +11,7 @@ import warnings
 import torch
 from torch.optim.optimizer import required
 
-from fusedopt import _distributed, _engine, _hparams, _ops, backends, clip
+from fusedopt import _distributed, _engine, _hparams, _ops, _precision, backends, clip
 
 
 def host_number(value, sync=True):
@@ -58,7 +58,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         algo = cls.__dict__.get("ALGORITHM")
         if algo is not None:      # what the tables and schedulers read, from the descriptor
             cls._COLUMNS = algo.table_columns
-            cls._FLAG_KEYS = algo.flag_keys + ("master_weights",)
+            cls._FLAG_KEYS = algo.flag_keys + ("master_weights", "kahan_sum", "state_dtype")
             cls._HPARAM_SLOTS = algo.slots
 
     def __init__(self, params, defaults, backend="auto"):
@@ -271,6 +271,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         """Every table column of ``group`` in its range (``sync=False``: a device tensor is not
         read; it was checked when it entered the group)."""
         cls._check_pairs(group)
+        _precision.check_group(group)
         for c in cls._COLUMNS.values():
             value = group[c.key] if c.index is None else group[c.key][c.index]
             if c.boolean:
@@ -338,20 +339,23 @@ class FusedOptimizer(torch.optim.Optimizer):
                 "graph again after the change (the next step regroups); Note [one truth]")
         groups = self.param_groups
         flags = [self._flags(g) for g in groups]
+        modes = self._modes(groups)            # before any state changes (it raises)
         specs = {}
         self._dtensors = []                    # (DTensor param, its local shard)
         for gi, group in enumerate(groups):
             for p in group["params"]:
                 placement = _distributed.placement_key(p)
-                key = (p.device, p.dtype, flags[gi], placement)
+                mode = modes[gi, p.dtype]
+                key = (p.device, p.dtype, flags[gi][0], mode, placement)
                 spec = specs.get(key)
                 if spec is None:
                     spec = specs[key] = _engine.BucketSpec(p.device, p.dtype, flags[gi][0],
-                                                           placement=placement, groups=groups)
+                                                           placement=placement, groups=groups,
+                                                           weights=mode[0])
                 shard = _distributed.local(p)
                 if placement is not None:
                     self._dtensors.append((p, shard))
-                packed = self._state_of(p, group)
+                packed = self._state_of(p, group, mode)
                 if packed is None:
                     spec.pending.append(shard)
                     spec.pending_group.append(gi)
@@ -361,6 +365,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                     spec.params.append(shard)
                     spec.steps.append(step)
                     spec.group_index.append(gi)
+                    if mode[2]:
+                        spec.seeds.append(self.state[p]["rounding_seed"])
                     for k, state in enumerate(states):
                         if len(spec.states) <= k:
                             spec.states.append([])
@@ -398,41 +404,83 @@ class FusedOptimizer(torch.optim.Optimizer):
             for i in b.backend.pending_with_grad(b.handle):
                 p = b.spec.pending_source[i]
                 self._check_grad(p)
-                self._new_state(p, self.param_groups[b.spec.pending_group[i]])
+                group = self.param_groups[b.spec.pending_group[i]]
+                self._new_state(p, group, self._mode(group, p.dtype))
                 grown = True
         return grown
 
     # ---- state (torch's layout: state_dicts interchange with torch.optim) -------------------------
     @classmethod
     def _flags(cls, group):
-        """(the algorithm's flags word, master weights): what buckets are keyed by, besides the
-        device and the dtype."""
+        """(the algorithm's flags word, the precision options): what buckets are keyed by,
+        besides the device, the dtype and the mode (Note [precision modes])."""
         algo = cls.ALGORITHM
-        return algo.flags_word(algo.group_flags(group)), bool(group.get("master_weights"))
+        return algo.flags_word(algo.group_flags(group)), _precision.group_key(group)
 
-    def _state_of(self, p, group):
-        """(state tensors in bucket order, step counter) of a param that has state, else None."""
+    def _modes(self, groups):
+        """{(group index, param dtype): (weights, state dtype, stochastic)}; a ValueError names
+        the group whose state_dtype its params cannot take."""
+        modes = {}
+        for gi, group in enumerate(groups):
+            for dtype in {p.dtype for p in group["params"]}:
+                try:
+                    modes[gi, dtype] = self._mode(group, dtype)
+                except ValueError as exc:
+                    raise ValueError(f"param_groups[{gi}]: {exc}") from None
+        return modes
+
+    def _mode(self, group, dtype):
+        weights, states, stochastic = _precision.mode(group, dtype)
+        # no state lists (SGD without momentum): nothing to round, no seed to keep
+        return weights, states, stochastic and bool(self.ALGORITHM.state_names(
+            self._flags(group)[0]))
+
+    def _state_of(self, p, group, mode):
+        """(state tensors in bucket order, step counter) of a param that has state, else None.
+        States are brought to the mode's dtype here (after a load_state_dict, or when a group's
+        options changed), and its weights mode's list and seed are made or dropped."""
         algo = self.ALGORITHM
+        weights, dtype, stochastic = mode
         names = algo.state_names(self._flags(group)[0])
         state = self.state.get(p) or {}
         if any(state.get(name) is None for name in names):
             return None
+        for name in names:
+            if state[name].dtype != dtype:      # round-to-nearest: the same bits on every run
+                state[name] = state[name].to(dtype)
+        if stochastic and "rounding_seed" not in state:
+            state["rounding_seed"] = _precision.new_seed()
+        elif not stochastic:
+            state.pop("rounding_seed", None)
         if algo.step_in_state:
             if "step" not in state:
                 return None
-            # torch keeps 'step' on the CPU unless fused/capturable; fusedopt keeps it beside the
-            # parameter (what torch's fused path does), so the bias correction is computed on
-            # the device.
-            step = torch.as_tensor(state["step"], dtype=torch.float32).to(p.device).reshape(())
-            state["step"] = step
+            step = self._device_step(p, state)
         else:
             step = self._counter(p, seeded=True) if names else self._counters.get(p)
             if step is None:
                 return None
-        return [state[name] for name in names] + self._master_states(p, group), step
+            if not stochastic:
+                state.pop("step", None)
+            elif "step" not in state:
+                state["step"] = step
+            elif state["step"] is not step:     # loaded: the saved counter goes on
+                step = self._counters[p] = self._device_step(p, state)
+        return [state[name] for name in names] + self._weights_states(p, weights), step
 
-    def _new_state(self, p, group):
-        """The state of a param at its first grad: zeros shaped like it, and a counter at 0."""
+    @staticmethod
+    def _device_step(p, state):
+        """state['step'] as the 0-d float32 tensor beside the param that the kernels count in.
+        torch keeps 'step' on the CPU unless fused/capturable; fusedopt keeps it beside the
+        parameter (what torch's fused path does), so the bias correction is computed on the
+        device."""
+        step = torch.as_tensor(state["step"], dtype=torch.float32).to(p.device).reshape(())
+        state["step"] = step
+        return step
+
+    def _new_state(self, p, group, mode):
+        """The state of a param at its first grad: zeros shaped like it in the mode's state
+        dtype, a counter at 0, and a seed where its states round stochastically."""
         algo = self.ALGORITHM
         state = self.state[p]
         if algo.step_in_state:
@@ -440,44 +488,59 @@ class FusedOptimizer(torch.optim.Optimizer):
         else:
             # a fresh counter: one kept from momentum-free steps would mark a new buffer seeded
             self._counters.pop(p, None)
-            self._counter(p, seeded=False)
+            counter = self._counter(p, seeded=False)
+            if mode[2]:
+                # Note [stochastic rounding]: the bits follow the counter, so a resumed run
+                # needs it: kept in the state, where torch's layout has no 'step'
+                state["step"] = counter
         for name in algo.state_names(self._flags(group)[0]):
-            state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state[name] = torch.zeros_like(p, dtype=mode[1], memory_format=torch.preserve_format)
+        if mode[2]:
+            state["rounding_seed"] = _precision.new_seed()
 
     def _counter(self, p, seeded):
         """Note [internal counters]: an algorithm whose torch layout has no 'step' (SGD, LARS,
         Lion) still needs a per-param count: torch's SGD seeds a momentum buffer with the first
         grad (no dampening), so the kernels must know which buffers are seeded. It lives here,
         outside torch's state layout, and is rebuilt from the state after a load (a param with
-        a buffer is seeded)."""
+        a buffer is seeded), unless the state keeps it (stochastically rounded states)."""
         counter = self._counters.get(p)
         if counter is None:
             counter = torch.full((), float(seeded), dtype=torch.float32, device=p.device)
             self._counters[p] = counter
         return counter
 
-    def _master_states(self, p, group):
-        """Note [master copy]: with ``master_weights=True`` every fp16/bf16 param keeps an fp32
+    def _weights_states(self, p, weights):
+        """The weights mode's last state list entry of ``p`` (Note [precision modes]): ``[master]``,
+        ``[compensation]`` or ``[]``; the other mode's entry is dropped.
+
+        Note [master copy]: with ``master_weights=True`` every fp16/bf16 param keeps an fp32
         copy in ``state['master_param']``, made from the param with the rest of its state (or,
         after a load_state_dict without masters, such as torch's, at the next pack). Buckets carry the
         copies as their last state list: an fp32 list beside fp16/bf16 params (csrc/cuda/
         launchers.h, Note [slots]; ``BucketSpec.has_master``). A step reads the master in place
         of the param, computes in fp32 as always, and writes the master and its rounding into
-        the param in the same pass, never reading the param: bf16 AdamW moves 20 B/param
-        (reads g, m, v 2 B each and the master 4 B; writes p, m, v and the master) against
-        14 B without, and keeps 4 B/param more. m and v keep the param's dtype (torch's layout).
-        The master is the truth: a param written in place after its master exists (e.g. by
-        ``model.load_state_dict``) is overwritten by the next step. Returns ``[master]`` or
-        ``[]`` (fp32/fp64 params: a no-op; groups without the option drop a stale copy)."""
-        # .get: groups of an optimizer pickled before the option existed lack the key
-        if not (group.get("master_weights") and p.dtype in (torch.float16, torch.bfloat16)):
-            if p in self.state:
-                self.state[p].pop("master_param", None)
-            return []
+        the param in the same pass, never reading the param: bf16 AdamW moves 28 B/param
+        (reads g 2 B, the master and the fp32 m, v 4 B each; writes p, m, v and the master)
+        against 14 B without, and keeps 12 B/param more (issue 25: fp32 states are what make
+        the run track fp32). The master is the truth: a param written in place after its
+        master exists (e.g. by ``model.load_state_dict``) is overwritten by the next step.
+
+        ``kahan_sum=True`` keeps ``state['compensation']`` instead (the param's dtype): what the
+        param's rounding lost, added back at the next step."""
         state = self.state[p]
-        if "master_param" not in state:
-            state["master_param"] = p.detach().to(torch.float32, copy=True)
-        return [state["master_param"]]
+        keep = {_engine.MASTER: "master_param", _engine.KAHAN: "compensation"}.get(weights)
+        for name in ("master_param", "compensation"):
+            if name != keep:
+                state.pop(name, None)
+        if keep is None:
+            return []
+        if keep not in state:
+            state[keep] = (p.detach().to(torch.float32, copy=True) if weights == _engine.MASTER
+                           else torch.zeros_like(p, memory_format=torch.preserve_format))
+        elif state[keep].dtype != (torch.float32 if weights == _engine.MASTER else p.dtype):
+            state[keep] = state[keep].to(torch.float32 if weights == _engine.MASTER else p.dtype)
+        return [state[keep]]
 
     def _check_grad(self, p):
         g = p.grad
@@ -595,22 +658,23 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict):
         extra = state_dict.get("fusedopt", {})
-        # torch casts every state tensor to its param's dtype: keep the fp32 master copies
-        # (Note [master copy]) out of that and give them back as float32 afterwards
-        masters, state = {}, {}
+        # torch casts every state tensor to its param's dtype: keep the tensors out of that (fp32
+        # masters and states, bf16 states; Note [precision modes]) and give them back in their
+        # own dtype; the next pack converts what the group's mode wants otherwise
+        kept, state = {}, {}
         for k, s in state_dict["state"].items():
-            if isinstance(s, dict) and "master_param" in s:
-                masters[k] = s["master_param"]
-                s = {name: v for name, v in s.items() if name != "master_param"}
+            if isinstance(s, dict):
+                kept[k] = {name: v for name, v in s.items()
+                           if name != "step" and torch.is_tensor(v) and v.is_floating_point()}
+                s = {name: v for name, v in s.items() if name not in kept[k]}
             state[k] = s
         super().load_state_dict({**{k: v for k, v in state_dict.items() if k != "fusedopt"},
                                  "state": state})
         saved = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for k, p in zip(saved, params):
-            if k in masters:
-                self.state[p]["master_param"] = masters[k].to(device=p.device,
-                                                              dtype=torch.float32)
+            for name, value in kept.get(k, {}).items():
+                self.state[p][name] = value.to(device=p.device)
         if "skipped_steps" in extra:
             self._carry.skipped = extra["skipped_steps"].clone()
 

@@ -54,7 +54,11 @@ class FusedAdam(FusedOptimizer, torch.optim.Adam):
     (step counters live on the parameters' device). ``skip_nonfinite=True`` skips, on device,
     every step in which any grad is inf or nan, and counts them in ``skipped_steps``.
     ``master_weights=True`` keeps an fp32 copy of each fp16/bf16 param in
-    ``state['master_param']`` and steps that copy (Note [master copy]); a no-op for fp32/fp64."""
+    ``state['master_param']`` and steps that copy, with fp32 states (Note [master copy]); a no-op
+    for fp32/fp64. ``kahan_sum=True`` keeps a compensation of each fp16/bf16 param instead (2
+    B/param), with stochastically rounded bf16 states (fp32 beside fp16 params). ``state_dtype`` (torch.float32 or
+    torch.bfloat16, stochastically rounded) chooses the states' dtype (README, "Low
+    precision")."""
 
     ALGORITHM = ALGORITHM
     _check_pairs = staticmethod(check_betas)
@@ -62,12 +66,13 @@ class FusedAdam(FusedOptimizer, torch.optim.Adam):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False, fused=None, decoupled_weight_decay=False, backend="auto",
-                 skip_nonfinite=False, master_weights=False):
+                 skip_nonfinite=False, master_weights=False, state_dtype=None, kahan_sum=False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, foreach=foreach, capturable=capturable,
                         differentiable=differentiable, fused=fused,
                         decoupled_weight_decay=decoupled_weight_decay,
-                        skip_nonfinite=skip_nonfinite, master_weights=master_weights)
+                        skip_nonfinite=skip_nonfinite, master_weights=master_weights,
+                        state_dtype=state_dtype, kahan_sum=kahan_sum)
         self._check_group(defaults)
         super().__init__(params, defaults, backend)
 
@@ -79,11 +84,12 @@ class FusedAdamW(FusedAdam, torch.optim.AdamW):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
                  differentiable=False, fused=None, backend="auto", skip_nonfinite=False,
-                 master_weights=False):
+                 master_weights=False, state_dtype=None, kahan_sum=False):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable, differentiable=differentiable,
                          fused=fused, decoupled_weight_decay=True, backend=backend,
-                         skip_nonfinite=skip_nonfinite, master_weights=master_weights)
+                         skip_nonfinite=skip_nonfinite, master_weights=master_weights,
+                         state_dtype=state_dtype, kahan_sum=kahan_sum)
 
 
 ALGORITHM.classes[:] = [FusedAdam, FusedAdamW]

@@ -34,8 +34,9 @@ class Algorithm:
     step_in_state: bool = False                # state['step'] is the counter (Adam), else internal
     two_stage: bool = False                    # Note [two stages], csrc/algorithms.h
     # bytes per param a two-stage algorithm's other pass reads again: f(element size, bytes of
-    # the value the step starts from: the param's, or 4 for an fp32 master)
-    rereads: Callable[[int, int], int] = lambda size, start: 0
+    # the value the step starts from (the param's, 4 for an fp32 master, twice the param's with a
+    # compensation), element size of the states)
+    rereads: Callable[[int, int, int], int] = lambda size, start, state: 0
     classes: list = field(default_factory=list)
 
     def __post_init__(self):
@@ -67,12 +68,17 @@ class Algorithm:
     def state_names(self, flags):
         return self.states(self.flag_dict(flags) if isinstance(flags, int) else flags)
 
-    def bytes_per_param(self, dtype, flags, master=False):
-        """Bytes one step moves per parameter: the grad read, the param read and written (with a
-        master copy: the fp32 master read and written and the param only written), each state
-        read and written, and what a two-stage algorithm's other pass reads again."""
+    def bytes_per_param(self, dtype, flags, master=False, state_dtype=None, kahan=False):
+        """Bytes one step moves per parameter (Note [precision modes]): the grad read; the param
+        read and written (with a master copy: the fp32 master read and written and the param
+        only written; with ``kahan``: the param and its compensation read and written); each
+        state read and written in its dtype (``state_dtype``, by default fp32 behind masters,
+        else the param's); and what a two-stage algorithm's other pass reads again."""
         size = torch.empty((), dtype=dtype).element_size()
-        states = len(self.state_names(flags))
-        moved = size + (size + 8 if master else 2 * size) + 2 * size * states
-        return moved + self.rereads(size, 4 if master else size)
-
+        if state_dtype is None:
+            state_dtype = torch.float32 if master else dtype
+        state = torch.empty((), dtype=state_dtype).element_size()
+        start = 4 if master else 2 * size if kahan else size
+        moved = size + (2 * start + size if master else 2 * start)
+        moved += 2 * state * len(self.state_names(flags))
+        return moved + self.rereads(size, start, state)

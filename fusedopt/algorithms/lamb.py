@@ -52,7 +52,7 @@ ALGORITHM = Algorithm(
     aliases={"momentum": "beta1"}, step_in_state=True, two_stage=True,
     # the global clip's norm reads g; the first pass reads g, p, m and v and writes nothing (the
     # second recomputes the moments from them: the same bits as the reference's, fp16/bf16 too)
-    rereads=lambda size, start: 4 * size + start)
+    rereads=lambda size, start, state: 2 * size + 2 * state + start)
 
 
 class FusedLAMB(FusedOptimizer, torch.optim.Optimizer):
@@ -68,7 +68,7 @@ class FusedLAMB(FusedOptimizer, torch.optim.Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, *,
                  bias_correction=True, grad_averaging=True, max_grad_norm=1.0, trust_clip=False,
                  always_adapt=False, adam_w_mode=True, maximize=False, backend="auto",
-                 skip_nonfinite=False, master_weights=False):
+                 skip_nonfinite=False, master_weights=False, state_dtype=None, kahan_sum=False):
         if max_grad_norm is not None and not max_grad_norm >= 0:
             raise ValueError(f"Invalid max_grad_norm: {max_grad_norm!r}; expected None or a "
                              "number >= 0")
@@ -76,7 +76,8 @@ class FusedLAMB(FusedOptimizer, torch.optim.Optimizer):
                         bias_correction=bias_correction, grad_averaging=grad_averaging,
                         max_grad_norm=max_grad_norm, trust_clip=trust_clip,
                         always_adapt=always_adapt, adam_w_mode=adam_w_mode, maximize=maximize,
-                        skip_nonfinite=skip_nonfinite, master_weights=master_weights)
+                        skip_nonfinite=skip_nonfinite, master_weights=master_weights,
+                        state_dtype=state_dtype, kahan_sum=kahan_sum)
         self._check_group(defaults)
         super().__init__(params, defaults, backend)
 

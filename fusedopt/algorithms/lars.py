@@ -39,7 +39,7 @@ ALGORITHM = Algorithm(
     group_flags=lambda g: {"momentum": g["momentum"] != 0, "nesterov": g["nesterov"],
                            "maximize": g["maximize"]},
     flag_keys=("nesterov", "maximize"), two_stage=True,
-    rereads=lambda size, start: start + size)          # the norm pass reads p and g
+    rereads=lambda size, start, state: start + size)          # the norm pass reads p and g
 
 
 class FusedLARS(FusedOptimizer, torch.optim.Optimizer):
@@ -54,11 +54,12 @@ class FusedLARS(FusedOptimizer, torch.optim.Optimizer):
 
     def __init__(self, params, lr, momentum=0, weight_decay=0, dampening=0, eta=1e-3,
                  nesterov=False, eps=1e-8, *, maximize=False, backend="auto",
-                 skip_nonfinite=False, master_weights=False):
+                 skip_nonfinite=False, master_weights=False, state_dtype=None, kahan_sum=False):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, dampening=dampening,
                         eta=eta, nesterov=nesterov, eps=eps, lars_exclude=False,
                         maximize=maximize, skip_nonfinite=skip_nonfinite,
-                        master_weights=master_weights)
+                        master_weights=master_weights,
+                        state_dtype=state_dtype, kahan_sum=kahan_sum)
         self._check_group(defaults)
         check_nesterov(defaults)
         super().__init__(params, defaults, backend)

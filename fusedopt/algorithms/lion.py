@@ -35,9 +35,10 @@ class FusedLion(FusedOptimizer, torch.optim.Optimizer):
     _check_pairs = staticmethod(check_betas)
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False,
-                 backend="auto", skip_nonfinite=False, master_weights=False):
+                 backend="auto", skip_nonfinite=False, master_weights=False, state_dtype=None, kahan_sum=False):
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize,
-                        skip_nonfinite=skip_nonfinite, master_weights=master_weights)
+                        skip_nonfinite=skip_nonfinite, master_weights=master_weights,
+                        state_dtype=state_dtype, kahan_sum=kahan_sum)
         self._check_group(defaults)
         super().__init__(params, defaults, backend)
 

@@ -75,11 +75,12 @@ class FusedSGD(FusedOptimizer, torch.optim.SGD):
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False,
                  *, maximize=False, foreach=None, differentiable=False, fused=None, backend="auto",
-                 skip_nonfinite=False, master_weights=False):
+                 skip_nonfinite=False, master_weights=False, state_dtype=None, kahan_sum=False):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach,
                         differentiable=differentiable, fused=fused, skip_nonfinite=skip_nonfinite,
-                        master_weights=master_weights)
+                        master_weights=master_weights,
+                        state_dtype=state_dtype, kahan_sum=kahan_sum)
         self._check_group(defaults)
         # As torch, only the defaults: a group may set nesterov=True beside an inherited
         # dampening, and then steps with both (torch's for-loop math does).

@@ -38,8 +38,8 @@ def bytes_per_param(optimizer, dtype, *, clip=False, amp=False, master=False):
     p, g, m, v and write p, m, v, fp32 28 B; SGD with momentum 20; a two-stage algorithm's
     second reads added). A clip norm or AMP's found_inf check needs one more read of every grad
     before the update (fp32 AdamW + clip: 32 B), and both share that read. ``master``: fp16/bf16
-    params with fp32 master copies read the master (4 B) instead of the param and write both
-    (Note [master copy]): bf16 AdamW 14 -> 20 B; a no-op for fp32."""
+    params with fp32 master copies read the master (4 B) instead of the param and write both,
+    and keep fp32 states (Note [master copy]): bf16 AdamW 14 -> 28 B; a no-op for fp32."""
     algo, flags = _impls.flags_of(optimizer)
     master = master and dtype in (torch.float16, torch.bfloat16)
     size = torch.empty((), dtype=dtype).element_size()
