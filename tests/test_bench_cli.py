@@ -176,28 +176,33 @@ def test_bytes_per_param_match_design():
     assert measure.bytes_per_param("adamw", f32, clip=True, amp=True) == 32
     assert measure.bytes_per_param("sgd", f32) == 20
     assert measure.bytes_per_param("adam", torch.bfloat16) == 14
-    # master weights: the fp32 master is read instead of the param, and written beside it
-    assert measure.bytes_per_param("adamw", torch.bfloat16, master=True) == 20
-    assert measure.bytes_per_param("sgd", torch.float16, master=True) == 16
-    assert measure.bytes_per_param("adamw", f32, master=True) == 28      # a no-op for fp32
+    # master weights: the fp32 master is read instead of the param, and written beside it, and
+    # the states are fp32 (issue 25); compensated params read and write p and c, bf16 states
+    assert measure.bytes_per_param("adamw", torch.bfloat16, mode="+master") == 28
+    assert measure.bytes_per_param("adamw", torch.bfloat16, mode="+master-bf16") == 20
+    assert measure.bytes_per_param("adamw", torch.bfloat16, mode="+kahan") == 18
+    assert measure.bytes_per_param("sgd", torch.float16, mode="+master") == 20
+    assert measure.bytes_per_param("adamw", f32, mode="+master") == 28      # a no-op for fp32
 
 
-def test_master_weights_implementation(tmp_path):
-    """+master runs fusedopt with master_weights=True (default for --dtype bf16): its GB/s counts
-    the 20 B/param of bf16 AdamW with masters, and its peak memory is 4 B/param above the
-    same implementation's without them."""
-    assert "fusedopt+master" in cli.resolve(cli.build_parser().parse_args(
-        ["--device", "cpu", "--dtype", "bf16"]), None).impl
+def test_precision_mode_implementations(tmp_path):
+    """The mode suffixes run fusedopt in each precision mode (all of them by default for --dtype
+    bf16): GB/s counts each mode's bytes (bf16 AdamW: masters and fp32 states 28 B/param, masters
+    and bf16 states 20, Kahan 18), and the peak memory of masters with fp32 states is 8 B/param
+    above the same implementation's without them (the master 4, two states 2 more each)."""
+    assert {"fusedopt+master", "fusedopt+kahan"} <= set(cli.resolve(cli.build_parser().parse_args(
+        ["--device", "cpu", "--dtype", "bf16"]), None).impl)
     data, _ = run_cli(tmp_path, "--dtype", "bf16", "--impl",
-                      "fusedopt,fusedopt+master,fusedopt-reference+master")
+                      "fusedopt,fusedopt+master,fusedopt-reference+master,fusedopt+kahan")
     by = {r["impl"]: r for r in data["results"]}
     assert all(r["status"] == "ok" for r in data["results"]), data["results"]
     assert by["fusedopt"]["bytes_per_step"] == 14 * 4096
+    assert by["fusedopt+kahan"]["bytes_per_step"] == 18 * 4096
     for impl in ("fusedopt+master", "fusedopt-reference+master"):
         r = by[impl]
-        assert r["bytes_per_step"] == 20 * 4096
-        assert r["gbps"] == pytest.approx(20 * 4096 / (r["median_ms"] * 1e-3) / 1e9)
-    assert by["fusedopt+master"]["peak_mem_bytes"] - by["fusedopt"]["peak_mem_bytes"] == 4 * 4096
+        assert r["bytes_per_step"] == 28 * 4096
+        assert r["gbps"] == pytest.approx(28 * 4096 / (r["median_ms"] * 1e-3) / 1e9)
+    assert by["fusedopt+master"]["peak_mem_bytes"] - by["fusedopt"]["peak_mem_bytes"] == 8 * 4096
 
 
 def test_plain_table_without_rich(monkeypatch, capsys):

@@ -56,8 +56,8 @@ _SEED = 191763
 
 
 def oracle_of(impl):
-    """The oracle ``impl`` is held to: the reference backend, with master weights if it has them."""
-    return ORACLE + (_impls.MASTER if _impls.split(impl)[1] else "")
+    """The oracle ``impl`` is held to: the reference backend, in its precision mode."""
+    return ORACLE + _impls.split(impl)[1]
 
 
 def is_oracle(impl):

@@ -13,6 +13,7 @@ import sys
 
 import torch
 
+from fusedopt import _precision
 from fusedopt.bench import check as _check
 from fusedopt.bench import impls as _impls
 from fusedopt.bench import measure, presets, report
@@ -83,8 +84,8 @@ def _impl_list(text):
                                          f"{', '.join(_impls.IMPLS)}")
     bad = [n for n in names if _impls.split(n)[1] and not n.startswith("fusedopt")]
     if bad:
-        raise argparse.ArgumentTypeError(f"{bad[0]!r}: {_impls.MASTER} applies to fusedopt's "
-                                         "implementations only")
+        raise argparse.ArgumentTypeError(f"{bad[0]!r}: a precision mode ({', '.join(_impls.MODES)}) "
+                                         "applies to fusedopt's implementations only")
     return list(dict.fromkeys(names))
 
 
@@ -118,10 +119,10 @@ def build_parser():
                    help="fp16 loss scaling with a GradScaler (fusedopt: its fused unscale path)")
     p.add_argument("--impl", type=_impl_list, default=None, metavar="LIST",
                    help="comma list from: " + ", ".join(_impls.IMPLS) +
-                        "; a fusedopt one with +master (e.g. fusedopt+master) runs it with "
-                        "master_weights=True, for --dtype bf16/fp16 (default: fusedopt, with "
-                        "+master for bf16/fp16, and torch's on this device; unavailable ones are "
-                        "reported skipped with the reason)")
+                        "; a fusedopt one with a precision mode suffix (" + ", ".join(_impls.MODES) +
+                        ", e.g. fusedopt+master) runs in that mode (README, 'Low precision') "
+                        "(default: fusedopt, in every mode for bf16/fp16, and torch's on this "
+                        "device; unavailable ones are reported skipped with the reason)")
     p.add_argument("--steps", type=_positive, default=20, help="timed steps per implementation (default 20)")
     p.add_argument("--warmup", type=_nonneg, default=5, help="untimed steps first, interleaved too (default 5)")
     p.add_argument("--sweep", choices=["numel", "groups"], default=None,
@@ -199,14 +200,16 @@ def sweep_points(args):
     return [(None, args.shapes, args.groups)]
 
 
-def _memory_check(args, live, elem):
+def _memory_check(args, live, elem, dtype):
     """Warn when the run will not fit in memory (every implementation keeps its own state, and
-    one with master weights 4 B/param more)."""
-    n_live, masters = len(live), sum(_impls.split(i)[1] for i in live)
+    one in a precision mode what that mode keeps)."""
+    n_live = len(live)
     algo, flags = _impls.flags_of(args.optimizer)
     states = len(algo.state_names(flags))
-    need = args.numel * (elem * (2 + (1 if args.clip or args.amp else 0) + states * n_live)
-                         + 4 * masters * (elem < 4))
+    kept = sum(sum(_precision.bytes_per_param(dtype, s, states, w)[1:])
+               for w, s, _ in (_precision.mode(_impls.MODES.get(_impls.split(i)[1], {}), dtype)
+                               for i in live))
+    need = args.numel * (elem * (2 + (1 if args.clip or args.amp else 0)) + kept)
     if args.device == "cuda":
         free = torch.cuda.mem_get_info(args.device_obj)[0]
     else:
@@ -240,7 +243,7 @@ def run(args):
           f" | {args.steps} steps after {args.warmup} warm-up", flush=True)
     live = [i for i in args.impl if _impls.unavailable_reason(i, args.optimizer, device) is None]
     if not host:
-        _memory_check(args, live, torch.empty((), dtype=dtype).element_size())
+        _memory_check(args, live, torch.empty((), dtype=dtype).element_size(), dtype)
     checks = _check.check_all(args.impl, optimizer=args.optimizer, dtype=dtype, clip=args.clip,
                               amp=args.amp, device=device)
     progress = report.Progress(len(points), f"sweep {args.sweep}") if args.sweep else None
@@ -258,7 +261,7 @@ def run(args):
         if args.sweep:
             extra["sweep_value"] = value
         bytes_of = {i: numel * measure.bytes_per_param(args.optimizer, dtype, clip=args.clip,
-                                                       amp=args.amp, master=True)
+                                                       amp=args.amp, mode=_impls.split(i)[1])
                     for i in args.impl if _impls.split(i)[1]}
         results += report.records(entries, bytes_per_step=bpp * numel, references=point_refs,
                                   extra=extra, bytes_of=bytes_of, checks=checks)

@@ -14,9 +14,11 @@ optimizer state. A step is what a training loop runs after backward():
   one ``fusedopt.AmpOptimWrapper`` takes: one norm reduction over the scaled grads gives found_inf
   (and the clip norm), the step unscales and clips inline and skips itself on inf, then
   GradScaler's scale update runs unchanged.
-A fusedopt implementation named with ``+master`` (``fusedopt+master``, ``fusedopt-cuda+master``)
-is the same one with ``master_weights=True``: fp32 master copies of fp16/bf16 params (a no-op
-for fp32).
+A fusedopt implementation named with a mode suffix (``MODES``: ``fusedopt+master``,
+``fusedopt-cuda+kahan``) is the same one in that precision mode (README, "Low precision"):
+``+master`` fp32 master copies and fp32 states, ``+master-bf16`` masters with stochastically
+rounded bf16 states, ``+kahan`` compensated params with bf16 states (all no-ops for fp32 params
+but the states' dtype).
 """
 import importlib
 import inspect
@@ -26,24 +28,29 @@ import torch
 IMPLS = ("fusedopt", "fusedopt-cuda", "fusedopt-triton", "fusedopt-cpu", "fusedopt-reference",
          "torch-forloop", "torch-foreach", "torch-fused", "apex", "deepspeed", "te")
 MAX_NORM = 1.0
-MASTER = "+master"
+MODES = {"+master": dict(master_weights=True),
+         "+master-bf16": dict(master_weights=True, state_dtype=torch.bfloat16),
+         "+kahan": dict(kahan_sum=True)}
 
 
 def split(impl):
-    """(implementation without the suffix, whether it has ``+master``)."""
-    base = impl[:-len(MASTER)] if impl.endswith(MASTER) else impl
-    return base, base != impl
+    """(implementation without its mode suffix, the suffix or "")."""
+    for suffix in sorted(MODES, key=len, reverse=True):
+        if impl.endswith(suffix):
+            return impl[:-len(suffix)], suffix
+    return impl, ""
 
 
 def default_impls(device, dtype=torch.float32, *, host=False):
     """What a run without --impl compares on ``device``: fusedopt as users get it (and, for
-    fp16/bf16 params, with master weights), its reference backend, torch's three
+    fp16/bf16 params, in each precision mode), its reference backend, torch's three
     implementations, and the third-party ones that could run there. ``host`` (the host
     preset): each fusedopt backend of the device and torch's fused implementation."""
     if host:
         backends = ["cuda", "triton"] if device.type == "cuda" else ["cpu"]
         return [f"fusedopt-{b}" for b in backends] + ["fusedopt-reference", "torch-fused"]
-    master = ["fusedopt+master"] if dtype in (torch.float16, torch.bfloat16) else []
+    master = (["fusedopt" + m for m in MODES] if dtype in (torch.float16, torch.bfloat16)
+              else [])
     if device.type == "cuda":
         return ["fusedopt", *master, "fusedopt-cuda", "fusedopt-triton", "fusedopt-reference",
                 "torch-forloop", "torch-foreach", "torch-fused", "apex", "deepspeed", "te"]
@@ -156,10 +163,10 @@ def build(impl, optimizer, groups, device, hp=None):
     """The optimizer of ``impl`` over ``groups`` (a list of param-group dicts), with the
     constructor keywords ``hp`` (default: ``hyper(optimizer)``)."""
     hp = hyper(optimizer) if hp is None else hp
-    impl, master = split(impl)
+    impl, mode = split(impl)
     if impl.startswith("fusedopt"):
         return optimizers()[optimizer][1](groups, **hp, backend=impl.partition("-")[2] or "auto",
-                                          master_weights=master)
+                                          **MODES.get(mode, {}))
     if impl.startswith("torch-"):
         flags = {"torch-forloop": dict(foreach=False), "torch-foreach": dict(foreach=True),
                  "torch-fused": dict(fused=True)}[impl]

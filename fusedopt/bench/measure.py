@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from fusedopt import _engine, _precision
 from fusedopt.bench import impls as _impls
 
 # Note [bandwidth references]: two of torch's element-wise ops over fp32 vectors, timed in the same
@@ -32,18 +33,21 @@ COPY_BYTES_PER_ELEM = 8
 CPU_STREAM_NUMEL = 20_000_000
 CUDA_STREAM_NUMEL = 1 << 28
 
-def bytes_per_param(optimizer, dtype, *, clip=False, amp=False, master=False):
+def bytes_per_param(optimizer, dtype, *, clip=False, amp=False, mode=""):
     """Bytes one step must move per parameter (bench/README.md, "Effective bandwidth"): the
     algorithm's own count (``Algorithm.bytes_per_param`` at the bench's flags: Adam/AdamW read
     p, g, m, v and write p, m, v, fp32 28 B; SGD with momentum 20; a two-stage algorithm's
     second reads added). A clip norm or AMP's found_inf check needs one more read of every grad
     before the update (fp32 AdamW + clip: 32 B), and both share that read. ``master``: fp16/bf16
     params with fp32 master copies read the master (4 B) instead of the param and write both,
-    and keep fp32 states (Note [master copy]): bf16 AdamW 14 -> 28 B; a no-op for fp32."""
+    and keep fp32 states (Note [master copy]): bf16 AdamW 14 -> 28 B; a no-op for fp32.
+    ``mode``: a precision mode of ``_impls.MODES`` (Note [precision modes])."""
     algo, flags = _impls.flags_of(optimizer)
-    master = master and dtype in (torch.float16, torch.bfloat16)
+    weights, states, _ = _precision.mode(_impls.MODES.get(mode, {}), dtype)
     size = torch.empty((), dtype=dtype).element_size()
-    return algo.bytes_per_param(dtype, flags, master=master) + (size if clip or amp else 0)
+    return (algo.bytes_per_param(dtype, flags, master=weights == _engine.MASTER,
+                                 state_dtype=states, kahan=weights == _engine.KAHAN)
+            + (size if clip or amp else 0))
 
 
 def synthetic_shapes(numel, tensors):
