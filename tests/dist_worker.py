@@ -2,7 +2,8 @@
 
 Trains the same tiny model under DDP or FSDP2 (fully_shard) with fusedopt and with torch.optim,
 gloo on CPU, clipping the global grad norm, and writes what the test compares to OUT (a .pt file).
-MODE fsdp2-master: bf16 params with master_weights=True (``master_weights`` below).
+MODE fsdp2-master / fsdp2-kahan: bf16 params with master_weights=True / kahan_sum=True
+(``low_precision`` below).
 """
 import os
 import sys
@@ -53,13 +54,19 @@ def full(t):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-def master_weights(rank, backend, out):
-    """bf16 params sharded by FSDP2, master_weights=True: each step's reduced grads, gathered,
-    also feed torch's for-loop AdamW over full fp32 copies whose states are rounded to bf16
-    after each step (the master-weights oracle of tests/test_master_weights.py)."""
+LOW_PRECISION = {"fsdp2-master": dict(master_weights=True), "fsdp2-kahan": dict(kahan_sum=True)}
+EXTRA = {"fsdp2-master": "master_param", "fsdp2-kahan": "compensation"}
+
+
+def low_precision(mode, rank, backend, out):
+    """bf16 params sharded by FSDP2 with masters (fp32 states) or compensations (bf16 states,
+    stochastically rounded): each step's reduced grads, gathered, also feed torch's for-loop
+    AdamW over full fp32 copies (the oracle of tests/test_master_weights.py)."""
+    options, extra = LOW_PRECISION[mode], EXTRA[mode]
     m = wrap("fsdp2", model().to(torch.bfloat16))
+    torch.manual_seed(1)      # the rounding seeds, drawn at the first step (the same on each rank)
     opt = fusedopt.FusedAdamW(m.parameters(), lr=0.05, weight_decay=0.1, backend=backend,
-                              master_weights=True)
+                              **options)
     twins = [torch.nn.Parameter(full(p).detach().float()) for p in m.parameters()]
     oracle = torch.optim.AdamW(twins, lr=0.05, weight_decay=0.1, foreach=False)
     norms = []
@@ -75,28 +82,26 @@ def master_weights(rank, backend, out):
                       torch.nn.utils.clip_grad_norm_(twins, 100.0, foreach=False)))
         opt.step()
         oracle.step()
-        for state in oracle.state.values():
-            for key in ("exp_avg", "exp_avg_sq"):
-                state[key].copy_(state[key].bfloat16())
     params = list(m.parameters())
     result = {
         "norms": [(a.float(), b.float()) for a, b in norms],
         "params": [full(p).detach().clone() for p in params],
-        "masters": [full(opt.state[p]["master_param"]).clone() for p in params],
+        "extra": [full(opt.state[p][extra]).clone() for p in params],
         "exp_avg": [full(opt.state[p]["exp_avg"]).clone() for p in params],
-        "sharded": [type(opt.state[p]["master_param"]).__name__ for p in params],
+        "sharded": [type(opt.state[p][extra]).__name__ for p in params],
         "oracle": [t.detach().clone() for t in twins],
-        "oracle_exp_avg": [oracle.state[t]["exp_avg"].bfloat16() for t in twins],
+        "oracle_exp_avg": [oracle.state[t]["exp_avg"].clone() for t in twins],
     }
-    ckpt = os.path.join(tempfile.gettempdir(), f"fusedopt-dcp-master-{os.environ['MASTER_PORT']}")
+    ckpt = os.path.join(tempfile.gettempdir(), f"fusedopt-dcp-{mode}-{os.environ['MASTER_PORT']}")
     dcp.save({"optim": get_optimizer_state_dict(m, opt)}, checkpoint_id=ckpt)
     fresh_m = wrap("fsdp2", model().to(torch.bfloat16))
     fresh = fusedopt.FusedAdamW(fresh_m.parameters(), lr=0.05, weight_decay=0.1, backend=backend,
-                                master_weights=True)
+                                **options)
     loaded = {"optim": get_optimizer_state_dict(fresh_m, fresh)}
     dcp.load(loaded, checkpoint_id=ckpt)
     set_optimizer_state_dict(fresh_m, fresh, loaded["optim"])
-    result["dcp_masters"] = [full(fresh.state[p]["master_param"]).clone()
+    result["dcp_extra"] = [full(fresh.state[p][extra]).clone() for p in fresh_m.parameters()]
+    result["dcp_exp_avg"] = [full(fresh.state[p]["exp_avg"]).clone()
                              for p in fresh_m.parameters()]
     if rank == 0:
         torch.save(result, out)
@@ -105,8 +110,8 @@ def master_weights(rank, backend, out):
 def main(mode, rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    if mode == "fsdp2-master":
-        master_weights(rank, os.environ["BACKEND"], out)
+    if mode in LOW_PRECISION:
+        low_precision(mode, rank, os.environ["BACKEND"], out)
         dist.barrier()
         dist.destroy_process_group()
         return
