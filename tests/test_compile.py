@@ -114,15 +114,19 @@ def test_compiled_step_with(case):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("options", [dict(master_weights=True), dict(kahan_sum=True)], ids=str)
 @pytest.mark.parametrize("algo", ["AdamW", "SGD"])
-def test_compiled_step_with_master_weights(algo, backend):
-    """bf16 params with fp32 masters (Note [master copy]): the ops get the master list as the
-    bucket's last state list, and the compiled steps equal the eager ones bit for bit."""
+def test_compiled_step_in_precision_modes(algo, options, backend):
+    """bf16 params with fp32 masters and fp32 states (Note [master copy]), or compensations and
+    stochastically rounded bf16 states (Note [precision modes]): the ops get the mode's list as
+    the bucket's last state list and the seeds, and the compiled steps equal the eager ones bit
+    for bit, params and every state."""
     runs = []
     for compiled in (True, False):
         m = model().to(torch.bfloat16)
-        o = getattr(fusedopt, f"Fused{algo}")(m.parameters(), lr=1e-2, master_weights=True,
-                                             backend=backend, **OPTIONS[algo])
+        torch.manual_seed(3)                 # the same rounding seeds in both runs
+        o = getattr(fusedopt, f"Fused{algo}")(m.parameters(), lr=1e-2, backend=backend,
+                                             **options, **OPTIONS[algo])
 
         def step(m=m, o=o):
             torch.nn.functional.mse_loss(m(X.bfloat16()).float(), Y).backward()
@@ -135,10 +139,14 @@ def test_compiled_step_with_master_weights(algo, backend):
         runs.append((list(m.parameters()), o))
     (ps, po), (qs, qo) = runs
     for i, (p, q) in enumerate(zip(ps, qs)):
-        master = po.state[p]["master_param"]
-        assert master.dtype == torch.float32 and torch.equal(p.detach(), master.bfloat16())
-        assert torch.equal(master, qo.state[q]["master_param"]), f"{algo} {backend}: master {i}"
+        if "master_param" in po.state[p]:
+            master = po.state[p]["master_param"]
+            assert master.dtype == torch.float32 and torch.equal(p.detach(), master.bfloat16())
         assert torch.equal(p.detach(), q.detach()), f"{algo} {backend}: param {i}"
+        for name, value in po.state[p].items():
+            other = qo.state[q][name]
+            same = torch.equal(value, other) if torch.is_tensor(value) else value == other
+            assert same, f"{algo} {backend} {options}: state[{i}][{name!r}]"
 
 
 def test_the_issues_example_compiles_with_inductor():
