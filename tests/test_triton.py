@@ -366,7 +366,7 @@ def test_two_stage_totals_and_reproducibility(name, kwargs, dtype):
         runs.append((params, opt))
         handle = opt._buckets[0].handle
         totals = handle.sums[1].cpu().view(-1, 2)
-        for t, i in enumerate(handle.walk):
+        for t, i in enumerate(handle.walked):       # walked params, in table order
             want = before[i].square().sum()
             assert_close(totals[t, 0], want, f"{name} |p|^2 of tensor {i}")
             if name == "FusedLARS":
