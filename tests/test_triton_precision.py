@@ -223,6 +223,31 @@ def test_stochastic_rounding_is_bitwise():
 
 
 @needs_triton
+def test_staged_params_skip_like_the_others():
+    """A non-contiguous param with seeds steps through contiguous copies (kernels walk memory
+    order, the bits follow the row-major index): found_inf, and a grad that is None, leave it,
+    its states and its counter as they were, like every walked param."""
+    torch.manual_seed(0)
+    algo = ALGORITHMS["adam"]
+    spec = make_bucket(algo, 0, make_params(BF16, [(33,)])[:2], BF16, KAHAN, True)
+    handle, hp = tb.make_bucket(spec), hparams(algo, dict(lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8))
+    assert len(handle.staged) == 4, "the transposed param, its two states, its compensation"
+
+    def snapshot():
+        return [t.clone() for t in spec.params + [s for states in spec.states for s in states]
+                + spec.steps]
+    set_grads([spec], lambda p: torch.randn(p.shape, device=DEVICE).to(p.dtype))
+    before = snapshot()
+    tb.step(handle, hp, algo, 0, found_inf=torch.ones((), device=DEVICE))
+    assert all(torch.equal(a, b) for a, b in zip(before, snapshot()))
+    spec.params[1].grad = None
+    tb.step(handle, hp, algo, 0)
+    after = snapshot()
+    assert not torch.equal(after[0], before[0]), "the contiguous param steps"
+    assert all(torch.equal(after[k], before[k]) for k in range(1, len(after), 2))
+
+
+@needs_triton
 def test_state_dtypes_the_note_allows():
     """Every (param dtype, state dtype) pair: a bucket builds where ALLOWED has it, else the
     validator names the state and the dtypes it expects."""
