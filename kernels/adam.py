@@ -8,7 +8,7 @@ from collections import namedtuple
 import triton
 import triton.language as tl
 
-from fusedopt.kernels.numerics import div_rn, power, rounded, sqrt_rn
+from fusedopt.kernels.numerics import div_rn, load_state, power, sqrt_rn, store_state
 
 Columns = namedtuple("Columns", "lr weight_decay beta1 beta2 eps")
 Flags = namedtuple("Flags", "amsgrad maximize decoupled")
@@ -25,28 +25,27 @@ def prepare(hrow, step, C: tl.constexpr, F: tl.constexpr):
 
 
 @triton.jit
-def update(p, g, s, offs, mask, x, totals, F: tl.constexpr, DTYPE: tl.constexpr,
+def update(p, g, s, offs, mask, x, totals, F: tl.constexpr, S: tl.constexpr,
            CT: tl.constexpr):
     lr, wd, beta1, beta2, eps, step_size, bias_correction2_sqrt = x
-    m_ptr, v_ptr, vmax_ptr = s
     if wd != 0:
         if F.decoupled:
             p = p * (1.0 - lr * wd).to(CT)
         else:
             g = g + wd.to(CT) * p
     # exp_avg.lerp_(g, 1 - beta1), with torch's two-sided lerp formula (exact at both ends)
-    m = tl.load(m_ptr + offs, mask=mask).to(CT)
+    m = load_state(s[0], offs, mask, CT)
     w = (1.0 - beta1).to(CT)
     m = tl.where(w < 0.5, m + w * (g - m), g - (g - m) * (1.0 - w))
-    v = tl.load(v_ptr + offs, mask=mask).to(CT)
+    v = load_state(s[1], offs, mask, CT)
     v = v * beta2.to(CT) + (1.0 - beta2).to(CT) * g * g
     if F.amsgrad:
-        vmax = tl.load(vmax_ptr + offs, mask=mask).to(CT)
+        vmax = load_state(s[2], offs, mask, CT)
         vmax = tl.maximum(vmax, v, propagate_nan=tl.PropagateNan.ALL)   # torch.maximum keeps NaN
-        tl.store(vmax_ptr + offs, rounded(vmax, DTYPE), mask=mask)
+        store_state(s[2], offs, mask, vmax, S)
         denom = div_rn(sqrt_rn(vmax), bias_correction2_sqrt.to(CT)) + eps.to(CT)
     else:
         denom = div_rn(sqrt_rn(v), bias_correction2_sqrt.to(CT)) + eps.to(CT)
-    tl.store(m_ptr + offs, rounded(m, DTYPE), mask=mask)
-    tl.store(v_ptr + offs, rounded(v, DTYPE), mask=mask)
+    store_state(s[0], offs, mask, m, S)
+    store_state(s[1], offs, mask, v, S)
     return p + (-step_size).to(CT) * div_rn(m, denom)

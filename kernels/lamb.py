@@ -14,7 +14,7 @@ from collections import namedtuple
 import triton
 import triton.language as tl
 
-from fusedopt.kernels.numerics import div_rn, power, rounded, sqrt_rn
+from fusedopt.kernels.numerics import div_rn, load_state, power, sqrt_rn, store_state
 
 Columns = namedtuple("Columns", "lr weight_decay beta1 beta2 eps")
 Flags = namedtuple("Flags",
@@ -42,9 +42,9 @@ def _moments(p, g, s, offs, mask, x, F: tl.constexpr, CT: tl.constexpr):
     if not F.decoupled:
         if wd != 0:                     # apex's adam_w_mode=False: L2 into the moments
             g = g + wd.to(CT) * p
-    m = tl.load(s[0] + offs, mask=mask).to(CT)
+    m = load_state(s[0], offs, mask, CT)
     m = m * beta1.to(CT) + beta3.to(CT) * g
-    v = tl.load(s[1] + offs, mask=mask).to(CT)
+    v = load_state(s[1], offs, mask, CT)
     v = v * beta2.to(CT) + (1.0 - beta2).to(CT) * g * g
     denom = div_rn(sqrt_rn(v), bias_correction2_sqrt.to(CT)) + eps.to(CT)
     u = div_rn(div_rn(m, bias_correction1.to(CT)), denom)
@@ -62,7 +62,7 @@ def sums(p, g, s, offs, mask, x, F: tl.constexpr, CT: tl.constexpr):
 
 
 @triton.jit
-def update(p, g, s, offs, mask, x, totals, F: tl.constexpr, DTYPE: tl.constexpr,
+def update(p, g, s, offs, mask, x, totals, F: tl.constexpr, S: tl.constexpr,
            CT: tl.constexpr):
     lr, wd = x[0], x[1]
     m, v, u = _moments(p, g, s, offs, mask, x, F, CT)
@@ -73,6 +73,6 @@ def update(p, g, s, offs, mask, x, totals, F: tl.constexpr, DTYPE: tl.constexpr,
         ratio = tl.minimum(ratio, 1.0)
     if not F.always_adapt:
         ratio = tl.where(wd != 0, ratio, 1.0)
-    tl.store(s[0] + offs, rounded(m, DTYPE), mask=mask)
-    tl.store(s[1] + offs, rounded(v, DTYPE), mask=mask)
+    store_state(s[0], offs, mask, m, S)
+    store_state(s[1], offs, mask, v, S)
     return p + (-lr).to(CT) * (u * ratio.to(CT))

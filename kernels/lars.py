@@ -28,7 +28,7 @@ def sums(p, g, s, offs, mask, x, F: tl.constexpr, CT: tl.constexpr):
 
 
 @triton.jit
-def update(p, g, s, offs, mask, x, totals, F: tl.constexpr, DTYPE: tl.constexpr,
+def update(p, g, s, offs, mask, x, totals, F: tl.constexpr, S: tl.constexpr,
            CT: tl.constexpr):
     lr, wd, momentum, dampening, eps, eta, exclude, seed = x
     weight_norm, grad_norm = tl.sqrt(totals[0]), tl.sqrt(totals[1])   # fp64 sqrt is IEEE
@@ -37,5 +37,5 @@ def update(p, g, s, offs, mask, x, totals, F: tl.constexpr, DTYPE: tl.constexpr,
     local_lr = tl.where(adapt, eta * weight_norm / denom, 1.0)
     d = (g + wd.to(CT) * p) * (lr * local_lr).to(CT)     # d_p.add(p, alpha=wd).mul(actual_lr)
     if F.momentum:
-        d = momentum_step(d, s[0], offs, mask, momentum, dampening, seed, F.nesterov, DTYPE, CT)
+        d = momentum_step(d, s[0], offs, mask, momentum, dampening, seed, F.nesterov, S, CT)
     return p - d

@@ -7,7 +7,7 @@ from collections import namedtuple
 import triton
 import triton.language as tl
 
-from fusedopt.kernels.numerics import rounded, sign
+from fusedopt.kernels.numerics import load_state, sign, store_state
 
 Columns = namedtuple("Columns", "lr weight_decay beta1 beta2")
 Flags = namedtuple("Flags", "maximize")
@@ -20,15 +20,14 @@ def prepare(hrow, step, C: tl.constexpr, F: tl.constexpr):
 
 
 @triton.jit
-def update(p, g, s, offs, mask, x, totals, F: tl.constexpr, DTYPE: tl.constexpr,
+def update(p, g, s, offs, mask, x, totals, F: tl.constexpr, S: tl.constexpr,
            CT: tl.constexpr):
     lr, wd, beta1, beta2 = x
-    m_ptr = s[0]
     p = p * (1.0 - lr * wd).to(CT)                   # decoupled decay; wd = 0 multiplies by 1
-    m = tl.load(m_ptr + offs, mask=mask).to(CT)
+    m = load_state(s[0], offs, mask, CT)
     # x.add(g, alpha=a) is one fma in torch's vectorised CPU kernel and in nvcc's code for its
     # CUDA one; explicit, so the interpreter rounds as they do (Lion is held bitwise to them)
     p = p + (-lr).to(CT) * sign(tl.fma(g, (1.0 - beta1).to(CT), m * beta1.to(CT)))
     m = tl.fma(g, (1.0 - beta2).to(CT), m * beta2.to(CT))
-    tl.store(m_ptr + offs, rounded(m, DTYPE), mask=mask)
+    store_state(s[0], offs, mask, m, S)
     return p

@@ -1,4 +1,5 @@
-"""Element helpers every algorithm's block math shares: the scaled grad, torch's roundings.
+"""Element helpers every algorithm's block math shares: the scaled grad, torch's roundings, the
+state loads and stores (Note [precision modes], docs/internals.md).
 
 Note [compute precision]: fp64 params compute in fp64, every other dtype in fp32 (``CT``);
 scalars derived from the hyper-parameters (float64 table cells) are formed in fp64 and rounded to
@@ -79,3 +80,51 @@ def rounded(x, DTYPE: tl.constexpr):
     else:
         out = x.to(DTYPE)
     return out
+
+
+@triton.jit
+def fmix32(h):
+    """MurmurHash3's 32-bit finaliser on uint32 values (Note [stochastic rounding]): Triton's
+    uint32 products wrap modulo 2^32, as the contract's arithmetic does."""
+    h ^= h >> 16
+    h *= 0x85EBCA6B
+    h ^= h >> 13
+    h *= 0xC2B2AE35
+    h ^= h >> 16
+    return h
+
+
+@triton.jit
+def rounding_key(seed, t, k):
+    """key(seed, t, k) of Note [stochastic rounding]: state list ``k`` of a tensor with ``seed``
+    (uint32) at step ``t`` (uint32, the counter after this step's increment)."""
+    return fmix32(seed ^ fmix32(t * 4 + k))
+
+
+@triton.jit
+def stochastic_bf16(x, j, key):
+    """fp32 ``x`` as bf16, rounded stochastically with bits(key, j) (Note [stochastic
+    rounding]); ``j`` the elements' row-major indices (int64, taken modulo 2^32)."""
+    r = fmix32((j.to(tl.uint32) * 0x9E3779B1) ^ key) >> 16
+    bits = (x.to(tl.uint32, bitcast=True) + r) >> 16
+    bits = tl.where(x != x, 0x7FC0, bits)
+    return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def load_state(state, offs, mask, CT: tl.constexpr):
+    """A state (a ``(pointer, key)`` pair, kernels/preamble.py) widened to the compute dtype."""
+    return tl.load(state[0] + offs, mask=mask).to(CT)
+
+
+@triton.jit
+def store_state(state, offs, mask, value, S: tl.constexpr):
+    """``value`` into a state of dtype ``S``: rounded stochastically where the pair holds a key
+    (S is then bf16, and ``offs`` are row-major indices: the walked tensors are contiguous in
+    that mode), else to nearest."""
+    ptr, key = state
+    if key is None:
+        out = rounded(value, S)
+    else:
+        out = stochastic_bf16(value, offs, key)
+    tl.store(ptr + offs, out, mask=mask)

@@ -3,8 +3,9 @@ plugged in as constexpr functions (Note [algorithm as data], docs/internals.md).
 
 Note [one launch per bucket]: a bucket's tensors are described once, on its device, by
 - ``meta``: int64 [T, L.meta_cols], one row per tensor: numel, group row, the addresses of the
-  param, of its float32 step counter, of up to three state tensors and of its fp32 master copy
-  (Note [master copy] in fusedopt/optimizer.py), 0 where unused;
+  param, of its float32 step counter, of up to three state tensors and of the weights mode's
+  tensor (its fp32 master copy or its compensation: Note [precision modes], docs/internals.md),
+  0 where unused, and its rounding seed (Note [stochastic rounding]);
 - ``grads``: int64 [T], the grad addresses, ``L.no_grad`` for a grad that is None this step (the
   only column that can change between steps: autograd may hand out new grad tensors);
 - ``blocks``: int32 [B, 2], one (tensor, block-within-tensor) pair per program, tensor by tensor.
@@ -20,17 +21,21 @@ of the descriptor's column and flag names it reads; the host fills in table indi
 and three @triton.jit functions:
 - ``prepare(hrow, step, C, F)``: per-tensor scalars from its table row ``hrow`` (float64) and
   its step counter ``step`` before this step (float32), as a tuple ``x``;
-- ``update(p, g, s, offs, mask, x, totals, F, DTYPE, CT)``: the block math. ``p`` (the param, or
-  its fp32 master) and ``g`` (scaled, negated for maximize) are in the compute dtype ``CT``, ``s``
-  the three state pointers; it stores its states and returns the new ``p``. ``totals`` is None,
-  or for a two-stage algorithm the tensor's kSums (= 2) sums from ``sums``;
+- ``update(p, g, s, offs, mask, x, totals, F, S, CT)``: the block math. ``p`` (the value the
+  step starts from: Note [precision modes]) and ``g`` (scaled, negated for maximize) are in the
+  compute dtype ``CT``, ``s`` the three states as ``(pointer, key)`` pairs, read and written
+  with kernels/numerics.py's ``load_state`` and ``store_state`` (pointers of the state dtype
+  ``S``; key: the state list's rounding key where the bucket rounds stochastically, else None);
+  it stores its states and returns the new ``p``. ``totals`` is None, or for a two-stage
+  algorithm the tensor's kSums (= 2) sums from ``sums``;
 - two-stage algorithms only (Note [two stages], csrc/algorithms.h), ``sums(p, g, s, offs, mask,
   x, F, CT)``: the two per-element float64 terms whose per-tensor totals stage 2 reads.
 """
 import triton
 import triton.language as tl
 
-from fusedopt.kernels.numerics import load_grad, rounded
+from fusedopt.kernels.numerics import load_grad, rounded, rounding_key
+
 
 @triton.jit
 def locate(blocks, pid):
@@ -92,21 +97,29 @@ def last_block(counters, t, n, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _block(p_address, g_address, s_addresses, master_address, ALIGNED: tl.constexpr, offs,
+def _block(p_address, g_address, s_addresses, keys, extra_address, ALIGNED: tl.constexpr, offs,
            mask, x, totals, inv_scale, clip_coef, partial, UPDATE: tl.constexpr,
            SUMS: tl.constexpr, F: tl.constexpr, STAGE: tl.constexpr, DTYPE: tl.constexpr,
-           CT: tl.constexpr, MASTER: tl.constexpr):
-    """One block: the grad and the value the step starts from, then the algorithm's math; stage
-    1 stores the block's two partial sums at ``partial``, the others store the param (and the
-    master, which the param then only receives rounded: Note [master copy])."""
+           S: tl.constexpr, CT: tl.constexpr, WEIGHTS: tl.constexpr):
+    """One block: the grad and the value the step starts from (Note [precision modes]: the
+    master, the param plus its compensation, or the param), then the algorithm's math; stage 1
+    stores the block's two partial sums at ``partial``, the others store the param (and the
+    master, which the param then only receives rounded: Note [master copy]; or the compensation,
+    what that rounding lost)."""
     g = load_grad(typed(g_address, DTYPE, ALIGNED), offs, mask, inv_scale, clip_coef,
                   F.maximize, CT)
-    if MASTER:
-        p = tl.load(typed(master_address, tl.float32, ALIGNED) + offs, mask=mask)
+    p_ptr = typed(p_address, DTYPE, ALIGNED)
+    if WEIGHTS == 1:                    # master: the param is only written
+        extra_ptr = typed(extra_address, tl.float32, ALIGNED)
+        p = tl.load(extra_ptr + offs, mask=mask)
     else:
-        p = tl.load(typed(p_address, DTYPE, ALIGNED) + offs, mask=mask).to(CT)
+        extra_ptr = typed(extra_address, DTYPE, ALIGNED)
+        p = tl.load(p_ptr + offs, mask=mask).to(CT)
+        if WEIGHTS == 2:                # kahan: plus the compensation, in fp32
+            p = p + tl.load(extra_ptr + offs, mask=mask).to(CT)
     a0, a1, a2 = s_addresses
-    s = (typed(a0, DTYPE, ALIGNED), typed(a1, DTYPE, ALIGNED), typed(a2, DTYPE, ALIGNED))
+    s = ((typed(a0, S, ALIGNED), keys[0]), (typed(a1, S, ALIGNED), keys[1]),
+         (typed(a2, S, ALIGNED), keys[2]))
     if STAGE == 1:
         u, w = SUMS(p, g, s, offs, mask, x, F, CT)
         if mask is not None:            # masked lanes loaded nothing defined
@@ -115,10 +128,13 @@ def _block(p_address, g_address, s_addresses, master_address, ALIGNED: tl.conste
         tl.store(partial, tl.sum(u, 0))
         tl.store(partial + 1, tl.sum(w, 0))
     else:
-        p = UPDATE(p, g, s, offs, mask, x, totals, F, DTYPE, CT)
-        if MASTER:
-            tl.store(typed(master_address, tl.float32, ALIGNED) + offs, p, mask=mask)
-        tl.store(typed(p_address, DTYPE, ALIGNED) + offs, rounded(p, DTYPE), mask=mask)
+        p = UPDATE(p, g, s, offs, mask, x, totals, F, S, CT)
+        if WEIGHTS == 1:
+            tl.store(extra_ptr + offs, p, mask=mask)
+        rounded_p = rounded(p, DTYPE)
+        tl.store(p_ptr + offs, rounded_p, mask=mask)
+        if WEIGHTS == 2:
+            tl.store(extra_ptr + offs, rounded(p - rounded_p.to(CT), DTYPE), mask=mask)
 
 
 @triton.jit
@@ -142,12 +158,17 @@ def _total(partials, first, num_blocks, out, BLOCK: tl.constexpr):
 def update_kernel(blocks, meta, grads, counters, hp, partials, totals, inv_scale, clip_coef,
                   found_inf, PREPARE: tl.constexpr, UPDATE: tl.constexpr, SUMS: tl.constexpr,
                   C: tl.constexpr, F: tl.constexpr, L: tl.constexpr, STAGE: tl.constexpr,
-                  DTYPE: tl.constexpr, CT: tl.constexpr, MASTER: tl.constexpr,
-                  BLOCK: tl.constexpr):
+                  DTYPE: tl.constexpr, S: tl.constexpr, CT: tl.constexpr,
+                  WEIGHTS: tl.constexpr, SR: tl.constexpr, BLOCK: tl.constexpr):
     """STAGE 0: a one-stage algorithm's step. Note [two stages] (csrc/algorithms.h): STAGE 1
     stores each block's kSums = 2 partial sums in ``partials`` (float64 [B, 2]) and the tensor's
     last block adds them up into ``totals`` (float64 [T, 2]); STAGE 2 is the step, reading the
-    totals. Only the updating stage advances the step counters."""
+    totals. Only the updating stage advances the step counters.
+
+    DTYPE is the params' dtype, S the states', WEIGHTS the bucket's weights mode (0 plain, 1
+    master, 2 kahan: Note [precision modes]); SR: the states are written with stochastic
+    rounding, keyed per tensor and state list from its seed and the counter after this step,
+    computed here from the counter on the device (no host sync)."""
     if skipped(found_inf):
         return
     pid = tl.program_id(0)
@@ -160,10 +181,16 @@ def update_kernel(blocks, meta, grads, counters, hp, partials, totals, inv_scale
     step_ptr = tl.load(row + L.step).to(tl.pointer_type(tl.float32))
     step = tl.load(step_ptr)         # float32 like torch's state['step']
     x = PREPARE(hp + tl.load(row + L.group) * L.hp_cols, step, C, F)
+    keys = (None, None, None)
+    if SR:
+        seed = tl.load(row + L.seed).to(tl.uint32)
+        counter = (step + 1.0).to(tl.uint32)
+        keys = (rounding_key(seed, counter, 0), rounding_key(seed, counter, 1),
+                rounding_key(seed, counter, 2))
     tensor_totals = None
     if STAGE == 2:
         tensor_totals = (tl.load(totals + 2 * t), tl.load(totals + 2 * t + 1))
-    p_address, master_address = tl.load(row + L.param), tl.load(row + L.master)
+    p_address, extra_address = tl.load(row + L.param), tl.load(row + L.extra)
     s = (tl.load(row + L.states), tl.load(row + L.states + 1), tl.load(row + L.states + 2))
     partial = None
     if STAGE == 1:
@@ -172,17 +199,19 @@ def update_kernel(blocks, meta, grads, counters, hp, partials, totals, inv_scale
     # Full blocks run unmasked: a mask built from a numel read from memory has unknown
     # divisibility, which would forbid the 16-byte vector accesses (Note [alignment per tensor]).
     if b.to(tl.int64) * BLOCK + BLOCK <= n:
-        # a | b is a multiple of 16 iff both are: one argument covers the last state and master
-        if aligned16(g_address, p_address, s[0], s[1], s[2] | master_address):
-            _block(p_address, g_address, s, master_address, True, offs, None, x, tensor_totals,
-                   inv_scale, clip_coef, partial, UPDATE, SUMS, F, STAGE, DTYPE, CT, MASTER)
-        else:
-            _block(p_address, g_address, s, master_address, False, offs, None, x,
+        # a | b is a multiple of 16 iff both are: one argument covers the last state and extra
+        if aligned16(g_address, p_address, s[0], s[1], s[2] | extra_address):
+            _block(p_address, g_address, s, keys, extra_address, True, offs, None, x,
                    tensor_totals, inv_scale, clip_coef, partial, UPDATE, SUMS, F, STAGE, DTYPE,
-                   CT, MASTER)
+                   S, CT, WEIGHTS)
+        else:
+            _block(p_address, g_address, s, keys, extra_address, False, offs, None, x,
+                   tensor_totals, inv_scale, clip_coef, partial, UPDATE, SUMS, F, STAGE, DTYPE,
+                   S, CT, WEIGHTS)
     else:
-        _block(p_address, g_address, s, master_address, False, offs, offs < n, x, tensor_totals,
-               inv_scale, clip_coef, partial, UPDATE, SUMS, F, STAGE, DTYPE, CT, MASTER)
+        _block(p_address, g_address, s, keys, extra_address, False, offs, offs < n, x,
+               tensor_totals, inv_scale, clip_coef, partial, UPDATE, SUMS, F, STAGE, DTYPE, S,
+               CT, WEIGHTS)
     if last_block(counters, t, n, BLOCK):
         if STAGE == 1:
             num_blocks = tl.maximum((n + BLOCK - 1) // BLOCK, 1)

@@ -9,7 +9,7 @@ from collections import namedtuple
 import triton
 import triton.language as tl
 
-from fusedopt.kernels.numerics import rounded
+from fusedopt.kernels.numerics import load_state, store_state
 
 Columns = namedtuple("Columns", "lr weight_decay momentum dampening")
 Flags = namedtuple("Flags", "momentum nesterov maximize")     # momentum: buffers kept
@@ -22,14 +22,14 @@ def prepare(hrow, step, C: tl.constexpr, F: tl.constexpr):
 
 
 @triton.jit
-def momentum_step(d, buf_ptr, offs, mask, momentum, dampening, seed, NESTEROV: tl.constexpr,
-                  DTYPE: tl.constexpr, CT: tl.constexpr):
+def momentum_step(d, buf_state, offs, mask, momentum, dampening, seed, NESTEROV: tl.constexpr,
+                  S: tl.constexpr, CT: tl.constexpr):
     """torch's momentum buffer (SGD's, and LARS's after its local lr): returns the direction.
     On the seeding step the old buffer (zeros) is read but discarded by the select, so a NaN left
     in it cannot leak in; 4 extra bytes per fp32 element on that step only."""
-    buf = tl.load(buf_ptr + offs, mask=mask).to(CT)
+    buf = load_state(buf_state, offs, mask, CT)
     buf = tl.where(seed, d, buf * momentum.to(CT) + (1.0 - dampening).to(CT) * d)
-    tl.store(buf_ptr + offs, rounded(buf, DTYPE), mask=mask)
+    store_state(buf_state, offs, mask, buf, S)
     if NESTEROV:
         d = d + momentum.to(CT) * buf
     else:
@@ -38,11 +38,11 @@ def momentum_step(d, buf_ptr, offs, mask, momentum, dampening, seed, NESTEROV: t
 
 
 @triton.jit
-def update(p, g, s, offs, mask, x, totals, F: tl.constexpr, DTYPE: tl.constexpr,
+def update(p, g, s, offs, mask, x, totals, F: tl.constexpr, S: tl.constexpr,
            CT: tl.constexpr):
     lr, wd, momentum, dampening, seed = x
     if wd != 0:
         g = g + wd.to(CT) * p
     if F.momentum:
-        g = momentum_step(g, s[0], offs, mask, momentum, dampening, seed, F.nesterov, DTYPE, CT)
+        g = momentum_step(g, s[0], offs, mask, momentum, dampening, seed, F.nesterov, S, CT)
     return p + (-lr).to(CT) * g

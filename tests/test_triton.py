@@ -16,6 +16,7 @@ import torch
 
 import fusedopt
 from fusedopt import backends
+from fusedopt._engine import KAHAN, MASTER, PLAIN
 from fusedopt.algorithms import ALGORITHMS, optimizer_classes
 from fusedopt.backends import triton as tb      # Note [import never fails]
 from helpers import (CASES, CASE_IDS, TORCH, compare_master_runs, group_overrides, make_params,
@@ -365,7 +366,7 @@ def test_two_stage_totals_and_reproducibility(name, kwargs, dtype):
         runs.append((params, opt))
         handle = opt._buckets[0].handle
         totals = handle.sums[1].cpu().view(-1, 2)
-        for t, i in enumerate(handle.walk):
+        for t, i in enumerate(handle.walked):       # walked params, in table order
             want = before[i].square().sum()
             assert_close(totals[t, 0], want, f"{name} |p|^2 of tensor {i}")
             if name == "FusedLARS":
@@ -485,17 +486,23 @@ def test_compiles_for_sm90_with_vector_accesses():
     assert done.stdout.split() == " ".join(names[:1] + ["norm"] + names[1:]).split(), done.stdout
 
 
-# (launch names, algorithm, flags, dtype, fp32 masters): Adam with amsgrad (and a 2-norm), SGD
-# with momentum, both with masters (Note [master copy]), Lion, LARS with momentum, LAMB with
-# masters: both stages of the two-stage ones
-SM90_LAUNCHES = [("adam-0", "adam", dict(amsgrad=True, decoupled=True), torch.float32, False),
-                 ("sgd-0", "sgd", dict(momentum=True, nesterov=True), torch.bfloat16, False),
-                 ("adam-0", "adam", dict(decoupled=True), torch.bfloat16, True),
-                 ("sgd-0", "sgd", dict(momentum=True), torch.float16, True),
-                 ("lion-0", "lion", {}, torch.float32, False),
-                 ("lars-1 lars-2", "lars", dict(momentum=True), torch.float32, False),
-                 ("lamb-1 lamb-2", "lamb", dict(bias_correction=True, grad_averaging=True,
-                                                decoupled=True), torch.bfloat16, True)]
+# (launch names, algorithm, flags, param dtype, state dtype, weights mode, stochastic rounding;
+# Note [precision modes]): Adam with amsgrad (and a 2-norm), SGD with momentum, both with masters
+# (Note [master copy]), Lion, LARS with momentum, LAMB with masters: both stages of the two-stage
+# ones; then fp32 params with stochastically rounded bf16 states, and Kahan-summed bf16 params
+# with fp32 (AdamW) or stochastically rounded bf16 (LAMB) states
+_LAMB = dict(bias_correction=True, grad_averaging=True, decoupled=True)
+SM90_LAUNCHES = [
+    ("adam-0", "adam", dict(amsgrad=True, decoupled=True), torch.float32, torch.float32, PLAIN, 0),
+    ("sgd-0", "sgd", dict(momentum=True, nesterov=True), torch.bfloat16, torch.bfloat16, PLAIN, 0),
+    ("adam-0", "adam", dict(decoupled=True), torch.bfloat16, torch.bfloat16, MASTER, 0),
+    ("sgd-0", "sgd", dict(momentum=True), torch.float16, torch.float16, MASTER, 0),
+    ("lion-0", "lion", {}, torch.float32, torch.float32, PLAIN, 0),
+    ("lars-1 lars-2", "lars", dict(momentum=True), torch.float32, torch.float32, PLAIN, 0),
+    ("lamb-1 lamb-2", "lamb", _LAMB, torch.bfloat16, torch.bfloat16, MASTER, 0),
+    ("sgd-0", "sgd", dict(momentum=True), torch.float32, torch.bfloat16, PLAIN, 1),
+    ("adam-0", "adam", dict(decoupled=True), torch.bfloat16, torch.float32, KAHAN, 0),
+    ("lamb-1 lamb-2", "lamb", _LAMB, torch.bfloat16, torch.bfloat16, KAHAN, 1)]
 
 
 def check_sm90_ptx():
@@ -510,17 +517,21 @@ def check_sm90_ptx():
     global tb
     tb = backend_module
     launches = record_launches(setattr, execute=False)
-    for k, (_, name, flags, dtype, master) in enumerate(SM90_LAUNCHES):
+    for k, (_, name, flags, dtype, state_dtype, weights, stochastic) in enumerate(
+            SM90_LAUNCHES):
         algo = ALGORITHMS[name]
         flags = algo.flags_word(flags)
         params = [torch.zeros(4096, dtype=dtype), torch.zeros(3, dtype=dtype)]
         for p in params:
             p.grad = torch.zeros_like(p)
-        states = [[torch.zeros_like(p) for p in params] for _ in algo.state_names(flags)]
-        states += [[p.float() for p in params]] if master else []
+        states = [[torch.zeros_like(p, dtype=state_dtype) for p in params]
+                  for _ in algo.state_names(flags)]
+        extra = {MASTER: torch.float32, KAHAN: dtype}.get(weights)
+        states += [[torch.zeros_like(p, dtype=extra) for p in params]] if extra else []
         spec = _engine.BucketSpec(torch.device("cpu"), dtype, flags, params=params,
                                   states=states, steps=[torch.zeros(()) for _ in params],
-                                  group_index=[0, 0])
+                                  group_index=[0, 0], weights=weights,
+                                  seeds=[1, 2] if stochastic else [])
         handle = tb.make_bucket(spec)
         tb.step(handle, torch.zeros(1, _hparams.NUM_COLS, dtype=torch.float64), algo, flags)
         if k == 0:
@@ -569,10 +580,13 @@ def test_import_never_fails(missing, reason):
 @pytest.mark.skipif(RUNS_HERE or TRITON_ERROR is not None,
                     reason="the checks above run in this process, or triton is missing")
 def test_rerun_under_the_interpreter():
+    """This file and tests/test_triton_precision.py, whose checks need triton to run too."""
     env = dict(os.environ, TRITON_INTERPRET="1")
+    here = os.path.dirname(__file__)
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                           "-k", "not test_rerun_under_the_interpreter", __file__], env=env,
-                          cwd=os.path.dirname(__file__), capture_output=True, text=True)
+                           "-k", "not test_rerun_under_the_interpreter", __file__,
+                           os.path.join(here, "test_triton_precision.py")], env=env, cwd=here,
+                          capture_output=True, text=True)
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in summary and "skipped" not in summary, summary

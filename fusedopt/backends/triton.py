@@ -47,13 +47,14 @@ NAME = "triton"
 
 # ---- the tables the kernels walk (Note [one launch per bucket], kernels/preamble.py) -----------
 # Meta row columns, passed to the kernels as the constexpr ``L``: numel, group row, the addresses
-# of the param, its float32 step counter, up to three states (Adam's m, v, max_v) and its fp32
-# master. 8 int64 columns: 64-byte rows. no_grad is -1, not 0: torch gives 0-element tensors the
-# address 0, and their step must still count.
+# of the param, its float32 step counter, up to three states (Adam's m, v, max_v) and the weights
+# mode's tensor (fp32 master or compensation: Note [precision modes], docs/internals.md), then
+# its rounding seed (Note [stochastic rounding]; 0 without). no_grad is -1, not 0: torch gives
+# 0-element tensors the address 0, and their step must still count.
 Layout = collections.namedtuple(
-    "Layout", "meta_cols numel group param step states master no_grad hp_cols")
-LAYOUT = Layout(meta_cols=8, numel=0, group=1, param=2, step=3, states=4, master=7, no_grad=-1,
-                hp_cols=_hparams.NUM_COLS)
+    "Layout", "meta_cols numel group param step states extra seed no_grad hp_cols")
+LAYOUT = Layout(meta_cols=9, numel=0, group=1, param=2, step=3, states=4, extra=7, seed=8,
+                no_grad=-1, hp_cols=_hparams.NUM_COLS)
 
 # Launch-size rule (not autotuned: autotuning would re-run an in-place update while timing it and
 # would change BLOCK, hence the block table, per device). One program moves BLOCK elements of
@@ -100,16 +101,16 @@ def block_pairs(numels, block, device):
     return upload(pairs, torch.int32, device), len(pairs) if numels else 0
 
 
-def meta_row(numel, group, param=None, step=None, states=(), master=None):
+def meta_row(numel, group, param=None, step=None, states=(), extra=None, seed=0):
     """One host row of ``meta``; a norm-only tensor leaves the addresses at 0."""
     row = [0] * LAYOUT.meta_cols
-    row[LAYOUT.numel], row[LAYOUT.group] = numel, group
+    row[LAYOUT.numel], row[LAYOUT.group], row[LAYOUT.seed] = numel, group, seed
     if param is not None:
         row[LAYOUT.param], row[LAYOUT.step] = param.data_ptr(), step.data_ptr()
     for k, state in enumerate(states):
         row[LAYOUT.states + k] = state.data_ptr()
-    if master is not None:
-        row[LAYOUT.master] = master.data_ptr()
+    if extra is not None:
+        row[LAYOUT.extra] = extra.data_ptr()
     return row
 
 
@@ -151,10 +152,72 @@ def _same_order(a, b):
                                    or (a.is_contiguous() and b.is_contiguous()))
 
 
-def _same_layout(a, b):
-    """Same dtype too: what an algorithm state must share with its param (a master copy, fp32,
-    needs only the order)."""
-    return a.dtype == b.dtype and _same_order(a, b)
+# Note [precision modes] (docs/internals.md): the state dtypes each param dtype allows
+STATE_DTYPES = {torch.float64: (torch.float64,),
+                torch.float32: (torch.float32, torch.bfloat16),
+                torch.float16: (torch.float16, torch.float32, torch.bfloat16),
+                torch.bfloat16: (torch.bfloat16, torch.float32)}
+WEIGHTS_MODES = {_engine.PLAIN: "plain", _engine.MASTER: "master", _engine.KAHAN: "kahan"}
+
+
+def check_bucket(spec, algo=None, flags=0):
+    """The one validator of this backend: at construction (``algo`` None) the bucket's param
+    dtype, weights mode, state dtype and seeds are a combination Note [precision modes] allows;
+    before its first step with ``algo`` and ``flags``, also that its state lists are the
+    algorithm's (then the weights mode's). The kernels assume what it checked; each error names
+    the BucketSpec field and what it expects."""
+    if spec.weights not in WEIGHTS_MODES:
+        raise ValueError(f"weights: expected 0 (plain), 1 (master) or 2 (kahan), got "
+                         f"{spec.weights!r}")
+    mode = f"weights={spec.weights} ({WEIGHTS_MODES[spec.weights]})"
+    extra = {_engine.PLAIN: [], _engine.MASTER: ["the fp32 master copies"],
+             _engine.KAHAN: ["the compensations"]}[spec.weights]
+    if not spec.params:           # pending params only (no state yet): nothing to step
+        return
+    if algo is not None:
+        names = list(algo.state_names(flags)) + extra
+        if len(spec.states) != len(names):
+            raise ValueError(f"states: expected {len(names)} state lists for {algo.name} with "
+                             f"{mode} ({', '.join(names) or 'none'}), got {len(spec.states)}")
+    if spec.has_extra and not spec.states:
+        raise ValueError(f"states: expected a last list of {extra[0]} ({mode}), got no lists")
+    num_algo_states = len(spec.states) - len(extra)
+    for k, states in enumerate(spec.states):
+        if len(states) != len(spec.params):
+            raise ValueError(f"states[{k}]: expected one tensor per param ({len(spec.params)}), "
+                             f"got {len(states)}")
+    if spec.has_extra:
+        if spec.dtype not in (torch.float16, torch.bfloat16):
+            raise TypeError(f"{mode}: expected float16 or bfloat16 params, got {spec.dtype}")
+        want = torch.float32 if spec.has_master else spec.dtype
+        for i, t in enumerate(spec.states[-1]):
+            if t.dtype != want:
+                raise TypeError(f"states[{num_algo_states}][{i}] ({extra[0]} of {mode}): "
+                                f"expected {want}, got {t.dtype}")
+    state_dtypes = {}
+    for k in range(num_algo_states):
+        for i, t in enumerate(spec.states[k]):
+            state_dtypes.setdefault(t.dtype, f"states[{k}][{i}]")
+    if len(state_dtypes) > 1:
+        found = ", ".join(f"{dtype} ({where})" for dtype, where in state_dtypes.items())
+        raise TypeError(f"states: expected one dtype for all of the algorithm's states, got "
+                        f"{found}")
+    for dtype, where in state_dtypes.items():
+        if dtype not in STATE_DTYPES[spec.dtype]:
+            raise TypeError(f"{where}: expected a state dtype of "
+                            f"{' or '.join(map(str, STATE_DTYPES[spec.dtype]))} beside "
+                            f"{spec.dtype} params, got {dtype}")
+    if spec.seeds:
+        if len(spec.seeds) != len(spec.params):
+            raise ValueError(f"seeds: expected one per param ({len(spec.params)}) or none, got "
+                             f"{len(spec.seeds)}")
+        for i, seed in enumerate(spec.seeds):
+            if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2 ** 32):
+                raise ValueError(f"seeds[{i}]: expected an integer in [0, 2^32), got {seed!r}")
+        for dtype, where in state_dtypes.items():
+            if dtype != torch.bfloat16:
+                raise TypeError(f"seeds: stochastic rounding writes bfloat16 states; expected "
+                                f"bfloat16 states, got {dtype} ({where})")
 
 
 class _Handle:
@@ -166,16 +229,23 @@ class _Handle:
     same call (which reads found_inf on the host: a sync), and their grads still count in the
     bucket's norm. Table order: walkable params,
     then the other params, then ``spec.pending`` (norm only, no state yet).
+
+    Note [stochastic rounding] draws each element's bits by its row-major index, which the
+    kernels take to be its offset: with seeds, a walkable param that is not contiguous steps
+    through contiguous copies of itself and its states (``staged``: copied in before the launch,
+    back after it).
     """
 
     def __init__(self, spec):
+        check_bucket(spec)
         self.spec, self.dtype, self.device = spec, spec.dtype, spec.device
-        # Note [master copy] (fusedopt/optimizer.py): the last state list, fp32, own meta column
-        self.master = spec.has_master
-        self.states = spec.states[:-1] if self.master else spec.states
+        self.checked = set()           # the (algorithm, flags) check_bucket passed at a step
+        # the algorithm's states' dtype (check_bucket: one for all); with a weights mode, the last
+        # list is that mode's (own meta column)
+        states = spec.states[:-1] if spec.has_extra else spec.states
+        state_dtype = states[0][0].dtype if states and states[0] else self.dtype
         walk = [i for i, p in enumerate(spec.params)
-                if _dense(p) and all(_same_layout(s[i], p) for s in self.states)
-                and (not self.master or _same_order(spec.states[-1][i], p))]
+                if _dense(p) and all(_same_order(s[i], p) for s in spec.states)]
         rest = sorted(set(range(len(spec.params))) - set(walk))
         self.fallback = None
         if rest:
@@ -184,18 +254,30 @@ class _Handle:
                 states=[[s[i] for i in rest] for s in spec.states],
                 steps=[spec.steps[i] for i in rest],
                 group_index=[spec.group_index[i] for i in rest],
-                grads=None if spec.grads is None else [spec.grads[i] for i in rest])
+                grads=None if spec.grads is None else [spec.grads[i] for i in rest],
+                weights=spec.weights, seeds=[spec.seeds[i] for i in rest if spec.seeds])
+        # per walked param: (param, [states], weights-mode tensor or None) as the kernel walks
+        # them, and the (original, contiguous copy) pairs of the staged ones
+        self.walked, self.staged = {}, []
+        for i in walk:
+            tensors = [spec.params[i]] + [s[i] for s in spec.states]
+            if spec.seeds and not spec.params[i].is_contiguous():
+                copies = [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in tensors]
+                self.staged += zip(tensors, copies)
+                tensors = copies
+            extra = tensors.pop() if spec.has_extra else None
+            self.walked[i] = (tensors[0], tensors[1:], extra)
         self.tensors = [spec.params[i] for i in walk + rest] + list(spec.pending)
         # explicit grads (fusedopt._ops), in table order; None: each tensor's .grad at each step
         self.explicit = (None if spec.grads is None else
                          [spec.grads[i] for i in walk + rest] + [p.grad for p in spec.pending])
         self.num_walk = len(walk)
         # (is contiguous, strides) a walked tensor's grad must have, None for norm-only ones
-        self.layout = [(p.is_contiguous(), p.stride()) if i < len(walk) else None
-                       for i, p in enumerate(self.tensors)]
+        self.layout = ([(q.is_contiguous(), q.stride()) for q, _, _ in self.walked.values()]
+                       + [None] * (len(self.tensors) - len(walk)))
         self.block = block_size(self.dtype)
         numels = [p.numel() for p in self.tensors]
-        self.walk, self.rest = walk, rest
+        self.rest = rest
         # the tensors whose addresses the meta rows hold: checked every step (refresh)
         self.watched = [spec.params[i] for i in walk] + [s[i] for s in spec.states for i in walk]
         self.meta = None
@@ -206,7 +288,8 @@ class _Handle:
         self.grads = torch.zeros(max(1, len(self.tensors)), dtype=torch.int64,
                                  device=self.device)
         self.addresses, self.watched_addresses, self.copies = None, None, []
-        self.dtypes = (triton_dtype(self.dtype), compute_dtype(self.dtype))
+        self.dtypes = (triton_dtype(self.dtype), triton_dtype(state_dtype),
+                       compute_dtype(self.dtype))
         self.norm_partials = torch.empty(NORM_PROGRAMS, device=self.device,
                                          dtype=torch.float64 if self.dtype == torch.float64
                                          else torch.float32)
@@ -216,10 +299,9 @@ class _Handle:
     def _upload_meta(self):
         """The meta rows, with the params' and states' addresses as they are now."""
         spec = self.spec
-        rows = [meta_row(spec.params[i].numel(), spec.group_index[i], spec.params[i],
-                               spec.steps[i], [s[i] for s in self.states],
-                               spec.states[-1][i] if self.master else None)
-                for i in self.walk]
+        rows = [meta_row(param.numel(), spec.group_index[i], param, spec.steps[i], states, extra,
+                         spec.seeds[i] if spec.seeds else 0)
+                for i, (param, states, extra) in self.walked.items()]
         rows += [meta_row(spec.params[i].numel(), spec.group_index[i]) for i in self.rest]
         rows += [meta_row(p.numel(), g) for p, g in zip(spec.pending, spec.pending_group)]
         meta = upload(rows or [meta_row(0, 0)], torch.int64, self.device)
@@ -305,9 +387,14 @@ def step(handle, hp, algo, flags, *, clip_coef=None, inv_scale=None, found_inf=N
     launch of kernels/preamble.py's kernel with the algorithm's block math, two for a two-stage
     algorithm (Note [two stages]: per-tensor sums, then the step)."""
     module, columns, flag_values, stages = _plan(algo, flags)
+    if (algo.name, flags) not in handle.checked:
+        check_bucket(handle.spec, algo, flags)
+        handle.checked.add((algo.name, flags))
     handle.refresh_grads()
+    for original, copy in handle.staged:
+        copy.copy_(original)
     if handle.num_walk:
-        dtype, compute = handle.dtypes
+        dtype, state_dtype, compute = handle.dtypes
         partials = totals = None
         if len(stages) == 2:
             if handle.sums is None:       # float64 [blocks, 2] and [tensors, 2]
@@ -320,8 +407,11 @@ def step(handle, hp, algo, flags, *, clip_coef=None, inv_scale=None, found_inf=N
                 handle.blocks, handle.meta, handle.grads, handle.counters, hp, partials, totals,
                 inv_scale, clip_coef, found_inf, PREPARE=module.prepare, UPDATE=module.update,
                 SUMS=getattr(module, "sums", None), C=columns, F=flag_values, L=LAYOUT,
-                STAGE=stage, DTYPE=dtype, CT=compute, MASTER=handle.master, BLOCK=handle.block,
-                num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
+                STAGE=stage, DTYPE=dtype, S=state_dtype, CT=compute, WEIGHTS=handle.spec.weights,
+                SR=bool(handle.spec.seeds), BLOCK=handle.block, num_warps=NUM_WARPS,
+                enable_fp_fusion=FP_FUSION)
+    for original, copy in handle.staged:
+        original.copy_(copy)
     if handle.fallback is not None:
         reference.step(handle.fallback, hp, algo, flags, clip_coef=clip_coef,
                        inv_scale=inv_scale, found_inf=found_inf)
