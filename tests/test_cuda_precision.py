@@ -62,7 +62,7 @@ PRECISION_IDS = [f"{NAMES[p]}-states_{NAMES[s]}{'_sr' if sr else ''}-{WEIGHT_NAM
 
 
 def shapes(big=(1 << 20) + 3):
-    """The params' values (fp64, on the CPU) and layouts: contiguous, misaligned (a view at
+    """The params' values (on the CPU) and layouts: contiguous, misaligned (a view at
     storage offset 1: the kernels' scalar path), transposed, and with gaps (staged)."""
     return [torch.randn(0), torch.randn(1), torch.randn(33), torch.randn(3, 5, 7),
             torch.randn(big), torch.randn(101)[1:], torch.randn(17, 33).t(),

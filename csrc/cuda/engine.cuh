@@ -274,7 +274,8 @@ template <typename F> __host__ __device__ auto dispatch(DType d, F f) -> decltyp
 // written rounded to it (stochastically where the step has seeds), the param read as its
 // master copy or as p + c with its Kahan compensation c, and written back with them.
 // run_update instantiates the kernel per param dtype x state dtype x weights mode x stage, for
-// the 18 combinations the contract allows (fp64 params: 1; fp32: 2; fp16: 9; bf16: 6).
+// the 18 combinations the contract allows (fp64 params: 1; fp32: 2; fp16: 9; bf16: 6), 8 for a
+// stage that touches no state (StageStates).
 //
 // Note [two stages] (csrc/algorithms.h): a two-stage algorithm is two launches over the same
 // table, with no host sync between them. kSumStage: each block writes its chunk's kSums partial
@@ -356,7 +357,7 @@ template <typename P, typename S, int kWeights, class Math, int kStage> struct U
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       s_ptr[k] = array<S>(c, kState0 + k);
-      vec = vec && (!s_ptr[k] || aligned<N>(s_ptr[k]));
+      vec = vec && (!((kReads | kWrites) & kUsesStates) || !s_ptr[k] || aligned<N>(s_ptr[k]));
     }
 
     double acc[kSums] = {};
@@ -440,13 +441,20 @@ template <typename P, typename S, int kWeights, class Math, int kStage> struct U
   }
 };
 
+// A stage that touches no state runs the same code whatever the states' type (LARS's stage 1):
+// instantiated once per param type, with S = P.
+template <class Math, int kStage, typename P, typename S>
+using StageStates =
+    std::conditional_t<((Math::reads(kStage) | Math::writes(kStage)) & kUsesStates) != 0, S, P>;
+
 template <typename P, typename S, int kWeights, class Math>
 cudaError_t run_stages(const UpdateArgs& a) {
   const Math math(a.flags);
   const bool sr = a.stochastic;
   if constexpr (Math::kTwoStage) {
+    using S1 = StageStates<Math, kSumStage, P, S>;
     const cudaError_t err = launch_over(
-        a.table, UpdateKernel<P, S, kWeights, Math, kSumStage>{math, a.hp, a.scalars, a.sums, sr},
+        a.table, UpdateKernel<P, S1, kWeights, Math, kSumStage>{math, a.hp, a.scalars, a.sums, sr},
         a.stream);
     if (err != cudaSuccess) return err;
     return launch_over(

@@ -49,6 +49,7 @@ struct TensorMeta {
   int32_t dtype;     // DType of ptr[kGrad] / ptr[kParam] (the states': UpdateArgs::state_dtype)
   uint32_t seed;     // stochastic rounding of the states (Note [stochastic rounding]), else 0
 };
+static_assert(sizeof(TensorMeta) == 80, "the table's size above counts 80 B per tensor");
 
 struct BlockMeta {
   int32_t tensor;
