@@ -183,8 +183,8 @@ part_build() {
 
 part_tests() {
   # a file, then pytest's selection of it if any; the bad-input ones run on this machine's build
-  local files=(tests/test_cuda.py tests/test_schedulers_cuda.py tests/test_triton.py
-               tests/test_bad_input.py "tests/test_cpu_kernels.py -k bad")
+  local files=(tests/test_cuda.py tests/test_cuda_precision.py tests/test_schedulers_cuda.py
+               tests/test_triton.py tests/test_bad_input.py "tests/test_cpu_kernels.py -k bad")
   local rc=0 entry f sel notes=()
   for entry in "${files[@]}"; do
     read -ra sel <<<"$entry"

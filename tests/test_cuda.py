@@ -11,6 +11,7 @@ import torch
 
 import fusedopt
 from fusedopt import backends
+from fusedopt._engine import MASTER
 from fusedopt.algorithms import ALGORITHMS, optimizer_classes
 from helpers import (CASES, CASE_IDS, FUSED, TORCH, compare_master_runs, group_overrides,
                      make_params, set_grads, split_groups, start_from_same_states)
@@ -617,16 +618,16 @@ def test_update_launches_per_bucket(name, kernels):
 # last: on the first GPU run (2026-11-27) building this Bucket crashed the process (its
 # constructor threw, and C++ exceptions crashed that build); it admits the list now.
 def test_fp32_master_copy_of_fp16_params():
-    """A trailing float32 state list is an fp32 master copy (Note [master copy], csrc/bucket.h):
-    the update runs on it and the fp16 param receives its rounding. Error vs fp64 must beat
-    torch fused's plain fp16."""
+    """With weights = MASTER the trailing float32 state list is an fp32 master copy (Note
+    [master copy], csrc/bucket.h): the update runs on it and the fp16 param receives its
+    rounding. Error vs fp64 must beat torch fused's plain fp16."""
     base = make_params([(257,), (1000,)], torch.float64)
     oracle, low_torch = on_cuda(base), on_cuda(base, torch.float16)
     low = on_cuda(base, torch.float16)
     master = [p.detach().float().clone() for p in low]
     states = [[torch.zeros_like(p) for p in low], [torch.zeros_like(p) for p in low], master]
     steps = [torch.zeros((), device="cuda") for _ in low]
-    bucket = ext().Bucket(low, states, steps, [0, 0], [])
+    bucket = ext().Bucket(low, states, steps, [0, 0], [], [], MASTER, [])
     hp = torch.tensor([[1e-3, 0.01, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0]], dtype=torch.float64,
                       device="cuda")
     adamw = ALGORITHMS["adam"]

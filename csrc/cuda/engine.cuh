@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "algorithms.h"
 #include "hparams.h"
@@ -54,8 +55,9 @@ template <typename C> __device__ __forceinline__ C max_nan(C a, C b) {
   return (a != a || a > b) ? a : b;
 }
 
-// Elements per thread and step: one 128-bit access of the tensor's own type (4 fp32, 2 fp64,
-// 8 fp16/bf16). An fp32 master copy beside fp16 params then moves 32 B: two 128-bit accesses.
+// Elements per thread and step: one 128-bit access of the param's type (4 fp32, 2 fp64,
+// 8 fp16/bf16). An fp32 master copy or fp32 states beside fp16 params then move 32 B (two
+// 128-bit accesses), bf16 states beside fp32 params 8 B.
 template <typename T> constexpr int kVec = static_cast<int>(16 / sizeof(T));
 
 template <typename T, int N> struct alignas(sizeof(T) * N) Pack {
@@ -79,19 +81,50 @@ __device__ __forceinline__ void load(C (&r)[N], const T* p, int i, int n, bool v
   }
 }
 
-template <int N, typename T, typename C>
-__device__ __forceinline__ void store(T* p, const C (&r)[N], int i, int n, bool vec) {
+// Elements [i, i + N) of p, those below n, from r, element k rounded by round(r[k], k).
+template <int N, typename T, typename C, typename Round>
+__device__ __forceinline__ void store(T* p, const C (&r)[N], int i, int n, bool vec, Round round) {
   if (vec) {
     Pack<T, N> x;
 #pragma unroll
-    for (int k = 0; k < N; ++k) x.v[k] = from_compute<T>(r[k]);
+    for (int k = 0; k < N; ++k) x.v[k] = round(r[k], k);
     *reinterpret_cast<Pack<T, N>*>(p + i) = x;
   } else {
 #pragma unroll
     for (int k = 0; k < N; ++k) {
-      if (i + k < n) p[i + k] = from_compute<T>(r[k]);
+      if (i + k < n) p[i + k] = round(r[k], k);
     }
   }
+}
+
+// The same, rounded to nearest even.
+template <int N, typename T, typename C>
+__device__ __forceinline__ void store(T* p, const C (&r)[N], int i, int n, bool vec) {
+  store(p, r, i, n, vec, [](C x, int) { return from_compute<T>(x); });
+}
+
+// Note [stochastic rounding] (docs/internals.md), in uint32 arithmetic as written there; the
+// reference's stochastic_round_bf16 (fusedopt/backends/reference.py) gives the same bits.
+__device__ __forceinline__ uint32_t fmix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  return h ^ (h >> 16);
+}
+
+// State list k of a tensor with `seed` at step t (the counter after this step's increment).
+__device__ __forceinline__ uint32_t rounding_key(uint32_t seed, uint32_t t, int k) {
+  return fmix32(seed ^ fmix32(t * 4u + static_cast<uint32_t>(k)));
+}
+
+// x rounded to bf16 with the bits of element j (row-major index mod 2^32). NaN is tested on
+// the bits: --use_fast_math may not keep x != x.
+__device__ __forceinline__ __nv_bfloat16 sr_bf16(float x, uint32_t key, uint32_t j) {
+  const uint32_t r = fmix32((j * 0x9E3779B1u) ^ key) >> 16;
+  const uint32_t u = __float_as_uint(x);
+  const uint32_t top = (u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : (u + r) >> 16;
+  return __ushort_as_bfloat16(static_cast<unsigned short>(top));
 }
 
 // This block's chunk: elements [start, start + n) of tensor t. start is int64 (tensors of
@@ -187,7 +220,9 @@ __device__ __forceinline__ void finish_steps(const Table& table) {
 }
 
 // (512, 2): two resident blocks per SM caps registers at 64 per thread. Unbounded, fp16 Adam
-// took 91 and ran one block (25% occupancy) per SM; capped, only fp64 Adam spills (36 B).
+// took 91 and ran one block (25% occupancy) per SM. Capped, Adam spills per thread (nvcc 13.0,
+// sm_90, -Xptxas -v): fp32 none, fp64 32 B, fp16/bf16 params 32-56 B, 64-72 B with Kahan
+// compensations (all in L1).
 template <typename F>
 __global__ void __launch_bounds__(kBlockThreads, 2) multi_tensor_kernel(Table table, F f) {
   f(table);
@@ -228,14 +263,19 @@ template <typename F> __host__ __device__ auto dispatch(DType d, F f) -> decltyp
 //                  h, the step counter before this step's increment and, in kApplyStage, the
 //                  tensor's kSums totals; computed once per block by thread 0, in double, then
 //                  rounded to the compute type C (as torch rounds a Python scalar for an op);
-//   update(r, g, p, s)           one element: g the prologue's grad, p the param (or its fp32
-//                  master), s[kStates] its states, updated in place (kOneStage, kApplyStage);
+//   update(r, g, p, s)           one element: g the prologue's grad, p the param (its fp32
+//                  master, or p + c), s[kStates] its states, updated in place (kOneStage, kApplyStage);
 //   sums(r, g, p, s, acc)        one element of stage 1: adds to the kSums partial sums (and,
 //                  for LAMB, updates the states).
 // The engine does the rest: the prologue (skip the launch on found_inf, locate the chunk, read
 // the row and the counter, load, g = grad * inv_scale * clip_coef negated with maximize, in
-// that order) and the epilogue (store; finish_steps). run_update instantiates the kernel per
-// dtype x master copy x stage.
+// that order) and the epilogue (store; finish_steps), and the precision modes around them (Note
+// [precision modes], docs/internals.md): states read widened from their storage type S and
+// written rounded to it (stochastically where the step has seeds), the param read as its
+// master copy or as p + c with its Kahan compensation c, and written back with them.
+// run_update instantiates the kernel per param dtype x state dtype x weights mode x stage, for
+// the 18 combinations the contract allows (fp64 params: 1; fp32: 2; fp16: 9; bf16: 6), 8 for a
+// stage that touches no state (StageStates).
 //
 // Note [two stages] (csrc/algorithms.h): a two-stage algorithm is two launches over the same
 // table, with no host sync between them. kSumStage: each block writes its chunk's kSums partial
@@ -258,17 +298,23 @@ struct OneStage {
   static constexpr unsigned writes(int) { return kUsesParam | kUsesStates; }
 };
 
-template <typename T, bool kMasterCopy, class Math, int kStage> struct UpdateKernel {
+template <typename P, typename S, int kWeights, class Math, int kStage> struct UpdateKernel {
   Math math;
   const double* hp;
   StepScalars s;
-  double* sums;   // kSums per block of the table (two-stage algorithms), else null
+  double* sums;      // kSums per block of the table (two-stage algorithms), else null
+  bool stochastic;   // round the states with each tensor's seed (S is bf16)
 
   __device__ void operator()(const Table& table) const {
-    using C = typename Compute<T>::type;
+    using C = typename Compute<P>::type;
     using Row = typename Math::template Row<C>;
-    constexpr int N = kVec<T>, S = Math::kStates;
+    // kExtra's element type: fp32 master copies, or compensations in the param's type
+    using X = std::conditional_t<kWeights == kMasterWeights, float, P>;
+    constexpr int N = kVec<P>, K = Math::kStates;
     constexpr unsigned kReads = Math::reads(kStage), kWrites = Math::writes(kStage);
+    constexpr bool kHasExtra = kWeights != kPlainWeights;
+    constexpr bool kMayRound =
+        std::is_same_v<S, __nv_bfloat16> && (kWrites & kUsesStates) != 0;
     if (skip_step(s.found_inf)) return;
     const Chunk c = chunk_of(table);
     double totals[kSums] = {};
@@ -283,10 +329,18 @@ template <typename T, bool kMasterCopy, class Math, int kStage> struct UpdateKer
     }
     __shared__ Row row;
     __shared__ bool states_set;
+    __shared__ uint32_t keys[K];   // Note [stochastic rounding]: one per state list
     if (threadIdx.x == 0) {
       const float step = *c.t->step;   // Note [step counters]: read before any block increments
       row = math.template row<C>(hp + static_cast<int64_t>(c.t->group) * kHpCols, step, totals);
       states_set = !(Math::kSeedsStates && step == 0.f);
+      if (kMayRound && stochastic) {
+        // the counter after this step's increment; fp32 counts exactly up to 2^24, where
+        // += 1 stops changing it, so the conversion never leaves uint32
+        const auto t = static_cast<uint32_t>(step + 1.f);
+#pragma unroll
+        for (int k = 0; k < K; ++k) keys[k] = rounding_key(c.t->seed, t, k);
+      }
     }
     __syncthreads();
     const Row r = row;
@@ -294,31 +348,37 @@ template <typename T, bool kMasterCopy, class Math, int kStage> struct UpdateKer
     const C inv_scale = s.inv_scale ? static_cast<C>(*s.inv_scale) : C(1);
     const C clip = s.clip_coef ? static_cast<C>(*s.clip_coef) : C(1);
 
-    const T* g_ptr = array<T>(c, kGrad);
-    T* p_ptr = array<T>(c, kParam);
-    float* master_ptr = kMasterCopy ? array<float>(c, kMaster) : nullptr;
-    T* s_ptr[S];
+    const P* g_ptr = array<P>(c, kGrad);
+    P* p_ptr = array<P>(c, kParam);
+    X* x_ptr = kHasExtra ? array<X>(c, kExtra) : nullptr;
+    S* s_ptr[K];
     bool vec = aligned<N>(p_ptr) && (!(kReads & kUsesGrad) || aligned<N>(g_ptr)) &&
-               (!kMasterCopy || aligned<N>(master_ptr));
+               (!kHasExtra || aligned<N>(x_ptr));
 #pragma unroll
-    for (int k = 0; k < S; ++k) {
-      s_ptr[k] = array<T>(c, kState0 + k);
-      vec = vec && (!s_ptr[k] || aligned<N>(s_ptr[k]));
+    for (int k = 0; k < K; ++k) {
+      s_ptr[k] = array<S>(c, kState0 + k);
+      vec = vec && (!((kReads | kWrites) & kUsesStates) || !s_ptr[k] || aligned<N>(s_ptr[k]));
     }
 
     double acc[kSums] = {};
     for_each_pack<N>(c.n, vec, [&](int i, bool v_ok) {
-      C g[N], p[N], st[S][N];
+      C g[N], p[N], st[K][N];
       if constexpr ((kReads & kUsesGrad) != 0) load(g, g_ptr, i, c.n, v_ok);
       if constexpr ((kReads & kUsesParam) != 0) {
-        if (kMasterCopy) {
-          load(p, master_ptr, i, c.n, v_ok);
+        if constexpr (kWeights == kMasterWeights) {
+          load(p, x_ptr, i, c.n, v_ok);
         } else {
           load(p, p_ptr, i, c.n, v_ok);
         }
+        if constexpr (kWeights == kKahanWeights) {   // x = float(p) + float(c)
+          C comp[N];
+          load(comp, x_ptr, i, c.n, v_ok);
+#pragma unroll
+          for (int e = 0; e < N; ++e) p[e] += comp[e];
+        }
       }
 #pragma unroll
-      for (int k = 0; k < S; ++k) {
+      for (int k = 0; k < K; ++k) {
         if (s_ptr[k] && load_states) load(st[k], s_ptr[k], i, c.n, v_ok);
       }
 #pragma unroll
@@ -330,25 +390,42 @@ template <typename T, bool kMasterCopy, class Math, int kStage> struct UpdateKer
           if (s.clip_coef) gk *= clip;
           if (math.maximize) gk = -gk;
         }
-        C se[S];
+        C se[K];
 #pragma unroll
-        for (int k = 0; k < S; ++k) se[k] = st[k][e];
+        for (int k = 0; k < K; ++k) se[k] = st[k][e];
         if constexpr (kStage == kSumStage) {
           math.sums(r, gk, p[e], se, acc);
         } else {
           math.update(r, gk, p[e], se);
         }
 #pragma unroll
-        for (int k = 0; k < S; ++k) st[k][e] = se[k];
+        for (int k = 0; k < K; ++k) st[k][e] = se[k];
       }
       if constexpr ((kWrites & kUsesParam) != 0) {
-        if (kMasterCopy) store(master_ptr, p, i, c.n, v_ok);
+        if constexpr (kWeights == kMasterWeights) store(x_ptr, p, i, c.n, v_ok);
         store(p_ptr, p, i, c.n, v_ok);
+        if constexpr (kWeights == kKahanWeights) {   // c = rn(x - float(rn(x))), in fp32
+          C lost[N];
+#pragma unroll
+          for (int e = 0; e < N; ++e) lost[e] = p[e] - to_compute<C>(from_compute<P>(p[e]));
+          store(x_ptr, lost, i, c.n, v_ok);
+        }
       }
       if constexpr ((kWrites & kUsesStates) != 0) {
+        // the row-major index of element i (the glue stages non-contiguous tensors with seeds)
+        const auto j = static_cast<uint32_t>(c.start + i);
 #pragma unroll
-        for (int k = 0; k < S; ++k) {
-          if (s_ptr[k]) store(s_ptr[k], st[k], i, c.n, v_ok);
+        for (int k = 0; k < K; ++k) {
+          if (!s_ptr[k]) continue;
+          if constexpr (kMayRound) {
+            if (stochastic) {
+              const uint32_t key = keys[k];
+              store(s_ptr[k], st[k], i, c.n, v_ok,
+                    [&](C x, int e) { return sr_bf16(x, key, j + static_cast<uint32_t>(e)); });
+              continue;
+            }
+          }
+          store(s_ptr[k], st[k], i, c.n, v_ok);
         }
       }
     });
@@ -364,32 +441,57 @@ template <typename T, bool kMasterCopy, class Math, int kStage> struct UpdateKer
   }
 };
 
-template <typename T, bool kMasterCopy, class Math> cudaError_t run_stages(const UpdateArgs& a) {
+// A stage that touches no state runs the same code whatever the states' type (LARS's stage 1):
+// instantiated once per param type, with S = P.
+template <class Math, int kStage, typename P, typename S>
+using StageStates =
+    std::conditional_t<((Math::reads(kStage) | Math::writes(kStage)) & kUsesStates) != 0, S, P>;
+
+template <typename P, typename S, int kWeights, class Math>
+cudaError_t run_stages(const UpdateArgs& a) {
   const Math math(a.flags);
+  const bool sr = a.stochastic;
   if constexpr (Math::kTwoStage) {
+    using S1 = StageStates<Math, kSumStage, P, S>;
     const cudaError_t err = launch_over(
-        a.table, UpdateKernel<T, kMasterCopy, Math, kSumStage>{math, a.hp, a.scalars, a.sums},
+        a.table, UpdateKernel<P, S1, kWeights, Math, kSumStage>{math, a.hp, a.scalars, a.sums, sr},
         a.stream);
     if (err != cudaSuccess) return err;
     return launch_over(
-        a.table, UpdateKernel<T, kMasterCopy, Math, kApplyStage>{math, a.hp, a.scalars, a.sums},
+        a.table, UpdateKernel<P, S, kWeights, Math, kApplyStage>{math, a.hp, a.scalars, a.sums, sr},
         a.stream);
   } else {
     return launch_over(
-        a.table, UpdateKernel<T, kMasterCopy, Math, kOneStage>{math, a.hp, a.scalars, nullptr},
+        a.table, UpdateKernel<P, S, kWeights, Math, kOneStage>{math, a.hp, a.scalars, nullptr, sr},
         a.stream);
   }
 }
 
-// The launches of one update step of algorithm Math for the bucket's dtype: the dtype and
-// master-copy dispatch shared by every algorithm (master copies accompany fp16/bf16 only).
+// Note [precision modes]: the state storage types beside params of type P: P itself, and for
+// fp32/fp16/bf16 params also fp32 and bf16.
+template <typename P, typename S>
+constexpr bool kStatesAllowed =
+    std::is_same_v<S, P> || (!std::is_same_v<P, double> &&
+                             (std::is_same_v<S, float> || std::is_same_v<S, __nv_bfloat16>));
+
+// The launches of one update step of algorithm Math for the bucket's precision: the dispatch
+// on (param dtype, state dtype, weights mode) shared by every algorithm; master copies and
+// compensations accompany fp16/bf16 params only (the validator admits no other bucket).
 template <class Math> cudaError_t run_update(const UpdateArgs& a) {
-  return dispatch(a.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    if constexpr (sizeof(T) == 2) {
-      if (a.master) return run_stages<T, true, Math>(a);
-    }
-    return run_stages<T, false, Math>(a);
+  return dispatch(a.dtype, [&](auto param_tag) {
+    using P = decltype(param_tag);
+    return dispatch(a.state_dtype, [&](auto state_tag) {
+      using S = decltype(state_tag);
+      if constexpr (kStatesAllowed<P, S>) {
+        if constexpr (sizeof(P) == 2) {
+          if (a.weights == kMasterWeights) return run_stages<P, S, kMasterWeights, Math>(a);
+          if (a.weights == kKahanWeights) return run_stages<P, S, kKahanWeights, Math>(a);
+        }
+        return run_stages<P, S, kPlainWeights, Math>(a);
+      } else {
+        return cudaErrorInvalidValue;
+      }
+    });
   });
 }
 

@@ -16,6 +16,13 @@ namespace cuda_glue {
 namespace {
 namespace fc = fusedopt::cuda;
 
+constexpr bool same_mode(fc::WeightsMode cuda, Weights bucket) {
+  return static_cast<int>(cuda) == static_cast<int>(bucket);
+}
+static_assert(same_mode(fc::kPlainWeights, kPlain) && same_mode(fc::kMasterWeights, kMaster) &&
+                  same_mode(fc::kKahanWeights, kKahan),
+              "launchers.h WeightsMode must number the modes as csrc/bucket.h Weights");
+
 // The validator has admitted only these four dtypes by the time this runs.
 fc::DType dtype_code(const at::Tensor& t) {
   switch (t.scalar_type()) {
@@ -54,24 +61,30 @@ Uploaded upload(const std::vector<fc::TensorMeta>& metas, const at::Device& devi
 
 // The table of one update step: every param of the bucket that has a grad (a param without
 // one is neither updated nor counted as stepped, as in torch); the algorithm's `algo_states`
-// state lists from kState0 on, the master list (if any) in kMaster (Note [slots],
+// state lists from kState0 on, the weights mode's list (if any) in kExtra (Note [slots],
 // launchers.h). Note [dense arrays], staging.h.
-std::vector<fc::TensorMeta> build_update(const Bucket& b, size_t algo_states, bool master,
-                                         Staging& staging) {
+std::vector<fc::TensorMeta> build_update(const Bucket& b, size_t algo_states, Staging& staging) {
   std::vector<fc::TensorMeta> metas;
   const fc::DType dtype = dtype_code(b.params[0]);
+  const bool stochastic = !b.seeds.empty();
   for (size_t i = 0; i < b.params.size(); ++i) {
     const at::Tensor& p = b.params[i];
     const at::Tensor& g = b.grad(i);
     if (!g.defined()) continue;
-    const at::DimVector strides = Staging::layout_of(p);
+    // Note [stochastic rounding]: an element's random bits follow its row-major index, which
+    // the kernels take from their walk; so with seeds a param that is not contiguous (a
+    // transposed or channels-last one too) is stepped in contiguous copies.
+    const at::DimVector strides = !stochastic || p.is_contiguous()
+                                      ? Staging::layout_of(p)
+                                      : Staging::contiguous_strides(p);
     fc::TensorMeta m{};
     m.ptr[fc::kGrad] = staging.flat(g, strides, false);
     m.ptr[fc::kParam] = staging.flat(p, strides, true);
     for (size_t k = 0; k < b.states.size(); ++k) {
-      const size_t slot = master && k == algo_states ? size_t{fc::kMaster} : fc::kState0 + k;
+      const size_t slot = k == algo_states ? size_t{fc::kExtra} : fc::kState0 + k;
       m.ptr[slot] = staging.flat(b.states[k][i], strides, true);
     }
+    m.seed = stochastic ? static_cast<uint32_t>(b.seeds[i]) : 0u;
     m.step = b.steps[i].data_ptr<float>();
     m.numel = p.numel();
     m.group = b.group_index[i];
@@ -118,15 +131,13 @@ void step(const Bucket& b, const at::Tensor& hp, int64_t algo, int64_t flags,
           const std::optional<at::Tensor>& clip_coef, const std::optional<at::Tensor>& inv_scale,
           const std::optional<at::Tensor>& found_inf) {
   check_device_type(b, c10::DeviceType::CUDA, "cuda_step");
-  const bool master = check_step(b, hp, static_cast<int>(algo), flags, clip_coef, inv_scale,
-                                 found_inf);
+  check_step(b, hp, static_cast<int>(algo), flags, clip_coef, inv_scale, found_inf);
   if (b.params.empty()) return;
   const at::Device device = b.params[0].device();
   c10::cuda::CUDAGuard guard(device);
   Staging staging;
-  const std::vector<fc::TensorMeta> metas =
-      build_update(b, static_cast<size_t>(num_states(static_cast<int>(algo), flags)), master,
-                   staging);
+  const auto algo_states = static_cast<size_t>(num_states(static_cast<int>(algo), flags));
+  const std::vector<fc::TensorMeta> metas = build_update(b, algo_states, staging);
   if (metas.empty()) return;
   const Uploaded up = upload(metas, device);
   // Note [two stages] (engine.cuh): kSums partial sums per block, written by the first launch
@@ -136,9 +147,12 @@ void step(const Bucket& b, const at::Tensor& hp, int64_t algo, int64_t flags,
     sums = at::empty({static_cast<int64_t>(up.table.num_blocks) * kSums},
                      at::TensorOptions().dtype(at::kDouble).device(device));
   }
+  const fc::DType dtype = dtype_code(b.params[0]);
   const fc::UpdateArgs args{up.table,
-                            dtype_code(b.params[0]),
-                            master,
+                            dtype,
+                            algo_states > 0 ? dtype_code(b.states[0][0]) : dtype,
+                            static_cast<fc::WeightsMode>(b.weights),
+                            !b.seeds.empty(),
                             hp.data_ptr<double>(),
                             flags,
                             fc::StepScalars{scalar_ptr(clip_coef), scalar_ptr(inv_scale),

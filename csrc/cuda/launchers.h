@@ -6,8 +6,10 @@
 //
 // Note [slots]: what each kernel reads from a TensorMeta's ptr[] (table.h):
 //   update: kGrad, kParam, then the algorithm's states for the step's flags in bucket order
-//           (csrc/algorithms.h state_names) from kState0 on, and kMaster if master weights
-//           (then kParam receives the rounded master and is never read):
+//           (csrc/algorithms.h state_names) from kState0 on, and kExtra unless the weights are
+//           plain (Note [precision modes], docs/internals.md): the fp32 master copy (then kParam
+//           receives the rounded master and is never read) or the Kahan compensation, in the
+//           param's dtype:
 //             adam  exp_avg, exp_avg_sq[, max_exp_avg_sq if amsgrad]   (kState0..kState2)
 //             sgd   [momentum_buffer if momentum]                      (kState0)
 //             lion  exp_avg                                            (kState0)
@@ -17,8 +19,9 @@
 //           their reads(kSumStage) says (engine.cuh, Note [update math]).
 //   norm  : kGrad only, of any DType (mixed in one launch).
 //   scale : kGrad only (scaled in place), of any DType.
-// Params, grads and states share one DType per update launch; master copies are fp32 and only
-// accompany fp16/bf16 params. The update kernels read and increment `step`.
+// Params and grads share one DType per update launch, the states another (state_dtype, which
+// the validator allows beside that param dtype); master copies (fp32) and compensations
+// accompany fp16/bf16 params only. The update kernels read and increment `step`.
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -38,11 +41,16 @@ struct StepScalars {
   const float* found_inf;
 };
 
+// Bucket::weights (csrc/bucket.h Weights, which needs torch; glue.cpp asserts the values agree).
+enum WeightsMode : int { kPlainWeights = 0, kMasterWeights = 1, kKahanWeights = 2 };
+
 // One update step of a bucket (engine.cuh run_update).
 struct UpdateArgs {
   Table table;
-  DType dtype;
-  bool master;          // kMaster slots hold fp32 master copies (fp16/bf16 buckets only)
+  DType dtype;          // params and grads
+  DType state_dtype;    // the algorithm's states (the param's where it has none)
+  WeightsMode weights;  // what kExtra holds (Note [slots])
+  bool stochastic;      // bf16 states are rounded stochastically with each tensor's seed
   const double* hp;     // the float64 [G, kHpCols] hyper-parameter table (csrc/hparams.h)
   int64_t flags;        // the algorithm's flags word (csrc/algorithms.h)
   StepScalars scalars;

@@ -9,7 +9,7 @@
 // device with one asynchronous copy and launches one CUDA block per chunk (a two-stage
 // algorithm: two launches over the same table). Kernel-argument tables (torch's and apex's multi_tensor_apply: 4 KiB, about
 // 110 tensors per launch) need a launch per 110 tensors; this table has no such limit, so a
-// bucket of any size costs one launch. Size: 72 B per tensor + 8 B per chunk, i.e. 62 KiB of
+// bucket of any size costs one launch. Size: 80 B per tensor + 8 B per chunk, i.e. 138 KiB of
 // metadata for 500M fp32 parameters in 1000 tensors.
 #pragma once
 #include <cstddef>
@@ -33,7 +33,8 @@ enum Slot : int {
   kState0 = 2,   // the algorithm's states in bucket order (csrc/algorithms.h state_names)
   kState1 = 3,
   kState2 = 4,
-  kMaster = 5,   // fp32 master copy of an fp16/bf16 parameter, or null
+  kExtra = 5,    // the weights mode's array (Note [precision modes], docs/internals.md): the fp32
+                 // master copy or the Kahan compensation (param dtype) of an fp16/bf16 param, or null
   kSlots = 6,
 };
 
@@ -45,8 +46,10 @@ struct TensorMeta {
   float* step;       // 0-d float32 step counter on the device (update kernels only)
   int64_t numel;
   int32_t group;     // row of the float64 [G, kHpCols] hyper-parameter table (csrc/hparams.h)
-  int32_t dtype;     // DType of ptr[kGrad] / ptr[kParam] / states
+  int32_t dtype;     // DType of ptr[kGrad] / ptr[kParam] (the states': UpdateArgs::state_dtype)
+  uint32_t seed;     // stochastic rounding of the states (Note [stochastic rounding]), else 0
 };
+static_assert(sizeof(TensorMeta) == 80, "the table's size above counts 80 B per tensor");
 
 struct BlockMeta {
   int32_t tensor;
