@@ -199,10 +199,11 @@ void check_bucket(const Bucket& b) {
   TORCH_CHECK(b.grads.empty() || b.grads.size() == n, "grads has ", b.grads.size(),
               " tensors for ", n, " params");
   const bool extra = b.weights != kPlain;
-  TORCH_CHECK(!extra || !b.states.empty(), "weights = ", weights_name(b.weights),
+  // (a bucket of pending params only has no state lists yet)
+  TORCH_CHECK(!extra || n == 0 || !b.states.empty(), "weights = ", weights_name(b.weights),
               " needs a last state list (the ", b.weights == kMaster ? "masters" : "compensations",
               "); states is empty");
-  const size_t algo_lists = b.states.size() - (extra ? 1 : 0);
+  const size_t algo_lists = b.states.size() - (extra && !b.states.empty() ? 1 : 0);
   for (size_t i = 0; i < n; ++i) {
     check_param(b.params[i], Name{"params", i});
     check_states_of(b, i, algo_lists);
@@ -220,6 +221,8 @@ bool check_step(const Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
                 const std::optional<at::Tensor>& found_inf) {
   check_algo(algo, flags);
   const AlgorithmInfo& info = algorithm_info(algo);
+  // a bucket whose params all wait for their state (`pending`) steps nothing and has no lists
+  if (b.params.empty()) return has_master(b);
   const bool extra = b.weights != kPlain;
   const size_t algo_states = static_cast<size_t>(num_states(algo, flags));
   TORCH_CHECK(b.states.size() == algo_states + (extra ? 1 : 0), "states: expected ",
@@ -228,7 +231,6 @@ bool check_step(const Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
               : b.weights == kKahan ? ", then the compensations"
                                     : "",
               "), got ", b.states.size());
-  if (b.params.empty()) return has_master(b);
   const size_t n = b.params.size();
   const at::Tensor& p0 = b.params[0];
   const at::Device device = p0.device();
