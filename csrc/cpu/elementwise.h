@@ -10,22 +10,24 @@ template <class T> constexpr bool kIsBf16 = std::is_same_v<T, c10::BFloat16>;
 template <class T> constexpr bool kIsHalf = std::is_same_v<T, c10::Half>;
 
 // Note [precision kernels]: a kernel is compiled per (param dtype P, state dtype S, number of
-// state lists); the weights mode (Note [precision modes], docs/internals.md) and the rounding
-// of bf16 states are read from the TensorStep, one well-predicted branch per vector and
-// stream. Templates over them too would have made 25 kernels of each algorithm and state count
-// where there are 8 (fp64/fp64, fp32/fp32, fp32/bf16, fp16/fp16, fp16/fp32, fp16/bf16,
-// bf16/bf16, bf16/fp32), and the extension's build time grows with the kernels. Only fp16/bf16
-// params have a weights mode and only bf16 states a rounding mode: the other kernels compile
-// neither branch.
+// state lists) and, for bf16 states, per rounding (nearest or stochastic); the weights mode
+// (Note [precision modes], docs/internals.md) is read from the TensorStep, one branch per
+// vector for the x[0] stream. Templates over every mode would have made 25 kernels of each
+// algorithm and state count where there are 8 (fp64/fp64, fp32/fp32, fp32/bf16, fp16/fp16,
+// fp16/fp32, fp16/bf16, bf16/bf16, bf16/fp32) plus the 3 stochastic ones; only fp16/bf16 params
+// compile the weights branches. Cost (bench/cpu_micro.cpp, Zen 4, in cache, one thread, bf16
+// AdamW, bf16 states, ns/element, before -> after this change): AVX2 0.75 -> 1.10, AVX-512
+// 0.48 -> 0.64; the rounding as a runtime branch too had cost AVX2 1.5. The weights branch is
+// what is left (TODO, issue 25: a template bool "has a weights list" for fp16/bf16 params).
 //
 // Streams: the memory of one tensor's step and how it is read and written. x[0] is the value
 // the step starts from (the param, its fp32 master copy, or the param plus its compensation),
 // x[1..K) the states; grads are read apart (load_grad).
-template <class P, class S, int K>
+template <class P, class S, int K, bool kStochastic>
 struct Streams {
   using C = compute_t<P>;
   static constexpr bool kWeights = sizeof(P) == 2;
-  static constexpr bool kStochastic = kIsBf16<S> && K > 1;
+  static_assert(!kStochastic || kIsBf16<S>);
   // Note [bf16 lane order]: the even/odd order where a bf16 stream makes it pay and every
   // stream has a pair load (bf16 and fp32; fp16 converts in element order)
   static constexpr bool kPairs =
@@ -36,7 +38,6 @@ struct Streams {
   S* states[K > 1 ? K - 1 : 1];
   void* extra;
   int weights;
-  bool stochastic;
   const uint32_t* keys;
 
   explicit Streams(const TensorStep& t)
@@ -45,7 +46,6 @@ struct Streams {
         states{},
         extra(t.extra),
         weights(t.weights),
-        stochastic(t.stochastic),
         keys(t.keys) {
     for (int k = 1; k < K; ++k) states[k - 1] = static_cast<S*>(t.states[k - 1]);
   }
@@ -80,12 +80,10 @@ struct Streams {
     }
     for (int k = 1; k < K; ++k) {
       if constexpr (kStochastic) {
-        if (stochastic) {
-          x[k].store_sr(states[k - 1] + i, static_cast<uint32_t>(i), keys[k - 1]);
-          continue;
-        }
+        x[k].store_sr(states[k - 1] + i, static_cast<uint32_t>(i), keys[k - 1]);
+      } else {
+        x[k].store(states[k - 1] + i);
       }
-      x[k].store(states[k - 1] + i);
     }
   }
 
@@ -122,13 +120,11 @@ struct Streams {
     }
     for (int k = 1; k < K; ++k) {
       if constexpr (kStochastic) {
-        if (stochastic) {
-          Vec<C>::store_pair_sr(states[k - 1] + i, lo[k], hi[k], static_cast<uint32_t>(i),
-                                keys[k - 1]);
-          continue;
-        }
+        Vec<C>::store_pair_sr(states[k - 1] + i, lo[k], hi[k], static_cast<uint32_t>(i),
+                              keys[k - 1]);
+      } else {
+        Vec<C>::store_pair(states[k - 1] + i, lo[k], hi[k]);
       }
-      Vec<C>::store_pair(states[k - 1] + i, lo[k], hi[k]);
     }
   }
 };
@@ -137,8 +133,8 @@ struct Streams {
 // Every stream is read and written once, the 28 B/param of fp32 AdamW (bench/README.md,
 // "Effective bandwidth"). (Namespace-scope templates, not lambdas: the ISA pragmas must reach
 // every function.)
-template <class V, class P, class S, int K, class F>
-void elementwise_loop(const F& f, const Streams<P, S, K>& s, int64_t& i, int64_t end) {
+template <class V, class P, class S, int K, bool R, class F>
+void elementwise_loop(const F& f, const Streams<P, S, K, R>& s, int64_t& i, int64_t end) {
   for (; i + V::kLanes <= end; i += V::kLanes) {
     V x[K];
     s.load(i, x);
@@ -169,11 +165,11 @@ void elementwise_loop(const F& f, const Streams<P, S, K>& s, int64_t& i, int64_t
 // (6 after). The rounding itself (4 integer ops per vector) is what is left. fp16 converts
 // with one F16C instruction each way and already cost what fp32 does (AdamW 0.449 at AVX2);
 // the tail loop and the per-tensor set-up are below 1% of a step of 100K-element tensors.
-template <class P, class S, int K, class F>
-void elementwise(const F& f, const Streams<P, S, K>& s, int64_t begin, int64_t end) {
+template <class P, class S, int K, bool R, class F>
+void elementwise(const F& f, const Streams<P, S, K, R>& s, int64_t begin, int64_t end) {
   using C = compute_t<P>;
   int64_t i = begin;
-  if constexpr (Streams<P, S, K>::kPairs) {
+  if constexpr (Streams<P, S, K, R>::kPairs) {
     constexpr int L = 2 * Vec<C>::kLanes;
     for (; i + L <= end; i += L) {
       Vec<C> lo[K], hi[K], g_lo, g_hi;

@@ -107,9 +107,8 @@ struct TensorStep {
   // kKahan: the compensations, in P. kPlain: null.
   int weights;
   void* extra;
-  // bf16 states: written with stochastic rounding, state list k with keys[k] (elements
-  // numbered from 0 at param[0], which is then contiguous), else round-to-nearest-even
-  bool stochastic;
+  // stochastically rounded bf16 states (update picked from AlgoKernels::update[..][1]): state
+  // list k rounds with keys[k], elements numbered from 0 at param[0] (then contiguous)
   uint32_t keys[kMaxStates];
 
   // The algorithm's `Scalars` (plain doubles and bools), written by its prepare.
@@ -128,16 +127,18 @@ struct TensorStep {
   alignas(double) unsigned char scalars_[16 * sizeof(double)];
 };
 
-// One algorithm's kernels (Note [one driver], ops.cpp). The update and sums kernels are indexed
-// by [param dtype][state dtype][the algorithm's state lists for its flags] (without states:
-// every state dtype's entry is the same kernel); entries the algorithm cannot have are null
-// (the validator rejected those buckets). The weights mode and the rounding of bf16 states are
-// read from the TensorStep (Note [precision kernels] in elementwise.h).
+// One algorithm's kernels (Note [one driver], ops.cpp). The update kernels are indexed by
+// [param dtype][state dtype][the algorithm's state lists for its flags][stochastic rounding]
+// (without states: every state dtype's and rounding's entry is the same kernel; with states
+// other than bf16 the rounding's too), the sums kernels likewise but for the rounding (stage 1
+// writes nothing); entries the algorithm cannot have are null (the validator rejected those
+// buckets). The weights mode is read from the TensorStep (Note [precision kernels] in
+// elementwise.h).
 struct AlgoKernels {
   PrepareFn prepare;
-  FinishFn finish;                                        // null unless two-stage
-  UpdateFn update[kNumDTypes][kNumDTypes][kMaxStates + 1];
-  SumsFn sums[kNumDTypes][kNumDTypes][kMaxStates + 1];    // null unless two-stage
+  FinishFn finish;                                           // null unless two-stage
+  UpdateFn update[kNumDTypes][kNumDTypes][kMaxStates + 1][2];
+  SumsFn sums[kNumDTypes][kNumDTypes][kMaxStates + 1];       // null unless two-stage
 };
 
 struct KernelTable {

@@ -30,16 +30,17 @@ template <class C> using Vec = ScalarVec<C>;
 #include "cpu/lars.h"
 #include "cpu/lamb.h"
 
-template <class A, class P, class S, int K>
+template <class A, class P, class S, int K, bool SR>
 void update_kernel(const TensorStep& t, int64_t begin, int64_t end) {
   const typename A::template Math<compute_t<P>> f(t.scalars_as<typename A::Scalars>());
-  elementwise(f, Streams<P, S, K>(t), begin, end);
+  elementwise(f, Streams<P, S, K, SR>(t), begin, end);
 }
 
+// stage 1 writes nothing: one kernel for either rounding
 template <class A, class P, class S, int K>
 void sums_kernel(const TensorStep& t, int64_t begin, int64_t end, double* sums) {
   const typename A::template Math<compute_t<P>> f(t.scalars_as<typename A::Scalars>());
-  sums_loop(f, Streams<P, S, K>(t), begin, end, sums);
+  sums_loop(f, Streams<P, S, K, false>(t), begin, end, sums);
 }
 
 template <class T> constexpr DType kDType = kFloat;
@@ -47,13 +48,17 @@ template <> constexpr DType kDType<double> = kDouble;
 template <> constexpr DType kDType<c10::Half> = kHalf;
 template <> constexpr DType kDType<c10::BFloat16> = kBFloat16;
 
-// The kernels of A for params in P and states in S, for each of A's state-list counts. Without
-// states the kernel does not depend on S: one kernel, P's, fills every S entry of P's row.
+// The kernels of A for params in P and states in S, for each of A's state-list counts, with
+// round-to-nearest states and, for bf16 states, stochastically rounded ones. Without states
+// the kernel does not depend on S or the rounding: one kernel, P's, fills all of P's entries.
 template <class A, class P, class S, int States = A::kMinStates>
 void fill_states(AlgoKernels& k) {
   constexpr int K = 1 + States;
   using Stored = std::conditional_t<States == 0, P, S>;
-  k.update[kDType<P>][kDType<S>][States] = &update_kernel<A, P, Stored, K>;
+  constexpr bool kRounds = States > 0 && kIsBf16<S>;
+  UpdateFn (&update)[2] = k.update[kDType<P>][kDType<S>][States];
+  update[0] = &update_kernel<A, P, Stored, K, false>;
+  update[1] = kRounds ? &update_kernel<A, P, Stored, K, kRounds> : update[0];
   if constexpr (A::kTwoStage) k.sums[kDType<P>][kDType<S>][States] = &sums_kernel<A, P, Stored, K>;
   if constexpr (States < A::kMaxStates) fill_states<A, P, S, States + 1>(k);
 }

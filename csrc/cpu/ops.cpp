@@ -142,7 +142,7 @@ void step(Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
     const DType dtype = dtype_of(p);
     const DType state_dtype = num > 0 ? dtype_of(b.states[0][i]) : dtype;
     TensorStep& d = s.tensors[s.numels.size()];
-    d.update = kernels.update[dtype][state_dtype][num];
+    d.update = kernels.update[dtype][state_dtype][num][stochastic];
     d.sums = kernels.sums[dtype][state_dtype][num];
     d.param = s.staging.data(p, fast, true);
     d.grad = s.staging.data(g, fast, false);
@@ -150,7 +150,6 @@ void step(Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
     d.weights = b.weights;
     d.extra = extra ? s.staging.data(b.states.back()[i], fast, true) : nullptr;
     float* counter = b.steps[i].data_ptr<float>();
-    d.stochastic = stochastic;
     if (stochastic) {
       // t: the counter after this step's increment, as the reference's int(steps[i] + 1)
       const double t = static_cast<double>(*counter + 1.0f);
