@@ -65,6 +65,10 @@ void fill_states(AlgoKernels& k) {
 
 // The (param, state) dtype pairs of Note [precision modes] (docs/internals.md), which the
 // validator (csrc/bucket.cpp) admits: nothing else is compiled (Note [precision kernels]).
+// Build cost: the three kernels_*.cpp compile in 23.1 s one after the other (19.8 s before the
+// precision modes, issue 25; g++ 12, -O3, load ~1 on 2 cores); a full `setup.py build_ext`
+// takes ~5 min either way on this busy machine (MAX_JOBS=2), mostly the pybind11 and ATen
+// headers of bindings.cpp and param_groups.cpp.
 template <class A>
 void fill(KernelTable& t) {
   AlgoKernels& k = t.algo[A::kId];
