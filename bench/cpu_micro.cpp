@@ -1,14 +1,17 @@
-// In-cache throughput of the CPU kernels (ns per element, one thread, best of REPEATS x CALLS calls):
-// what a step costs when memory is not the limit, per level and dtype, and a bare "p += g" for
-// the cost of the loads and stores alone. Used for Note [bf16 lane order] (elementwise.h).
-//   g++ -O3 -std=c++17 -DLEVEL=2 -Icsrc $(python -c "import torch.utils.cpp_extension as c; \
+// Throughput of the CPU kernels (ns per element, one thread, best of REPEATS x CALLS calls) for
+// bf16 AdamW in each precision mode (Note [precision modes], docs/internals.md): bf16 states
+// rounded to nearest or stochastically, fp32 states behind fp32 master copies, Kahan-compensated
+// params (bf16 states, both roundings), and fp32 AdamW beside them.
+//   g++ -O3 -std=c++20 -DLEVEL=2 -Icsrc $(python -c "import torch.utils.cpp_extension as c; \
 //       print(' '.join('-I' + p for p in c.include_paths()))") bench/cpu_micro.cpp -o /tmp/micro
-//   /tmp/micro            # LEVEL=2 avx512, 1 avx2, 0 scalar; -DNELEM=20000000 -DREPEATS=3
-//                         # -DCALLS=3 for DRAM (builds against the kernels.h of 0509b1b)
+//   /tmp/micro            # LEVEL=2 avx512, 1 avx2, 0 scalar; NELEM=8192 (in L2) by default,
+//                         # -DNELEM=20000000 -DREPEATS=3 -DCALLS=2 for DRAM
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include <c10/util/BFloat16.h>
@@ -38,19 +41,9 @@
 #pragma GCC optimize("fp-contract=off")
 #define FUSEDOPT_ISA micro
 #include "cpu/kernels_isa.h"
-namespace fusedopt::cpu::micro {
-struct AddGrad {
-  template <class V, int K>
-  void operator()(V g, V (&x)[K]) const { x[0] = x[0] + g; }
-};
-template <class S>
-void add_grad(const S* g, S* p, int64_t n) {
-  S* const rw[1] = {p};
-  elementwise<false>(AddGrad{}, g, rw, nullptr, 0, n);
-}
-}  // namespace fusedopt::cpu::micro
 #pragma GCC pop_options
 
+using namespace fusedopt;
 using namespace fusedopt::cpu;
 
 template <class F>
@@ -65,39 +58,51 @@ double ns_per_elem(F f) {
   return best / NELEM * 1e9;
 }
 
-template <class S>
-void run(const char* name, DType d) {
+// One AdamW tensor of params P, states S, in weights mode `weights`, stochastically rounded
+// states if `sr`; the counter grows each call (new keys), as in training.
+template <class P, class S>
+void run(const char* name, int weights, bool sr) {
   const int64_t n = NELEM;
-  std::vector<S> p(n), g(n), m(n), v(n), vmax(n);
+  std::vector<P> p(n), g(n), comp(n);
+  std::vector<S> m(n), v(n);
+  std::vector<float> master(n);
   for (int64_t i = 0; i < n; ++i) {
-    p[i] = S(0.01f * (i % 97));
-    g[i] = S(0.001f * (i % 89) - 0.04f);
+    p[i] = P(0.01f * (i % 97));
+    g[i] = P(0.001f * (i % 89) - 0.04f);
+    master[i] = static_cast<float>(p[i]);
   }
-  const KernelTable& kt = micro::table();
-  AdamTensor a{};
-  a.param = p.data(); a.grad = g.data(); a.exp_avg = m.data(); a.exp_avg_sq = v.data();
-  a.max_exp_avg_sq = vmax.data();
-  a.grad_scale = a.grad_coef = 1; a.decay = 1 - 1e-5; a.lerp_weight = 0.1; a.beta2 = 0.999;
-  a.one_minus_beta2 = 0.001; a.bias_correction2_sqrt = 0.03; a.neg_step_size = -1e-3;
-  a.eps = 1e-8;
-  SgdTensor s{};
-  s.param = p.data(); s.grad = g.data(); s.momentum_buffer = m.data();
-  s.grad_scale = s.grad_coef = 1; s.momentum = 0.9; s.one_minus_dampening = 1; s.neg_lr = -1e-3;
-  SgdTensor nes = s;
-  nes.nesterov = true;
-  std::printf("%-5s adamw %.3f  amsgrad %.3f  sgd-momentum %.3f  nesterov %.3f  sgd %.3f  "
-              "p+=g %.3f\n", name,
-              ns_per_elem([&] { kt.adam[d][0][0](a, 0, n); }),
-              ns_per_elem([&] { kt.adam[d][1][0](a, 0, n); }),
-              ns_per_elem([&] { kt.sgd[d][1][0](s, 0, n); }),
-              ns_per_elem([&] { kt.sgd[d][1][0](nes, 0, n); }),
-              ns_per_elem([&] { kt.sgd[d][0][0](s, 0, n); }),
-              ns_per_elem([&] { micro::add_grad(g.data(), p.data(), n); }));
+  const AlgoKernels& k = micro::table().algo[kAdam];
+  constexpr DType dp = std::is_same_v<P, float> ? kFloat : kBFloat16;
+  constexpr DType ds = std::is_same_v<S, float> ? kFloat : kBFloat16;
+  TensorStep t{};
+  t.update = k.update[dp][ds][2][sr];
+  t.param = p.data();
+  t.grad = g.data();
+  t.states[0] = m.data();
+  t.states[1] = v.data();
+  t.weights = weights;
+  t.extra = weights == kMaster ? static_cast<void*>(master.data())
+            : weights == kKahan ? static_cast<void*>(comp.data())
+                                : nullptr;
+  double row[kHpCols] = {1e-3, 1e-2, 0.9, 0.999, 1e-8};
+  StepContext context{1.0, 1.0};
+  float step = 0;
+  const double ns = ns_per_elem([&] {
+    k.prepare(t, row, step, adam::kDecoupled, context);
+    for (int s = 0; s < 2; ++s) t.keys[s] = rounding_key(12345, step + 1.0, s);
+    t.update(t, 0, n);
+    step += 1;
+  });
+  std::printf("%-34s %.3f ns/element\n", name, ns);
 }
 
 int main() {
-  std::printf("ns/element, level %d, %d elements\n", LEVEL, NELEM);
-  run<float>("fp32", kFloat);
-  run<c10::BFloat16>("bf16", kBFloat16);
-  run<c10::Half>("fp16", kHalf);
+  std::printf("level %d, %d elements, best of %d x %d calls\n", LEVEL, NELEM, REPEATS, CALLS);
+  run<float, float>("fp32 AdamW", kPlain, false);
+  run<c10::BFloat16, c10::BFloat16>("bf16 AdamW, bf16 states (RN)", kPlain, false);
+  run<c10::BFloat16, c10::BFloat16>("bf16 AdamW, bf16 states (SR)", kPlain, true);
+  run<c10::BFloat16, float>("bf16 AdamW, fp32 states + master", kMaster, false);
+  run<c10::BFloat16, c10::BFloat16>("bf16 AdamW, kahan, bf16 (RN)", kKahan, false);
+  run<c10::BFloat16, c10::BFloat16>("bf16 AdamW, kahan, bf16 (SR)", kKahan, true);
+  return 0;
 }

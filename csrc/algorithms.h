@@ -88,4 +88,9 @@ inline const char* state_names(int algo, int64_t flags) {
 
 constexpr int kSums = 2;   // per-tensor sums of a two-stage algorithm (Note [two stages])
 
+// A bucket's weights mode (Note [precision modes], docs/internals.md; BucketSpec.weights):
+// kMaster and kKahan add one last state list after the algorithm's, fp32 master copies or
+// compensations in the params' dtype (fp16/bf16 params only).
+enum Weights : int { kPlain = 0, kMaster = 1, kKahan = 2 };
+
 }  // namespace fusedopt

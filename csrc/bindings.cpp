@@ -51,8 +51,11 @@ std::shared_ptr<Bucket> make_bucket(std::vector<at::Tensor> params,
                                     std::vector<std::vector<at::Tensor>> states,
                                     std::vector<at::Tensor> steps, std::vector<int64_t> group_index,
                                     std::vector<at::Tensor> pending,
-                                    std::vector<std::optional<at::Tensor>> grads) {
+                                    std::vector<std::optional<at::Tensor>> grads, int weights,
+                                    std::vector<int64_t> seeds) {
   auto b = std::make_shared<Bucket>();
+  b->weights = weights;
+  b->seeds = std::move(seeds);
   b->params = std::move(params);
   b->states = std::move(states);
   b->steps = std::move(steps);
@@ -121,7 +124,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<Bucket, std::shared_ptr<Bucket>>(m, "Bucket")
       .def(py::init(&make_bucket), py::arg("params"), py::arg("states"), py::arg("steps"),
            py::arg("group_index"), py::arg("pending"),
-           py::arg("grads") = std::vector<std::optional<at::Tensor>>());
+           py::arg("grads") = std::vector<std::optional<at::Tensor>>(), py::arg("weights") = 0,
+           py::arg("seeds") = std::vector<int64_t>(),
+           "a bucket (csrc/bucket.h; fusedopt/_engine.py BucketSpec): weights is 0 (plain), 1 "
+           "(the last state list: fp32 master copies) or 2 (kahan compensations); seeds: none, "
+           "or one per param for stochastically rounded bf16 states (docs/internals.md, Note "
+           "[precision modes])");
   m.def("pending_with_grad", &pending_with_grad, py::arg("bucket"),
         "indices into bucket.pending of the params whose .grad is defined now");
   m.def("step", &step, py::arg("bucket"), py::arg("hp"), py::arg("algo"), py::arg("flags"),

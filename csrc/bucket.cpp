@@ -46,17 +46,21 @@ void check_param(const at::Tensor& p, const Name& what) {
                    "; expected float32, float64, float16 or bfloat16");
 }
 
-// A state (or grad) walked element for element with its param: its dtype (`dtype`: the
-// param's, or float32 for a master copy), shape and device.
-void check_like(const at::Tensor& t, const at::Tensor& p, at::ScalarType dtype, const Name& what,
-                const Name& param) {
-  TORCH_CHECK(t.defined(), what, " is undefined");
-  TORCH_CHECK_TYPE(t.scalar_type() == dtype, what, " has dtype ", t.scalar_type(), " but ", param,
-                   " has ", p.scalar_type(), dtype == p.scalar_type() ? "" : " (a float32 master)");
+// A state (or grad) walked element for element with its param: its shape and device.
+void check_shape_device(const at::Tensor& t, const at::Tensor& p, const Name& what,
+                        const Name& param) {
   TORCH_CHECK(t.sizes() == p.sizes(), what, " has shape ", t.sizes(), " but ", param, " has ",
               p.sizes());
   TORCH_CHECK(t.device() == p.device(), what, " is on ", t.device(), " but ", param, " is on ",
               p.device());
+}
+
+// A grad: defined, its param's dtype, shape and device.
+void check_like(const at::Tensor& t, const at::Tensor& p, const Name& what, const Name& param) {
+  TORCH_CHECK(t.defined(), what, " is undefined");
+  TORCH_CHECK_TYPE(t.scalar_type() == p.scalar_type(), what, " has dtype ", t.scalar_type(),
+                   " but ", param, " has ", p.scalar_type());
+  check_shape_device(t, p, what, param);
 }
 
 void check_counter(const at::Tensor& s, const at::Device& device, size_t i) {
@@ -66,8 +70,82 @@ void check_counter(const at::Tensor& s, const at::Device& device, size_t i) {
               " (the parameter's device)");
 }
 
-at::ScalarType state_dtype(const Bucket& b, size_t k, size_t i, bool master) {
-  return master && k + 1 == b.states.size() ? at::kFloat : b.params[i].scalar_type();
+// Note [precision modes] (docs/internals.md): the dtypes params of dtype p may keep their
+// states in.
+bool state_dtype_allowed(at::ScalarType p, at::ScalarType s) {
+  switch (p) {
+    case at::kDouble: return s == at::kDouble;
+    case at::kFloat: return s == at::kFloat || s == at::kBFloat16;
+    case at::kHalf: return s == at::kHalf || s == at::kFloat || s == at::kBFloat16;
+    case at::kBFloat16: return s == at::kBFloat16 || s == at::kFloat;
+    default: return false;
+  }
+}
+
+const char* allowed_state_dtypes(at::ScalarType p) {
+  switch (p) {
+    case at::kDouble: return "float64";
+    case at::kFloat: return "float32 or bfloat16";
+    case at::kHalf: return "float16, float32 or bfloat16";
+    default: return "bfloat16 or float32";
+  }
+}
+
+const char* weights_name(int weights) {
+  return weights == kMaster ? "1 (master copies)" : "2 (kahan compensations)";
+}
+
+// Every state tensor of params[i] (the algorithm's `algo_lists` lists, then the weights
+// mode's list): defined, strided, shaped and placed like the param; the algorithm's lists all
+// in the bucket's state dtype (states[0][0]'s), one params[i] may keep its states in; the last
+// list fp32 masters (kMaster) or compensations in the param's dtype (kKahan).
+void check_states_of(const Bucket& b, size_t i, size_t algo_lists) {
+  const at::Tensor& p = b.params[i];
+  for (size_t k = 0; k < b.states.size(); ++k) {
+    const at::Tensor& s = b.states[k][i];
+    const Name what{"states", i, "", static_cast<int64_t>(k)};
+    TORCH_CHECK(s.defined(), what, " is undefined");
+    TORCH_CHECK(s.layout() == at::kStrided, what, " has layout ", s.layout(),
+                "; expected strided");
+    if (k < algo_lists) {
+      const at::ScalarType dtype = b.states[0][0].scalar_type();
+      TORCH_CHECK_TYPE(s.scalar_type() == dtype, what, " has dtype ", s.scalar_type(),
+                       "; the bucket's states have dtype ", dtype,
+                       " (states[0][0]'s: one state dtype per bucket)");
+      TORCH_CHECK_TYPE(state_dtype_allowed(p.scalar_type(), dtype), what, " has dtype ", dtype,
+                       " but params[", i, "] has ", p.scalar_type(), ", whose states are ",
+                       allowed_state_dtypes(p.scalar_type()), " (Note [precision modes])");
+    } else {
+      const at::ScalarType expected = b.weights == kMaster ? at::kFloat : p.scalar_type();
+      TORCH_CHECK_TYPE(s.scalar_type() == expected, what, " has dtype ", s.scalar_type(),
+                       "; expected ", expected, " (weights = ", weights_name(b.weights),
+                       ", params[", i, "] has ", p.scalar_type(), ")");
+    }
+    check_shape_device(s, p, what, Name{"params", i});
+  }
+}
+
+// The weights mode and the seeds (Note [precision modes], Note [stochastic rounding]), with
+// `algo_lists` state lists of the algorithm's.
+void check_precision(const Bucket& b, size_t algo_lists) {
+  const size_t n = b.params.size();
+  TORCH_CHECK(b.seeds.empty() || b.seeds.size() == n, "seeds has ", b.seeds.size(),
+              " entries for ", n, " params (one per param, or none)");
+  for (size_t i = 0; i < b.seeds.size(); ++i) {
+    TORCH_CHECK_VALUE(b.seeds[i] >= 0 && b.seeds[i] <= std::numeric_limits<uint32_t>::max(),
+                      "seeds[", i, "] = ", b.seeds[i], " is out of range: expected [0, 2^32)");
+  }
+  if (n == 0) return;
+  if (b.weights != kPlain) {
+    TORCH_CHECK_TYPE(low_precision(b.params[0].scalar_type()), "weights = ",
+                     weights_name(b.weights), " needs float16 or bfloat16 params; params[0] has ",
+                     b.params[0].scalar_type());
+  }
+  if (!b.seeds.empty() && algo_lists > 0) {
+    TORCH_CHECK_TYPE(b.states[0][0].scalar_type() == at::kBFloat16,
+                     "seeds (stochastic rounding) need bfloat16 states; states[0][0] has dtype ",
+                     b.states[0][0].scalar_type());
+  }
 }
 
 }  // namespace
@@ -102,13 +180,14 @@ std::vector<int32_t> group_rows(const std::vector<int64_t>& group_index) {
   return rows;
 }
 
-bool has_master(const Bucket& b) {
-  return !b.params.empty() && !b.states.empty() && !b.states.back().empty() &&
-         low_precision(b.params[0].scalar_type()) &&
-         b.states.back()[0].scalar_type() == at::kFloat;
+void check_weights(int weights) {
+  TORCH_CHECK_VALUE(weights == kPlain || weights == kMaster || weights == kKahan, "weights = ",
+                    weights, " is not a weights mode: expected 0 (plain), 1 (master copies) or 2 "
+                    "(kahan compensations)");
 }
 
 void check_bucket(const Bucket& b) {
+  check_weights(b.weights);
   const size_t n = b.params.size();
   for (size_t k = 0; k < b.states.size(); ++k) {
     TORCH_CHECK(b.states[k].size() == n, "states[", k, "] has ", b.states[k].size(),
@@ -119,21 +198,20 @@ void check_bucket(const Bucket& b) {
               " entries for ", n, " params");
   TORCH_CHECK(b.grads.empty() || b.grads.size() == n, "grads has ", b.grads.size(),
               " tensors for ", n, " params");
-  const bool master = has_master(b);
+  const bool extra = b.weights != kPlain;
+  // (a bucket of pending params only has no state lists yet)
+  TORCH_CHECK(!extra || n == 0 || !b.states.empty(), "weights = ", weights_name(b.weights),
+              " needs a last state list (the ", b.weights == kMaster ? "masters" : "compensations",
+              "); states is empty");
+  const size_t algo_lists = b.states.size() - (extra && !b.states.empty() ? 1 : 0);
   for (size_t i = 0; i < n; ++i) {
-    const at::Tensor& p = b.params[i];
-    check_param(p, Name{"params", i});
-    for (size_t k = 0; k < b.states.size(); ++k) {
-      const at::Tensor& s = b.states[k][i];
-      const Name what{"states", i, "", static_cast<int64_t>(k)};
-      check_like(s, p, state_dtype(b, k, i, master), what, Name{"params", i});
-      TORCH_CHECK(s.layout() == at::kStrided, what, " has layout ", s.layout(),
-                  "; expected strided");
-    }
-    check_counter(b.steps[i], p.device(), i);
+    check_param(b.params[i], Name{"params", i});
+    check_states_of(b, i, algo_lists);
+    check_counter(b.steps[i], b.params[i].device(), i);
     TORCH_CHECK(b.group_index[i] >= 0, "group_index[", i, "] is negative (", b.group_index[i],
                 ")");
   }
+  check_precision(b, algo_lists);
   for (size_t j = 0; j < b.pending.size(); ++j) check_param(b.pending[j], Name{"pending", j});
 }
 
@@ -143,12 +221,16 @@ bool check_step(const Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
                 const std::optional<at::Tensor>& found_inf) {
   check_algo(algo, flags);
   const AlgorithmInfo& info = algorithm_info(algo);
-  const bool master = has_master(b);
+  // a bucket whose params all wait for their state (`pending`) steps nothing and has no lists
+  if (b.params.empty()) return has_master(b);
+  const bool extra = b.weights != kPlain;
   const size_t algo_states = static_cast<size_t>(num_states(algo, flags));
-  TORCH_CHECK(b.states.size() == algo_states + (master ? 1 : 0), "states: expected ",
+  TORCH_CHECK(b.states.size() == algo_states + (extra ? 1 : 0), "states: expected ",
               algo_states, " state lists for ", info.name, " (", state_names(algo, flags),
-              master ? ", then the master copies" : "", "), got ", b.states.size());
-  if (b.params.empty()) return master;
+              b.weights == kMaster  ? ", then the master copies"
+              : b.weights == kKahan ? ", then the compensations"
+                                    : "",
+              "), got ", b.states.size());
   const size_t n = b.params.size();
   const at::Tensor& p0 = b.params[0];
   const at::Device device = p0.device();
@@ -168,10 +250,7 @@ bool check_step(const Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
                 device, " (one bucket, one device)");
     TORCH_CHECK_TYPE(p.scalar_type() == p0.scalar_type(), "params[", i, "] has dtype ",
                      p.scalar_type(), "; the bucket's dtype is ", p0.scalar_type());
-    for (size_t k = 0; k < b.states.size(); ++k) {
-      check_like(b.states[k][i], p, state_dtype(b, k, i, master),
-                 Name{"states", i, "", static_cast<int64_t>(k)}, Name{"params", i});
-    }
+    check_states_of(b, i, algo_states);
     check_counter(b.steps[i], device, i);
     TORCH_CHECK(b.group_index[i] < hp.size(0), "group_index[", i, "] = ", b.group_index[i],
                 " is out of range for hp with ", hp.size(0), " rows");
@@ -179,9 +258,10 @@ bool check_step(const Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
     if (!g.defined()) continue;
     TORCH_CHECK(g.layout() == at::kStrided, "sparse gradients are not supported (grad of params[",
                 i, "] has layout ", g.layout(), ")");
-    check_like(g, p, p.scalar_type(), Name{"params", i, "grad of "}, Name{"params", i});
+    check_like(g, p, Name{"params", i, "grad of "}, Name{"params", i});
   }
-  return master;
+  check_precision(b, algo_states);
+  return has_master(b);
 }
 
 void check_device_type(const Bucket& b, c10::DeviceType type, const char* fn) {

@@ -9,6 +9,8 @@
 #include <optional>
 #include <vector>
 
+#include "algorithms.h"
+
 namespace fusedopt {
 
 struct Bucket {
@@ -47,25 +49,28 @@ struct Bucket {
 
 // The one validator of the C++ backends (csrc/bucket.cpp); the kernels assume what it checked.
 //
-// Note [master copy] (fusedopt/optimizer.py): with weights == kMaster a last state list of
-// float32 tensors beside float16/bfloat16 params holds their fp32 master copies (Note [slots],
-// csrc/cuda/launchers.h). A step reads the master instead of the param and writes both (the
-// param: the master's rounding). With kKahan the last list holds compensations (Note
-// [precision modes]).
-enum Weights : int { kPlain = 0, kMaster = 1, kKahan = 2 };
-bool has_master(const Bucket& b);
+// Note [master copy] (fusedopt/optimizer.py): with weights == kMaster (csrc/algorithms.h) a
+// last state list of float32 tensors beside float16/bfloat16 params holds their fp32 master
+// copies (Note [slots], csrc/cuda/launchers.h). A step reads the master instead of the param
+// and writes both (the param: the master's rounding). With kKahan the last list holds
+// compensations (Note [precision modes]).
+inline bool has_master(const Bucket& b) { return b.weights == kMaster; }
 // `algo` is an id of csrc/algorithms.h and `flags` has no bit that algorithm lacks.
 void check_algo(int algo, int64_t flags);
 // The group indices as the bucket keeps them: each in [0, 2^31).
 std::vector<int32_t> group_rows(const std::vector<int64_t>& group_index);
 // At construction: the lists agree, every tensor is a dense real floating tensor shaped like
-// its param, step counters are one-element float32 tensors, group indices are >= 0.
+// its param, step counters are one-element float32 tensors, group indices are >= 0; the
+// weights mode is one of Weights, kMaster/kKahan with fp16/bf16 params and a last list of
+// fp32 masters / compensations in the params' dtype; the other state lists share one dtype
+// their params may keep states in (Note [precision modes]); seeds are none or one per param,
+// in [0, 2^32), with bf16 states.
 void check_bucket(const Bucket& b);
 // Before every step touches anything: check_algo; the state lists are the algorithm's for
-// those flags (a master list aside); all of check_bucket that can change in place (dtypes,
+// those flags (a weights list aside); all of check_bucket that can change in place (dtypes,
 // shapes, devices: `p.data = ...`); the grads; the table `hp` (float64 [G, kHpCols],
 // contiguous, on the params' device, a row for every group index) and the step scalars.
-// Returns whether the bucket has a master list.
+// Returns has_master(b).
 bool check_step(const Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
                 const std::optional<at::Tensor>& clip_coef,
                 const std::optional<at::Tensor>& inv_scale,

@@ -149,7 +149,8 @@ def clone_spec(spec):
 
 
 def bucket_of(spec):
-    return C.Bucket(spec.params, spec.states, spec.steps, spec.group_index, spec.pending)
+    return C.Bucket(spec.params, spec.states, spec.steps, spec.group_index, spec.pending, [],
+                    spec.weights, spec.seeds)
 
 
 def c_step(bucket, hp, algo, flags, clip_coef=None, inv_scale=None, found_inf=None):
@@ -523,6 +524,7 @@ def test_low_precision_error_bound_at_each_level(level, dtype, algo, kwargs):
 def with_masters(spec):
     """The spec with its fp16/bf16 params' fp32 master copies as the last state list."""
     spec.states = spec.states + [[p.detach().float() for p in spec.params]]
+    spec.weights = _engine.MASTER
     return spec
 
 
@@ -577,11 +579,16 @@ def test_bad_master_lists():
     spec, hp = make_spec("adam", {}, torch.bfloat16, shapes=[(3,), (4, 2)], transposed=())
     masters = [p.detach().float() for p in spec.params]
     with pytest.raises(RuntimeError, match=r"states\[2\]\[1\] has shape \[3\] but params\[1\]"):
-        C.Bucket(spec.params, spec.states + [[masters[0], masters[0]]], spec.steps, [0, 0], [])
-    with pytest.raises(TypeError, match=r"states\[2\]\[0\] has dtype Double"):
+        C.Bucket(spec.params, spec.states + [[masters[0], masters[0]]], spec.steps, [0, 0], [],
+                 weights=_engine.MASTER)
+    with pytest.raises(TypeError, match=r"states\[2\]\[0\] has dtype Double; expected Float"):
         C.Bucket(spec.params, spec.states + [[m.double() for m in masters]], spec.steps,
-                 [0, 0], [])
-    bucket = C.Bucket(spec.params, spec.states + [masters], spec.steps, [0, 0], [])
+                 [0, 0], [], weights=_engine.MASTER)
+    with pytest.raises(TypeError, match=r"states\[2\]\[0\] has dtype Float; the bucket's states "
+                                        r"have dtype BFloat16"):   # without weights=1: a state
+        C.Bucket(spec.params, spec.states + [masters], spec.steps, [0, 0], [])
+    bucket = C.Bucket(spec.params, spec.states + [masters], spec.steps, [0, 0], [],
+                      weights=_engine.MASTER)
     with pytest.raises(RuntimeError, match="expected 3 state lists .*then the master copies"):
         c_step(bucket, hp, "adam", dict(amsgrad=True))
     with pytest.raises(RuntimeError, match=r"then the master copies\), got 3"):

@@ -27,6 +27,29 @@ enum DType : int { kFloat = 0, kDouble = 1, kHalf = 2, kBFloat16 = 3, kNumDTypes
 
 constexpr int kMaxStates = 3;   // Adam with amsgrad
 
+// Note [stochastic rounding] (docs/internals.md): MurmurHash3's 32-bit finaliser, the key of
+// state list k of a tensor with `seed` whose counter is `t` after this step's increment, and
+// the 16 random bits of element j (the vector levels compute the same in their own lanes).
+constexpr uint32_t kIndexMultiplier = 0x9E3779B1u;
+constexpr uint32_t fmix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  return h ^ (h >> 16);
+}
+// t mod 2^32 without overflow for any float counter (a float32 counter stops at 2^24)
+inline uint32_t rounding_key(uint32_t seed, double t, int k) {
+  const auto t32 = static_cast<uint32_t>(static_cast<int64_t>(std::fmod(t, 4294967296.0)));
+  return fmix32(seed ^ fmix32(t32 * 4u + static_cast<uint32_t>(k)));
+}
+constexpr uint32_t rounding_bits(uint32_t key, uint32_t j) {
+  return fmix32((j * kIndexMultiplier) ^ key) >> 16;
+}
+// j * kIndexMultiplier as an intrinsic's int lane: a vector of element offsets times the
+// multiplier, added to the first element's product, gives every lane's (the product is linear)
+constexpr int index_offset(uint32_t j) { return static_cast<int>(j * kIndexMultiplier); }
+
 // torch's 1 - beta**step (and its **0.5), remembered for the last (beta, step): the params
 // of a model share betas and step count, and pow was the largest single cost in a profile
 // of steps of 1000 16-element tensors (13% of all samples, Python included).
@@ -76,11 +99,17 @@ using NormFn = double (*)(const void* data, int64_t begin, int64_t end);
 struct TensorStep {
   UpdateFn update;
   SumsFn sums;                   // two-stage algorithms only
-  void* param;
+  void* param;                   // in the param dtype P, as the grad
   const void* grad;
-  void* states[kMaxStates];      // the algorithm's states for its flags, in bucket order
-  float* master;                 // fp32 master copy of an fp16/bf16 param, or null (then
-                                 // param is written, never read: Note [master copy], bucket.h)
+  void* states[kMaxStates];      // the algorithm's states for its flags, in bucket order, in S
+  // Note [precision modes] (docs/internals.md), fp16/bf16 params only: kMaster: `extra` is the
+  // fp32 master copy (then param is written, never read: Note [master copy], bucket.h);
+  // kKahan: the compensations, in P. kPlain: null.
+  int weights;
+  void* extra;
+  // stochastically rounded bf16 states (update picked from AlgoKernels::update[..][1]): state
+  // list k rounds with keys[k], elements numbered from 0 at param[0] (then contiguous)
+  uint32_t keys[kMaxStates];
 
   // The algorithm's `Scalars` (plain doubles and bools), written by its prepare.
   template <class T>
@@ -98,14 +127,18 @@ struct TensorStep {
   alignas(double) unsigned char scalars_[16 * sizeof(double)];
 };
 
-// One algorithm's kernels (Note [one driver], ops.cpp). The update and sums kernels are indexed
-// by [dtype][the algorithm's state lists for its flags][master copy]; entries the algorithm
-// cannot have are null (the validator rejected those buckets).
+// One algorithm's kernels (Note [one driver], ops.cpp). The update kernels are indexed by
+// [param dtype][state dtype][the algorithm's state lists for its flags][stochastic rounding]
+// (without states: every state dtype's and rounding's entry is the same kernel; with states
+// other than bf16 the rounding's too), the sums kernels likewise but for the rounding (stage 1
+// writes nothing); entries the algorithm cannot have are null (the validator rejected those
+// buckets). The weights mode is read from the TensorStep (Note [precision kernels] in
+// elementwise.h).
 struct AlgoKernels {
   PrepareFn prepare;
-  FinishFn finish;                               // null unless two-stage
-  UpdateFn update[kNumDTypes][kMaxStates + 1][2];
-  SumsFn sums[kNumDTypes][kMaxStates + 1][2];    // null unless two-stage
+  FinishFn finish;                                           // null unless two-stage
+  UpdateFn update[kNumDTypes][kNumDTypes][kMaxStates + 1][2];
+  SumsFn sums[kNumDTypes][kNumDTypes][kMaxStates + 1];       // null unless two-stage
 };
 
 struct KernelTable {

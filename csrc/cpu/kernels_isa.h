@@ -10,8 +10,8 @@
 // chunk rounds exactly like its vector lanes. An algorithm's prepare and finish (double math
 // on the calling thread) are compiled with its functor; without contraction their bits are the
 // same at every level.
-// The including file has already included <algorithm>, <cmath>, c10's Half/BFloat16 and
-// cpu/kernels.h, before its pragmas.
+// The including file has already included <algorithm>, <cmath>, <cstring>, <type_traits>,
+// c10's Half/BFloat16 and cpu/kernels.h, before its pragmas.
 namespace fusedopt::cpu::FUSEDOPT_ISA {
 
 #include "cpu/vec_scalar.h"
@@ -30,59 +30,64 @@ template <class C> using Vec = ScalarVec<C>;
 #include "cpu/lars.h"
 #include "cpu/lamb.h"
 
-// The streams of one tensor: the param, then its K-1 states (elementwise's rw).
-template <class S, int K>
-struct Streams {
-  S* rw[K];
-  explicit Streams(const TensorStep& t) {
-    rw[0] = static_cast<S*>(t.param);
-    for (int k = 1; k < K; ++k) rw[k] = static_cast<S*>(t.states[k - 1]);
-  }
-};
-
-template <class A, class S, int K, bool kMaster>
+template <class A, class P, class S, int K, bool SR>
 void update_kernel(const TensorStep& t, int64_t begin, int64_t end) {
-  const typename A::template Math<compute_t<S>> f(t.scalars_as<typename A::Scalars>());
-  const Streams<S, K> s(t);
-  elementwise<kMaster>(f, static_cast<const S*>(t.grad), s.rw, t.master, begin, end);
+  const typename A::template Math<compute_t<P>> f(t.scalars_as<typename A::Scalars>());
+  elementwise(f, Streams<P, S, K, SR>(t), begin, end);
 }
 
-template <class A, class S, int K, bool kMaster>
+// stage 1 writes nothing: one kernel for either rounding
+template <class A, class P, class S, int K>
 void sums_kernel(const TensorStep& t, int64_t begin, int64_t end, double* sums) {
-  const typename A::template Math<compute_t<S>> f(t.scalars_as<typename A::Scalars>());
-  const Streams<S, K> s(t);
-  sums_loop<kMaster>(f, static_cast<const S*>(t.grad), s.rw, t.master, begin, end, sums);
+  const typename A::template Math<compute_t<P>> f(t.scalars_as<typename A::Scalars>());
+  sums_loop(f, Streams<P, S, K, false>(t), begin, end, sums);
 }
 
-// The kernels of A for storage type S and `States` state lists, with and without a master copy
-// (fp16/bf16 params only).
-template <class A, class S, int States>
-void fill_states(AlgoKernels& k, DType d) {
+template <class T> constexpr DType kDType = kFloat;
+template <> constexpr DType kDType<double> = kDouble;
+template <> constexpr DType kDType<c10::Half> = kHalf;
+template <> constexpr DType kDType<c10::BFloat16> = kBFloat16;
+
+// The kernels of A for params in P and states in S, for each of A's state-list counts, with
+// round-to-nearest states and, for bf16 states, stochastically rounded ones. Without states
+// the kernel does not depend on S or the rounding: one kernel, P's, fills all of P's entries.
+template <class A, class P, class S, int States = A::kMinStates>
+void fill_states(AlgoKernels& k) {
   constexpr int K = 1 + States;
-  k.update[d][States][0] = &update_kernel<A, S, K, false>;
-  if constexpr (A::kTwoStage) k.sums[d][States][0] = &sums_kernel<A, S, K, false>;
-  if constexpr (sizeof(S) == 2) {
-    k.update[d][States][1] = &update_kernel<A, S, K, true>;
-    if constexpr (A::kTwoStage) k.sums[d][States][1] = &sums_kernel<A, S, K, true>;
-  }
-  if constexpr (States < A::kMaxStates) fill_states<A, S, States + 1>(k, d);
+  using Stored = std::conditional_t<States == 0, P, S>;
+  constexpr bool kRounds = States > 0 && kIsBf16<S>;
+  UpdateFn (&update)[2] = k.update[kDType<P>][kDType<S>][States];
+  update[0] = &update_kernel<A, P, Stored, K, false>;
+  update[1] = kRounds ? &update_kernel<A, P, Stored, K, kRounds> : update[0];
+  if constexpr (A::kTwoStage) k.sums[kDType<P>][kDType<S>][States] = &sums_kernel<A, P, Stored, K>;
+  if constexpr (States < A::kMaxStates) fill_states<A, P, S, States + 1>(k);
 }
 
+// The (param, state) dtype pairs of Note [precision modes] (docs/internals.md), which the
+// validator (csrc/bucket.cpp) admits: nothing else is compiled (Note [precision kernels]).
+// Build cost: the three kernels_*.cpp compile in 23.1 s one after the other (19.8 s before the
+// precision modes, issue 25; g++ 12, -O3, load ~1 on 2 cores); a full `setup.py build_ext`
+// takes ~5 min either way on this busy machine (MAX_JOBS=2), mostly the pybind11 and ATen
+// headers of bindings.cpp and param_groups.cpp.
 template <class A>
 void fill(KernelTable& t) {
   AlgoKernels& k = t.algo[A::kId];
   k.prepare = &A::prepare;
   if constexpr (A::kTwoStage) k.finish = &A::finish;
-  fill_states<A, float, A::kMinStates>(k, kFloat);
-  fill_states<A, double, A::kMinStates>(k, kDouble);
-  fill_states<A, c10::Half, A::kMinStates>(k, kHalf);
-  fill_states<A, c10::BFloat16, A::kMinStates>(k, kBFloat16);
+  fill_states<A, double, double>(k);
+  fill_states<A, float, float>(k);
+  fill_states<A, float, c10::BFloat16>(k);
+  fill_states<A, c10::Half, c10::Half>(k);
+  fill_states<A, c10::Half, float>(k);
+  fill_states<A, c10::Half, c10::BFloat16>(k);
+  fill_states<A, c10::BFloat16, c10::BFloat16>(k);
+  fill_states<A, c10::BFloat16, float>(k);
 }
 
 template <class S>
-void fill_norm(KernelTable& t, DType d) {
-  t.norm[d][0] = &sum_squares_kernel<S>;
-  t.norm[d][1] = &max_abs_kernel<S>;
+void fill_norm(KernelTable& t) {
+  t.norm[kDType<S>][0] = &sum_squares_kernel<S>;
+  t.norm[kDType<S>][1] = &max_abs_kernel<S>;
 }
 
 const KernelTable& table() {
@@ -93,10 +98,10 @@ const KernelTable& table() {
     fill<Lion>(k);
     fill<Lars>(k);
     fill<Lamb>(k);
-    fill_norm<float>(k, kFloat);
-    fill_norm<double>(k, kDouble);
-    fill_norm<c10::Half>(k, kHalf);
-    fill_norm<c10::BFloat16>(k, kBFloat16);
+    fill_norm<float>(k);
+    fill_norm<double>(k);
+    fill_norm<c10::Half>(k);
+    fill_norm<c10::BFloat16>(k);
     return k;
   }();
   return t;

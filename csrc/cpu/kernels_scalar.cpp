@@ -2,6 +2,8 @@
 // Note [one source, three instruction sets] in kernels_isa.h.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>

@@ -31,12 +31,15 @@ DType dtype_of(const at::Tensor& t) {
 // then the same logical element (contiguous tensors, but also transposed or channels-last
 // params whose grads and states follow their layout, as autograd and zeros_like make them).
 // Anything else is stepped on contiguous copies, which are copied back after the run
-// (Staging, csrc/staging.h).
-bool dense_alike(const at::Tensor& p, const at::Tensor* const* others, int count) {
+// (Staging, csrc/staging.h). With stochastic rounding (Note [stochastic rounding]) the
+// random bits of an element come from its row-major index, which is its place in memory only
+// in contiguous tensors: a param with any other layout is stepped on contiguous copies.
+bool dense_alike(const at::Tensor& p, const at::Tensor* const* others, int count,
+                 bool row_major) {
   bool all_contiguous = p.is_contiguous();
   for (int k = 0; k < count; ++k) all_contiguous = all_contiguous && others[k]->is_contiguous();
   if (all_contiguous) return true;
-  if (!p.is_non_overlapping_and_dense()) return false;
+  if (row_major || !p.is_non_overlapping_and_dense()) return false;
   for (int k = 0; k < count; ++k) {
     const at::Tensor& t = *others[k];
     if (t.strides() != p.strides() || !t.is_non_overlapping_and_dense()) return false;
@@ -107,9 +110,9 @@ void sum_stage(Scratch& s, FinishFn finish) {
 // in its csrc/cpu/<name>.h, a `prepare` (its per-tensor scalars in double from its table row,
 // counter and flags), for two-stage algorithms a `finish` (the tensor's sums folded into those
 // scalars) and an element functor `Math<C>` templated on the vector type; kernels_isa.h
-// instantiates the kernels per dtype, state-list count and master copy into the table this
-// driver indexes by algorithm id. The driver stages, plans and runs the chunks, and grows each
-// counter once, after the last stage.
+// instantiates the kernels per param dtype, state dtype and state-list count into the table
+// this driver indexes by algorithm id. The driver stages, plans and runs the chunks, and grows
+// each counter once, after the last stage.
 void step(Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
           const std::optional<at::Tensor>& clip_coef,
           const std::optional<at::Tensor>& inv_scale,
@@ -121,7 +124,8 @@ void step(Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
   const bool two_stage = kernels.finish != nullptr;
   Scratch& s = scratch();
   const double* table = hp.data_ptr<double>();
-  const bool master = has_master(b);
+  const bool extra = b.weights != kPlain;
+  const bool stochastic = !b.seeds.empty();
   const int num = num_states(algo, flags);
   StepContext context{scalar_or(inv_scale, 1.0f), scalar_or(clip_coef, 1.0f)};
   if (s.tensors.size() < b.params.size()) s.tensors.resize(b.params.size());
@@ -131,20 +135,27 @@ void step(Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
     if (!g.defined()) continue;
     std::array<const at::Tensor*, kMaxStates + 2> others{&g};
     for (int k = 0; k < num; ++k) others[1 + k] = &b.states[k][i];
-    if (master) others[1 + num] = &b.states.back()[i];
-    const int count = 1 + num + (master ? 1 : 0);
-    const bool fast = dense_alike(p, others.data(), count);
+    if (extra) others[1 + num] = &b.states.back()[i];
+    const int count = 1 + num + (extra ? 1 : 0);
+    const bool fast = dense_alike(p, others.data(), count, stochastic);
 
     const DType dtype = dtype_of(p);
+    const DType state_dtype = num > 0 ? dtype_of(b.states[0][i]) : dtype;
     TensorStep& d = s.tensors[s.numels.size()];
-    d.update = kernels.update[dtype][num][master];
-    d.sums = kernels.sums[dtype][num][master];
+    d.update = kernels.update[dtype][state_dtype][num][stochastic];
+    d.sums = kernels.sums[dtype][state_dtype][num];
     d.param = s.staging.data(p, fast, true);
     d.grad = s.staging.data(g, fast, false);
     for (int k = 0; k < num; ++k) d.states[k] = s.staging.data(b.states[k][i], fast, true);
-    d.master = master ? static_cast<float*>(s.staging.data(b.states.back()[i], fast, true))
-                      : nullptr;
+    d.weights = b.weights;
+    d.extra = extra ? s.staging.data(b.states.back()[i], fast, true) : nullptr;
     float* counter = b.steps[i].data_ptr<float>();
+    if (stochastic) {
+      // t: the counter after this step's increment, as the reference's int(steps[i] + 1)
+      const double t = static_cast<double>(*counter + 1.0f);
+      const auto seed = static_cast<uint32_t>(b.seeds[i]);
+      for (int k = 0; k < num; ++k) d.keys[k] = rounding_key(seed, t, k);
+    }
     const double* row = table + static_cast<int64_t>(b.group_index[i]) * kHpCols;
     s.needs_sums.push_back(kernels.prepare(d, row, *counter, flags, context));
     s.counters.push_back(counter);

@@ -3,29 +3,25 @@
 // elementwise.h.
 //
 // f.terms(g, x, out) gives one vector of elements' kSums terms (LARS: p and g; LAMB: p and its
-// update u); x holds the first F::kTermReads read-write streams of elementwise() (the param
-// or its master, then states), read only. Each term is squared and summed in double, lane by
-// lane: a float squared in double is exact, so the sums differ from the reference's
-// `x.double().square().sum()` by the order of additions only (float accumulators, as
-// Note [norm accumulation] in norm.h, would add ~1e-6 relative error). The lanes' sums are
-// added in lane order, then the tail's: a chunk's sums depend on its bounds and the level's
-// lane count, never on the thread count.
+// update u); x holds the first F::kTermReads streams of elementwise() as Streams::load reads
+// them (x[0] the value the update starts from: the param, its master copy, or the param plus
+// its compensation; the states widened from their dtype), read only. Each term is squared and
+// summed in double, lane by lane: a float squared in double is exact, so the sums differ from
+// the reference's `x.double().square().sum()` by the order of additions only (float
+// accumulators, as Note [norm accumulation] in norm.h, would add ~1e-6 relative error). The
+// lanes' sums are added in lane order, then the tail's: a chunk's sums depend on its bounds
+// and the level's lane count, never on the thread count.
 // (Namespace-scope templates, not lambdas: the ISA pragmas must reach every function.)
-template <class V, bool kMaster, int R, class S, int K, class F>
-void sum_squares_of_terms(const F& f, const S* grad, S* const (&rw)[K], const float* master,
-                          int64_t& i, int64_t end, double* total) {
-  using C = compute_t<S>;
+template <class V, int R, class P, class S, int K, bool SR, class F>
+void sum_squares_of_terms(const F& f, const Streams<P, S, K, SR>& s, int64_t& i, int64_t end,
+                          double* total) {
+  using C = compute_t<P>;
   double acc[kSums][V::kLanes] = {};
   for (; i + V::kLanes <= end; i += V::kLanes) {
     V x[R];
-    if constexpr (kMaster) {
-      x[0] = V::load(master + i);
-    } else {
-      x[0] = V::load(rw[0] + i);
-    }
-    for (int k = 1; k < R; ++k) x[k] = V::load(rw[k] + i);
+    s.load(i, x);
     V terms[kSums];
-    f.terms(V::load(grad + i), x, terms);
+    f.terms(V::load(s.grad + i), x, terms);
     for (int k = 0; k < kSums; ++k) {
       C lanes[V::kLanes];
       terms[k].to_array(lanes);
@@ -40,14 +36,13 @@ void sum_squares_of_terms(const F& f, const S* grad, S* const (&rw)[K], const fl
   }
 }
 
-template <bool kMaster, class S, int K, class F>
-void sums_loop(const F& f, const S* grad, S* const (&rw)[K], const float* master, int64_t begin,
-               int64_t end, double* out) {
-  using C = compute_t<S>;
+template <class P, class S, int K, bool SR, class F>
+void sums_loop(const F& f, const Streams<P, S, K, SR>& s, int64_t begin, int64_t end, double* out) {
+  using C = compute_t<P>;
   constexpr int R = F::kTermReads < K ? F::kTermReads : K;
   double total[kSums] = {};
   int64_t i = begin;
-  sum_squares_of_terms<Vec<C>, kMaster, R>(f, grad, rw, master, i, end, total);   // vectors
-  sum_squares_of_terms<ScalarVec<C>, kMaster, R>(f, grad, rw, master, i, end, total);   // tail
+  sum_squares_of_terms<Vec<C>, R>(f, s, i, end, total);          // vectors
+  sum_squares_of_terms<ScalarVec<C>, R>(f, s, i, end, total);    // tail
   for (int k = 0; k < kSums; ++k) out[k] = total[k];
 }

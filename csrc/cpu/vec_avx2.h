@@ -22,9 +22,14 @@ struct Vec<float> {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
                      _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
-  void store(c10::BFloat16* p) const {
+  void store(c10::BFloat16* p) const { store_bits(p, bf16_nan(bf16_round(v), v)); }
+  // Note [stochastic rounding]: the lanes are elements j0, j0 + 1, .., j0 + 7
+  void store_sr(c10::BFloat16* p, uint32_t j0, uint32_t key) const {
+    store_bits(p, bf16_nan(sr_add(v, index_hash_input(j0, lane_offsets<1>()), key), v));
+  }
+  static void store_bits(c10::BFloat16* p, __m256i bits) {
     // lane order kept: shift the kept halves down, then gather them across the 128-bit lanes
-    __m256i r = _mm256_srli_epi32(bf16_nan(bf16_round(v), v), 16);
+    __m256i r = _mm256_srli_epi32(bits, 16);
     __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
   }
@@ -38,7 +43,16 @@ struct Vec<float> {
     hi.v = _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32(0xFFFF0000)));
   }
   static void store_pair(c10::BFloat16* p, Vec lo, Vec hi) {
-    __m256i a = bf16_round(lo.v), b = bf16_round(hi.v);
+    store_pair_bits(p, bf16_round(lo.v), bf16_round(hi.v), lo, hi);
+  }
+  // Note [stochastic rounding]: element j0 + 2l is lo's lane l, j0 + 2l + 1 hi's
+  static void store_pair_sr(c10::BFloat16* p, Vec lo, Vec hi, uint32_t j0, uint32_t key) {
+    __m256i even = index_hash_input(j0, lane_offsets<2>());
+    __m256i odd = _mm256_add_epi32(even, _mm256_set1_epi32(static_cast<int>(kIndexMultiplier)));
+    store_pair_bits(p, sr_add(lo.v, even, key), sr_add(hi.v, odd, key), lo, hi);
+  }
+  // a and b: lo's and hi's bits with the rounding increment added
+  static void store_pair_bits(c10::BFloat16* p, __m256i a, __m256i b, Vec lo, Vec hi) {
     // one compare finds a NaN in either vector; the fix-up is off the hot path
     if (!_mm256_testz_ps(_mm256_cmp_ps(lo.v, hi.v, _CMP_UNORD_Q), _mm256_castsi256_ps(
             _mm256_set1_epi32(-1)))) {
@@ -79,6 +93,34 @@ struct Vec<float> {
     __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
     return _mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF)));
   }
+  // Note [stochastic rounding], lane by lane: j * kIndexMultiplier is linear in j, so a vector
+  // of them is one broadcast and one add (offsets: lane l's element offset times the
+  // multiplier), then fmix32 with its two 32-bit multiplies; bits + (hash >> 16) is the
+  // increment, a NaN takes bf16_nan's fix-up as in round-to-nearest
+  static __m256i index_hash_input(uint32_t j0, __m256i offsets) {
+    return _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(j0 * kIndexMultiplier)), offsets);
+  }
+  static __m256i fmix(__m256i h) {
+    h = _mm256_xor_si256(h, _mm256_srli_epi32(h, 16));
+    h = _mm256_mullo_epi32(h, _mm256_set1_epi32(static_cast<int>(0x85EBCA6Bu)));
+    h = _mm256_xor_si256(h, _mm256_srli_epi32(h, 13));
+    h = _mm256_mullo_epi32(h, _mm256_set1_epi32(static_cast<int>(0xC2B2AE35u)));
+    return _mm256_xor_si256(h, _mm256_srli_epi32(h, 16));
+  }
+  static __m256i sr_add(__m256 v, __m256i hash_input, uint32_t key) {
+    __m256i h = fmix(_mm256_xor_si256(hash_input, _mm256_set1_epi32(static_cast<int>(key))));
+    return _mm256_add_epi32(_mm256_castps_si256(v), _mm256_srli_epi32(h, 16));
+  }
+  // lane l: (kStep * l) * kIndexMultiplier, a constant (no static vector: its initialiser
+  // would run AVX2 code when the library loads, on any CPU)
+  template <uint32_t kStep>
+  static __m256i lane_offsets() {
+    return _mm256_setr_epi32(index_offset(kStep * 0), index_offset(kStep * 1),
+                             index_offset(kStep * 2), index_offset(kStep * 3),
+                             index_offset(kStep * 4), index_offset(kStep * 5),
+                             index_offset(kStep * 6), index_offset(kStep * 7));
+  }
+
   static __m256i bf16_nan(__m256i rounded, __m256 v) {
     return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(rounded),
                                                 _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC00000)),

@@ -22,9 +22,14 @@ struct Vec<float> {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
                         _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
-  void store(c10::BFloat16* p) const {
-    __m512i r = _mm512_srli_epi32(bf16_round(v), 16);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+  void store(c10::BFloat16* p) const { store_bits(p, bf16_nan(bf16_round(v), v)); }
+  // Note [stochastic rounding]: the lanes are elements j0, j0 + 1, .., j0 + 15
+  void store_sr(c10::BFloat16* p, uint32_t j0, uint32_t key) const {
+    store_bits(p, bf16_nan(sr_add(v, index_hash_input(j0, lane_offsets<1>()), key), v));
+  }
+  static void store_bits(c10::BFloat16* p, __m512i bits) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                        _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
   }
 
   // Two vectors in the even/odd order of Note [bf16 lane order] (elementwise.h), with
@@ -36,9 +41,20 @@ struct Vec<float> {
     hi.v = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(0xFFFF0000)));
   }
   static void store_pair(c10::BFloat16* p, Vec lo, Vec hi) {
-    // (lo >> 16) | (hi & 0xFFFF0000): 0xF8 is A | (B & C) (truth table bit 4a + 2b + c)
-    __m512i x = _mm512_ternarylogic_epi32(_mm512_srli_epi32(bf16_round(lo.v), 16),
-                                          bf16_round(hi.v), _mm512_set1_epi32(0xFFFF0000), 0xF8);
+    store_pair_bits(p, bf16_nan(bf16_round(lo.v), lo.v), bf16_nan(bf16_round(hi.v), hi.v));
+  }
+  // Note [stochastic rounding]: element j0 + 2l is lo's lane l, j0 + 2l + 1 hi's
+  static void store_pair_sr(c10::BFloat16* p, Vec lo, Vec hi, uint32_t j0, uint32_t key) {
+    __m512i even = index_hash_input(j0, lane_offsets<2>());
+    __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(static_cast<int>(kIndexMultiplier)));
+    store_pair_bits(p, bf16_nan(sr_add(lo.v, even, key), lo.v),
+                    bf16_nan(sr_add(hi.v, odd, key), hi.v));
+  }
+  // a and b: lo's and hi's bits, rounding increment added and NaNs fixed
+  static void store_pair_bits(c10::BFloat16* p, __m512i a, __m512i b) {
+    // (a >> 16) | (b & 0xFFFF0000): 0xF8 is A | (B & C) (truth table bit 4a + 2b + c)
+    __m512i x = _mm512_ternarylogic_epi32(_mm512_srli_epi32(a, 16), b,
+                                          _mm512_set1_epi32(0xFFFF0000), 0xF8);
     _mm512_storeu_si512(p, x);
   }
   // fp32 streams beside bf16 ones (the master copy): one two-source permute per vector
@@ -58,13 +74,40 @@ struct Vec<float> {
                                  lo.v, _mm512_add_epi32(first, _mm512_set1_epi32(8)), hi.v));
   }
 
-  // Note [bf16 rounding] (vec_avx2.h); the NaN lanes take 0x7FC0 in the same masked move
+  // Note [bf16 rounding] (vec_avx2.h); the NaN lanes take 0x7FC0 in one masked move
   static __m512i bf16_round(__m512 v) {
     __m512i bits = _mm512_castps_si512(v);
     __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+    return _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+  }
+  static __m512i bf16_nan(__m512i rounded, __m512 v) {
     return _mm512_mask_mov_epi32(_mm512_set1_epi32(0x7FC00000),
-                                 _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), r);
+                                 _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), rounded);
+  }
+  // Note [stochastic rounding], as vec_avx2.h's (AVX-512F has the 32-bit multiply too)
+  static __m512i index_hash_input(uint32_t j0, __m512i offsets) {
+    return _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(j0 * kIndexMultiplier)), offsets);
+  }
+  static __m512i fmix(__m512i h) {
+    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+    h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0x85EBCA6Bu)));
+    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 13));
+    h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0xC2B2AE35u)));
+    return _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+  }
+  static __m512i sr_add(__m512 v, __m512i hash_input, uint32_t key) {
+    __m512i h = fmix(_mm512_xor_si512(hash_input, _mm512_set1_epi32(static_cast<int>(key))));
+    return _mm512_add_epi32(_mm512_castps_si512(v), _mm512_srli_epi32(h, 16));
+  }
+  template <uint32_t kStep>   // lane l: (kStep * l) * kIndexMultiplier
+  static __m512i lane_offsets() {
+    return _mm512_setr_epi32(
+        index_offset(kStep * 0), index_offset(kStep * 1), index_offset(kStep * 2),
+        index_offset(kStep * 3), index_offset(kStep * 4), index_offset(kStep * 5),
+        index_offset(kStep * 6), index_offset(kStep * 7), index_offset(kStep * 8),
+        index_offset(kStep * 9), index_offset(kStep * 10), index_offset(kStep * 11),
+        index_offset(kStep * 12), index_offset(kStep * 13), index_offset(kStep * 14),
+        index_offset(kStep * 15));
   }
 
   static Vec add(Vec a, Vec b) { return {_mm512_add_ps(a.v, b.v)}; }
