@@ -75,12 +75,11 @@ void run(const char* name, int weights, bool sr) {
   constexpr DType dp = std::is_same_v<P, float> ? kFloat : kBFloat16;
   constexpr DType ds = std::is_same_v<S, float> ? kFloat : kBFloat16;
   TensorStep t{};
-  t.update = k.update[dp][ds][2][sr];
+  t.update = k.update[dp][ds][2][weights][sr];
   t.param = p.data();
   t.grad = g.data();
   t.states[0] = m.data();
   t.states[1] = v.data();
-  t.weights = weights;
   t.extra = weights == kMaster ? static_cast<void*>(master.data())
             : weights == kKahan ? static_cast<void*>(comp.data())
                                 : nullptr;

@@ -10,24 +10,22 @@ template <class T> constexpr bool kIsBf16 = std::is_same_v<T, c10::BFloat16>;
 template <class T> constexpr bool kIsHalf = std::is_same_v<T, c10::Half>;
 
 // Note [precision kernels]: a kernel is compiled per (param dtype P, state dtype S, number of
-// state lists) and, for bf16 states, per rounding (nearest or stochastic); the weights mode
-// (Note [precision modes], docs/internals.md) is read from the TensorStep, one branch per
-// vector for the x[0] stream. Templates over every mode would have made 25 kernels of each
-// algorithm and state count where there are 8 (fp64/fp64, fp32/fp32, fp32/bf16, fp16/fp16,
-// fp16/fp32, fp16/bf16, bf16/bf16, bf16/fp32) plus the 3 stochastic ones; only fp16/bf16 params
-// compile the weights branches. Cost (bench/cpu_micro.cpp, Zen 4, in cache, one thread, bf16
-// AdamW, bf16 states, ns/element, before -> after this change): AVX2 0.75 -> 1.10, AVX-512
-// 0.48 -> 0.64; the rounding as a runtime branch too had cost AVX2 1.5. The weights branch is
-// what is left (TODO, issue 25: a template bool "has a weights list" for fp16/bf16 params).
+// state lists, weights mode W) and, for bf16 states, per rounding (nearest or stochastic): the
+// 8 (P, S) pairs of Note [precision modes] (docs/internals.md: fp64/fp64, fp32/fp32, fp32/bf16,
+// fp16/fp16, fp16/fp32, fp16/bf16, bf16/bf16, bf16/fp32), the weights modes kMaster and kKahan
+// for fp16/bf16 params only. The weights mode read at run time, one branch per vector, had cost
+// plain bf16 AdamW (bf16 states) 40% (bench/cpu_micro.cpp, Zen 4, in cache, one thread,
+// ns/element: AVX2 0.75 -> 1.08, AVX-512 0.48 -> 0.675), the rounding as a runtime branch too
+// AVX2 1.5.
 //
 // Streams: the memory of one tensor's step and how it is read and written. x[0] is the value
 // the step starts from (the param, its fp32 master copy, or the param plus its compensation),
 // x[1..K) the states; grads are read apart (load_grad).
-template <class P, class S, int K, bool kStochastic>
+template <class P, class S, int K, bool kStochastic, int W>
 struct Streams {
   using C = compute_t<P>;
-  static constexpr bool kWeights = sizeof(P) == 2;
   static_assert(!kStochastic || kIsBf16<S>);
+  static_assert(W == kPlain || sizeof(P) == 2);
   // Note [bf16 lane order]: the even/odd order where a bf16 stream makes it pay and every
   // stream has a pair load (bf16 and fp32; fp16 converts in element order)
   static constexpr bool kPairs =
@@ -37,7 +35,6 @@ struct Streams {
   const P* grad;
   S* states[K > 1 ? K - 1 : 1];
   void* extra;
-  int weights;
   const uint32_t* keys;
 
   explicit Streams(const TensorStep& t)
@@ -45,7 +42,6 @@ struct Streams {
         grad(static_cast<const P*>(t.grad)),
         states{},
         extra(t.extra),
-        weights(t.weights),
         keys(t.keys) {
     for (int k = 1; k < K; ++k) states[k - 1] = static_cast<S*>(t.states[k - 1]);
   }
@@ -56,16 +52,12 @@ struct Streams {
   // x[0..R) at element i, in element order (V: Vec<C> or ScalarVec<C>)
   template <class V, int R>
   void load(int64_t i, V (&x)[R]) const {
-    if constexpr (kWeights) {
-      if (weights == kMaster) {
-        x[0] = V::load(master() + i);
-      } else {
-        x[0] = V::load(param + i);
-        // Kahan: the step starts from float(p) + float(c), in fp32
-        if (weights == kKahan) x[0] = x[0] + V::load(compensation() + i);
-      }
+    if constexpr (W == kMaster) {
+      x[0] = V::load(master() + i);
     } else {
       x[0] = V::load(param + i);
+      // Kahan: the step starts from float(p) + float(c), in fp32
+      if constexpr (W == kKahan) x[0] = x[0] + V::load(compensation() + i);
     }
     for (int k = 1; k < R; ++k) x[k] = V::load(states[k - 1] + i);
   }
@@ -73,11 +65,9 @@ struct Streams {
   template <class V>
   void store(int64_t i, V (&x)[K]) const {
     x[0].store(param + i);
-    if constexpr (kWeights) {
-      if (weights == kMaster) x[0].store(master() + i);
-      // Kahan: c = rn(x - float(p)) for the p just stored (reloaded: the store's own rounding)
-      if (weights == kKahan) (x[0] - V::load(param + i)).store(compensation() + i);
-    }
+    if constexpr (W == kMaster) x[0].store(master() + i);
+    // Kahan: c = rn(x - float(p)) for the p just stored (reloaded: the store's own rounding)
+    if constexpr (W == kKahan) (x[0] - V::load(param + i)).store(compensation() + i);
     for (int k = 1; k < K; ++k) {
       if constexpr (kStochastic) {
         x[k].store_sr(states[k - 1] + i, static_cast<uint32_t>(i), keys[k - 1]);
@@ -90,33 +80,27 @@ struct Streams {
   // The pair order of Note [bf16 lane order]: lo holds elements i, i + 2, .., hi i + 1, i + 3, ..
   template <int R>
   void load_pair(int64_t i, Vec<C> (&lo)[R], Vec<C> (&hi)[R]) const {
-    if constexpr (kWeights) {
-      if (weights == kMaster) {
-        Vec<C>::load_pair(master() + i, lo[0], hi[0]);
-      } else {
-        Vec<C>::load_pair(param + i, lo[0], hi[0]);
-        if (weights == kKahan) {
-          Vec<C> c_lo, c_hi;
-          Vec<C>::load_pair(compensation() + i, c_lo, c_hi);
-          lo[0] = lo[0] + c_lo;
-          hi[0] = hi[0] + c_hi;
-        }
-      }
+    if constexpr (W == kMaster) {
+      Vec<C>::load_pair(master() + i, lo[0], hi[0]);
     } else {
       Vec<C>::load_pair(param + i, lo[0], hi[0]);
+      if constexpr (W == kKahan) {
+        Vec<C> c_lo, c_hi;
+        Vec<C>::load_pair(compensation() + i, c_lo, c_hi);
+        lo[0] = lo[0] + c_lo;
+        hi[0] = hi[0] + c_hi;
+      }
     }
     for (int k = 1; k < R; ++k) Vec<C>::load_pair(states[k - 1] + i, lo[k], hi[k]);
   }
 
   void store_pair(int64_t i, Vec<C> (&lo)[K], Vec<C> (&hi)[K]) const {
     Vec<C>::store_pair(param + i, lo[0], hi[0]);
-    if constexpr (kWeights) {
-      if (weights == kMaster) Vec<C>::store_pair(master() + i, lo[0], hi[0]);
-      if (weights == kKahan) {
-        Vec<C> p_lo, p_hi;
-        Vec<C>::load_pair(param + i, p_lo, p_hi);
-        Vec<C>::store_pair(compensation() + i, lo[0] - p_lo, hi[0] - p_hi);
-      }
+    if constexpr (W == kMaster) Vec<C>::store_pair(master() + i, lo[0], hi[0]);
+    if constexpr (W == kKahan) {
+      Vec<C> p_lo, p_hi;
+      Vec<C>::load_pair(param + i, p_lo, p_hi);
+      Vec<C>::store_pair(compensation() + i, lo[0] - p_lo, hi[0] - p_hi);
     }
     for (int k = 1; k < K; ++k) {
       if constexpr (kStochastic) {
@@ -133,8 +117,8 @@ struct Streams {
 // Every stream is read and written once, the 28 B/param of fp32 AdamW (bench/README.md,
 // "Effective bandwidth"). (Namespace-scope templates, not lambdas: the ISA pragmas must reach
 // every function.)
-template <class V, class P, class S, int K, bool R, class F>
-void elementwise_loop(const F& f, const Streams<P, S, K, R>& s, int64_t& i, int64_t end) {
+template <class V, class P, class S, int K, bool R, int W, class F>
+void elementwise_loop(const F& f, const Streams<P, S, K, R, W>& s, int64_t& i, int64_t end) {
   for (; i + V::kLanes <= end; i += V::kLanes) {
     V x[K];
     s.load(i, x);
@@ -165,11 +149,11 @@ void elementwise_loop(const F& f, const Streams<P, S, K, R>& s, int64_t& i, int6
 // (6 after). The rounding itself (4 integer ops per vector) is what is left. fp16 converts
 // with one F16C instruction each way and already cost what fp32 does (AdamW 0.449 at AVX2);
 // the tail loop and the per-tensor set-up are below 1% of a step of 100K-element tensors.
-template <class P, class S, int K, bool R, class F>
-void elementwise(const F& f, const Streams<P, S, K, R>& s, int64_t begin, int64_t end) {
+template <class P, class S, int K, bool R, int W, class F>
+void elementwise(const F& f, const Streams<P, S, K, R, W>& s, int64_t begin, int64_t end) {
   using C = compute_t<P>;
   int64_t i = begin;
-  if constexpr (Streams<P, S, K, R>::kPairs) {
+  if constexpr (Streams<P, S, K, R, W>::kPairs) {
     constexpr int L = 2 * Vec<C>::kLanes;
     for (; i + L <= end; i += L) {
       Vec<C> lo[K], hi[K], g_lo, g_hi;

@@ -102,10 +102,9 @@ struct TensorStep {
   void* param;                   // in the param dtype P, as the grad
   const void* grad;
   void* states[kMaxStates];      // the algorithm's states for its flags, in bucket order, in S
-  // Note [precision modes] (docs/internals.md), fp16/bf16 params only: kMaster: `extra` is the
-  // fp32 master copy (then param is written, never read: Note [master copy], bucket.h);
-  // kKahan: the compensations, in P. kPlain: null.
-  int weights;
+  // Note [precision modes] (docs/internals.md), fp16/bf16 params only, the kernel's weights
+  // mode: kMaster: `extra` is the fp32 master copy (then param is written, never read: Note
+  // [master copy], bucket.h); kKahan: the compensations, in P. kPlain: null.
   void* extra;
   // stochastically rounded bf16 states (update picked from AlgoKernels::update[..][1]): state
   // list k rounds with keys[k], elements numbered from 0 at param[0] (then contiguous)
@@ -128,17 +127,16 @@ struct TensorStep {
 };
 
 // One algorithm's kernels (Note [one driver], ops.cpp). The update kernels are indexed by
-// [param dtype][state dtype][the algorithm's state lists for its flags][stochastic rounding]
-// (without states: every state dtype's and rounding's entry is the same kernel; with states
-// other than bf16 the rounding's too), the sums kernels likewise but for the rounding (stage 1
-// writes nothing); entries the algorithm cannot have are null (the validator rejected those
-// buckets). The weights mode is read from the TensorStep (Note [precision kernels] in
-// elementwise.h).
+// [param dtype][state dtype][the algorithm's state lists for its flags][weights mode]
+// [stochastic rounding] (without states: every state dtype's and rounding's entry is the same
+// kernel; with states other than bf16 the rounding's too), the sums kernels likewise but for
+// the rounding (stage 1 writes nothing); entries the algorithm cannot have are null (the
+// validator rejected those buckets; Note [precision kernels] in elementwise.h).
 struct AlgoKernels {
   PrepareFn prepare;
-  FinishFn finish;                                           // null unless two-stage
-  UpdateFn update[kNumDTypes][kNumDTypes][kMaxStates + 1][2];
-  SumsFn sums[kNumDTypes][kNumDTypes][kMaxStates + 1];       // null unless two-stage
+  FinishFn finish;                                              // null unless two-stage
+  UpdateFn update[kNumDTypes][kNumDTypes][kMaxStates + 1][3][2];
+  SumsFn sums[kNumDTypes][kNumDTypes][kMaxStates + 1][3];       // null unless two-stage
 };
 
 struct KernelTable {

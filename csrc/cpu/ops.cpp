@@ -142,12 +142,11 @@ void step(Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
     const DType dtype = dtype_of(p);
     const DType state_dtype = num > 0 ? dtype_of(b.states[0][i]) : dtype;
     TensorStep& d = s.tensors[s.numels.size()];
-    d.update = kernels.update[dtype][state_dtype][num][stochastic];
-    d.sums = kernels.sums[dtype][state_dtype][num];
+    d.update = kernels.update[dtype][state_dtype][num][b.weights][stochastic];
+    d.sums = kernels.sums[dtype][state_dtype][num][b.weights];
     d.param = s.staging.data(p, fast, true);
     d.grad = s.staging.data(g, fast, false);
     for (int k = 0; k < num; ++k) d.states[k] = s.staging.data(b.states[k][i], fast, true);
-    d.weights = b.weights;
     d.extra = extra ? s.staging.data(b.states.back()[i], fast, true) : nullptr;
     float* counter = b.steps[i].data_ptr<float>();
     if (stochastic) {

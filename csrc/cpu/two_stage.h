@@ -12,8 +12,8 @@
 // lanes' sums are added in lane order, then the tail's: a chunk's sums depend on its bounds
 // and the level's lane count, never on the thread count.
 // (Namespace-scope templates, not lambdas: the ISA pragmas must reach every function.)
-template <class V, int R, class P, class S, int K, bool SR, class F>
-void sum_squares_of_terms(const F& f, const Streams<P, S, K, SR>& s, int64_t& i, int64_t end,
+template <class V, int R, class P, class S, int K, bool SR, int W, class F>
+void sum_squares_of_terms(const F& f, const Streams<P, S, K, SR, W>& s, int64_t& i, int64_t end,
                           double* total) {
   using C = compute_t<P>;
   double acc[kSums][V::kLanes] = {};
@@ -36,8 +36,8 @@ void sum_squares_of_terms(const F& f, const Streams<P, S, K, SR>& s, int64_t& i,
   }
 }
 
-template <class P, class S, int K, bool SR, class F>
-void sums_loop(const F& f, const Streams<P, S, K, SR>& s, int64_t begin, int64_t end, double* out) {
+template <class P, class S, int K, bool SR, int W, class F>
+void sums_loop(const F& f, const Streams<P, S, K, SR, W>& s, int64_t begin, int64_t end, double* out) {
   using C = compute_t<P>;
   constexpr int R = F::kTermReads < K ? F::kTermReads : K;
   double total[kSums] = {};
