@@ -59,7 +59,7 @@ double ns_per_elem(F f) {
 }
 
 // One AdamW tensor of params P, states S, in weights mode `weights`, stochastically rounded
-// states if `sr`; the counter grows each call (new keys), as in training.
+// states if `sr`; the counter grows each call (a new Weyl term), as in training.
 template <class P, class S>
 void run(const char* name, int weights, bool sr) {
   const int64_t n = NELEM;

@@ -96,16 +96,19 @@ def fmix32(h):
 
 @triton.jit
 def rounding_key(seed, t, k):
-    """key(seed, t, k) of Note [stochastic rounding]: state list ``k`` of a tensor with ``seed``
-    (uint32) at step ``t`` (uint32, the counter after this step's increment)."""
-    return fmix32(seed ^ fmix32(t * 4 + k))
+    """(key(seed, k), t * 0x9E3779B9) of Note [stochastic rounding]: state list ``k`` of a
+    tensor with ``seed`` (uint32) at step ``t`` (uint32, the counter after this step's
+    increment)."""
+    # k as a uint32 tensor: fmix32 of a Python int would not wrap modulo 2^32
+    return fmix32(seed ^ fmix32(seed * 0 + k)), t * 0x9E3779B9
 
 
 @triton.jit
 def stochastic_bf16(x, j, key):
-    """fp32 ``x`` as bf16, rounded stochastically with bits(key, j) (Note [stochastic
-    rounding]); ``j`` the elements' row-major indices (int64, taken modulo 2^32)."""
-    r = fmix32((j.to(tl.uint32) * 0x9E3779B1) ^ key) >> 16
+    """fp32 ``x`` as bf16, rounded stochastically with bits(key, j, t) (Note [stochastic
+    rounding]; ``key``: rounding_key's pair); ``j`` the elements' row-major indices (int64,
+    taken modulo 2^32)."""
+    r = (fmix32((j.to(tl.uint32) * 0x9E3779B1) ^ key[0]) + key[1]) >> 16
     bits = (x.to(tl.uint32, bitcast=True) + r) >> 16
     bits = tl.where(x != x, 0x7FC0, bits)
     return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)

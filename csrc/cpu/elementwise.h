@@ -35,7 +35,7 @@ struct Streams {
   const P* grad;
   S* states[K > 1 ? K - 1 : 1];
   void* extra;
-  const uint32_t* keys;
+  const SrKey* keys;
 
   explicit Streams(const TensorStep& t)
       : param(static_cast<P*>(t.param)),

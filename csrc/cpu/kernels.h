@@ -28,9 +28,15 @@ enum DType : int { kFloat = 0, kDouble = 1, kHalf = 2, kBFloat16 = 3, kNumDTypes
 constexpr int kMaxStates = 3;   // Adam with amsgrad
 
 // Note [stochastic rounding] (docs/internals.md): MurmurHash3's 32-bit finaliser, the key of
-// state list k of a tensor with `seed` whose counter is `t` after this step's increment, and
-// the 16 random bits of element j (the vector levels compute the same in their own lanes).
+// state list k of a tensor with `seed` and the Weyl term of its counter `t` after this step's
+// increment, and the 16 random bits of element j (the vector levels compute the same in their
+// own lanes).
 constexpr uint32_t kIndexMultiplier = 0x9E3779B1u;
+constexpr uint32_t kWeyl = 0x9E3779B9u;   // 2^32 / golden ratio
+struct SrKey {
+  uint32_t key;    // fmix32(seed ^ fmix32(k))
+  uint32_t weyl;   // t * kWeyl, added to every element's hash
+};
 constexpr uint32_t fmix32(uint32_t h) {
   h ^= h >> 16;
   h *= 0x85EBCA6Bu;
@@ -39,12 +45,12 @@ constexpr uint32_t fmix32(uint32_t h) {
   return h ^ (h >> 16);
 }
 // t mod 2^32 without overflow for any float counter (a float32 counter stops at 2^24)
-inline uint32_t rounding_key(uint32_t seed, double t, int k) {
+inline SrKey rounding_key(uint32_t seed, double t, int k) {
   const auto t32 = static_cast<uint32_t>(static_cast<int64_t>(std::fmod(t, 4294967296.0)));
-  return fmix32(seed ^ fmix32(t32 * 4u + static_cast<uint32_t>(k)));
+  return {fmix32(seed ^ fmix32(static_cast<uint32_t>(k))), t32 * kWeyl};
 }
-constexpr uint32_t rounding_bits(uint32_t key, uint32_t j) {
-  return fmix32((j * kIndexMultiplier) ^ key) >> 16;
+constexpr uint32_t rounding_bits(SrKey k, uint32_t j) {
+  return (fmix32((j * kIndexMultiplier) ^ k.key) + k.weyl) >> 16;
 }
 // j * kIndexMultiplier as an intrinsic's int lane: a vector of element offsets times the
 // multiplier, added to the first element's product, gives every lane's (the product is linear)
@@ -108,7 +114,7 @@ struct TensorStep {
   void* extra;
   // stochastically rounded bf16 states (update picked from AlgoKernels::update[..][1]): state
   // list k rounds with keys[k], elements numbered from 0 at param[0] (then contiguous)
-  uint32_t keys[kMaxStates];
+  SrKey keys[kMaxStates];
 
   // The algorithm's `Scalars` (plain doubles and bools), written by its prepare.
   template <class T>

@@ -24,7 +24,7 @@ struct Vec<float> {
   }
   void store(c10::BFloat16* p) const { store_bits(p, bf16_nan(bf16_round(v), v)); }
   // Note [stochastic rounding]: the lanes are elements j0, j0 + 1, .., j0 + 7
-  void store_sr(c10::BFloat16* p, uint32_t j0, uint32_t key) const {
+  void store_sr(c10::BFloat16* p, uint32_t j0, SrKey key) const {
     store_bits(p, bf16_nan(sr_add(v, index_hash_input(j0, lane_offsets<1>()), key), v));
   }
   static void store_bits(c10::BFloat16* p, __m256i bits) {
@@ -46,7 +46,7 @@ struct Vec<float> {
     store_pair_bits(p, bf16_round(lo.v), bf16_round(hi.v), lo, hi);
   }
   // Note [stochastic rounding]: element j0 + 2l is lo's lane l, j0 + 2l + 1 hi's
-  static void store_pair_sr(c10::BFloat16* p, Vec lo, Vec hi, uint32_t j0, uint32_t key) {
+  static void store_pair_sr(c10::BFloat16* p, Vec lo, Vec hi, uint32_t j0, SrKey key) {
     __m256i even = index_hash_input(j0, lane_offsets<2>());
     __m256i odd = _mm256_add_epi32(even, _mm256_set1_epi32(static_cast<int>(kIndexMultiplier)));
     store_pair_bits(p, sr_add(lo.v, even, key), sr_add(hi.v, odd, key), lo, hi);
@@ -107,8 +107,9 @@ struct Vec<float> {
     h = _mm256_mullo_epi32(h, _mm256_set1_epi32(static_cast<int>(0xC2B2AE35u)));
     return _mm256_xor_si256(h, _mm256_srli_epi32(h, 16));
   }
-  static __m256i sr_add(__m256 v, __m256i hash_input, uint32_t key) {
-    __m256i h = fmix(_mm256_xor_si256(hash_input, _mm256_set1_epi32(static_cast<int>(key))));
+  static __m256i sr_add(__m256 v, __m256i hash_input, SrKey key) {
+    __m256i h = fmix(_mm256_xor_si256(hash_input, _mm256_set1_epi32(static_cast<int>(key.key))));
+    h = _mm256_add_epi32(h, _mm256_set1_epi32(static_cast<int>(key.weyl)));
     return _mm256_add_epi32(_mm256_castps_si256(v), _mm256_srli_epi32(h, 16));
   }
   // lane l: (kStep * l) * kIndexMultiplier, a constant (no static vector: its initialiser

@@ -24,7 +24,7 @@ struct Vec<float> {
   }
   void store(c10::BFloat16* p) const { store_bits(p, bf16_nan(bf16_round(v), v)); }
   // Note [stochastic rounding]: the lanes are elements j0, j0 + 1, .., j0 + 15
-  void store_sr(c10::BFloat16* p, uint32_t j0, uint32_t key) const {
+  void store_sr(c10::BFloat16* p, uint32_t j0, SrKey key) const {
     store_bits(p, bf16_nan(sr_add(v, index_hash_input(j0, lane_offsets<1>()), key), v));
   }
   static void store_bits(c10::BFloat16* p, __m512i bits) {
@@ -44,7 +44,7 @@ struct Vec<float> {
     store_pair_bits(p, bf16_nan(bf16_round(lo.v), lo.v), bf16_nan(bf16_round(hi.v), hi.v));
   }
   // Note [stochastic rounding]: element j0 + 2l is lo's lane l, j0 + 2l + 1 hi's
-  static void store_pair_sr(c10::BFloat16* p, Vec lo, Vec hi, uint32_t j0, uint32_t key) {
+  static void store_pair_sr(c10::BFloat16* p, Vec lo, Vec hi, uint32_t j0, SrKey key) {
     __m512i even = index_hash_input(j0, lane_offsets<2>());
     __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(static_cast<int>(kIndexMultiplier)));
     store_pair_bits(p, bf16_nan(sr_add(lo.v, even, key), lo.v),
@@ -95,8 +95,9 @@ struct Vec<float> {
     h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0xC2B2AE35u)));
     return _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
   }
-  static __m512i sr_add(__m512 v, __m512i hash_input, uint32_t key) {
-    __m512i h = fmix(_mm512_xor_si512(hash_input, _mm512_set1_epi32(static_cast<int>(key))));
+  static __m512i sr_add(__m512 v, __m512i hash_input, SrKey key) {
+    __m512i h = fmix(_mm512_xor_si512(hash_input, _mm512_set1_epi32(static_cast<int>(key.key))));
+    h = _mm512_add_epi32(h, _mm512_set1_epi32(static_cast<int>(key.weyl)));
     return _mm512_add_epi32(_mm512_castps_si512(v), _mm512_srli_epi32(h, 16));
   }
   template <uint32_t kStep>   // lane l: (kStep * l) * kIndexMultiplier

@@ -36,7 +36,7 @@ struct ScalarVec {
   void store(c10::BFloat16* p) const { *p = c10::BFloat16(static_cast<float>(v)); }
   // Note [stochastic rounding]: element j of the tensor (C is float: bf16 states never beside
   // fp64 params)
-  void store_sr(c10::BFloat16* p, uint32_t j, uint32_t key) const {
+  void store_sr(c10::BFloat16* p, uint32_t j, SrKey key) const {
     uint32_t bits;
     std::memcpy(&bits, &v, sizeof bits);
     const uint16_t out = v != v ? 0x7FC0 : static_cast<uint16_t>((bits + rounding_bits(key, j)) >> 16);

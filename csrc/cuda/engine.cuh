@@ -113,15 +113,17 @@ __device__ __forceinline__ uint32_t fmix32(uint32_t h) {
   return h ^ (h >> 16);
 }
 
-// State list k of a tensor with `seed` at step t (the counter after this step's increment).
-__device__ __forceinline__ uint32_t rounding_key(uint32_t seed, uint32_t t, int k) {
-  return fmix32(seed ^ fmix32(t * 4u + static_cast<uint32_t>(k)));
+// State list k of a tensor with `seed`.
+__device__ __forceinline__ uint32_t rounding_key(uint32_t seed, int k) {
+  return fmix32(seed ^ fmix32(static_cast<uint32_t>(k)));
 }
+constexpr uint32_t kWeyl = 0x9E3779B9u;   // 2^32 / golden ratio, times the step counter
 
-// x rounded to bf16 with the bits of element j (row-major index mod 2^32). NaN is tested on
-// the bits: --use_fast_math may not keep x != x.
-__device__ __forceinline__ __nv_bfloat16 sr_bf16(float x, uint32_t key, uint32_t j) {
-  const uint32_t r = fmix32((j * 0x9E3779B1u) ^ key) >> 16;
+// x rounded to bf16 with the bits of element j (row-major index mod 2^32) at the step whose
+// Weyl term is `weyl`. NaN is tested on the bits: --use_fast_math may not keep x != x.
+__device__ __forceinline__ __nv_bfloat16 sr_bf16(float x, uint32_t key, uint32_t weyl,
+                                                 uint32_t j) {
+  const uint32_t r = (fmix32((j * 0x9E3779B1u) ^ key) + weyl) >> 16;
   const uint32_t u = __float_as_uint(x);
   const uint32_t top = (u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : (u + r) >> 16;
   return __ushort_as_bfloat16(static_cast<unsigned short>(top));
@@ -330,6 +332,7 @@ template <typename P, typename S, int kWeights, class Math, int kStage> struct U
     __shared__ Row row;
     __shared__ bool states_set;
     __shared__ uint32_t keys[K];   // Note [stochastic rounding]: one per state list
+    __shared__ uint32_t weyl;
     if (threadIdx.x == 0) {
       const float step = *c.t->step;   // Note [step counters]: read before any block increments
       row = math.template row<C>(hp + static_cast<int64_t>(c.t->group) * kHpCols, step, totals);
@@ -337,9 +340,9 @@ template <typename P, typename S, int kWeights, class Math, int kStage> struct U
       if (kMayRound && stochastic) {
         // the counter after this step's increment; fp32 counts exactly up to 2^24, where
         // += 1 stops changing it, so the conversion never leaves uint32
-        const auto t = static_cast<uint32_t>(step + 1.f);
+        weyl = static_cast<uint32_t>(step + 1.f) * kWeyl;
 #pragma unroll
-        for (int k = 0; k < K; ++k) keys[k] = rounding_key(c.t->seed, t, k);
+        for (int k = 0; k < K; ++k) keys[k] = rounding_key(c.t->seed, k);
       }
     }
     __syncthreads();
@@ -419,9 +422,9 @@ template <typename P, typename S, int kWeights, class Math, int kStage> struct U
           if (!s_ptr[k]) continue;
           if constexpr (kMayRound) {
             if (stochastic) {
-              const uint32_t key = keys[k];
+              const uint32_t key = keys[k], w = weyl;
               store(s_ptr[k], st[k], i, c.n, v_ok,
-                    [&](C x, int e) { return sr_bf16(x, key, j + static_cast<uint32_t>(e)); });
+                    [&](C x, int e) { return sr_bf16(x, key, w, j + static_cast<uint32_t>(e)); });
               continue;
             }
           }

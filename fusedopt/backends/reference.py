@@ -96,22 +96,24 @@ def fmix32(h):
     return h ^ (h >> 16)
 
 
-def rounding_key(seed, t, k):
-    """The key of state list ``k`` of a tensor with ``seed`` at step ``t`` (after the increment)."""
-    return fmix32((seed ^ fmix32((t * 4 + k) & _MASK)) & _MASK)
+def rounding_key(seed, k):
+    """The key of state list ``k`` of a tensor with ``seed``."""
+    return fmix32((seed ^ fmix32(k)) & _MASK)
 
 
-def random_bits(key, numel):
-    """bits(key, j) of every element index j < numel (int64 tensor of uint32 values)."""
+def random_bits(key, numel, t):
+    """bits(key, j, t) of every element index j < numel at step ``t`` (after the increment):
+    an int64 tensor of uint32 values."""
     j = torch.arange(numel, dtype=torch.int64) & _MASK
-    return fmix32(_mul32(j, 0x9E3779B1) ^ key)
+    weyl = int(_mul32(torch.tensor(int(t) & _MASK), 0x9E3779B9))
+    return (fmix32(_mul32(j, 0x9E3779B1) ^ key) + weyl) & _MASK
 
 
-def stochastic_round_bf16(x, key):
-    """``x`` (float32) as bfloat16, rounded stochastically with the bits of ``key``, element j
-    of ``x`` in row-major order using bits(key, j)."""
+def stochastic_round_bf16(x, key, t):
+    """``x`` (float32) as bfloat16, rounded stochastically with the bits of ``key`` at step
+    ``t``, element j of ``x`` in row-major order using bits(key, j, t)."""
     flat = x.detach().reshape(-1).to(torch.float32)
-    r = random_bits(key, flat.numel()).to(flat.device) >> 16
+    r = random_bits(key, flat.numel(), t).to(flat.device) >> 16
     u = flat.view(torch.int32).to(torch.int64) & _MASK
     top = ((u + r) & _MASK) >> 16
     top = torch.where(torch.isnan(flat), torch.full_like(top, 0x7FC0), top)
@@ -124,7 +126,7 @@ def _write_state(spec, k, i, value, t):
     seeds, else round-to-nearest (``copy_``)."""
     target = spec.states[k][i]
     if spec.seeds:
-        target.copy_(stochastic_round_bf16(value, rounding_key(spec.seeds[i], int(t), k)))
+        target.copy_(stochastic_round_bf16(value, rounding_key(spec.seeds[i], k), t))
     else:
         target.copy_(value)
 
