@@ -271,7 +271,7 @@ def test_custom_ops_have_fake_implementations():
     spec = b.spec
     args = (spec.params, [p.grad for p in spec.params], [s for ss in spec.states for s in ss],
             spec.steps, b.hp, spec.group_index, "adam", b.flags, None, None, None,
-            b.backend.NAME)
+            b.backend.NAME, spec.weights, spec.seeds)
     torch.library.opcheck(_library.step_, args, test_utils=("test_schema", "test_faketensor"))
     torch.library.opcheck(_library.norm, ([p.grad for p in spec.params], 2.0, b.backend.NAME))
     grads = [p.grad.clone() for p in spec.params]

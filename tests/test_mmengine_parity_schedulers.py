@@ -227,9 +227,9 @@ def test_warnings_on_an_optim_wrapper():
 
 # ---- momentum schedulers on the Adam family ------------------------------------------------------
 def _keys_and_values(opt, extra=None):
-    """The momentum-related keys of every group (fusedopt's groups have three keys more:
-    backend, skip_nonfinite, master_weights)."""
-    own = ("params", "backend", "skip_nonfinite", "master_weights")
+    """The momentum-related keys of every group (fusedopt's groups have five keys more:
+    backend, skip_nonfinite and the precision options master_weights, kahan_sum, state_dtype)."""
+    own = ("params", "backend", "skip_nonfinite", "master_weights", "kahan_sum", "state_dtype")
     groups = list(opt.param_groups) + ([extra] if extra is not None else [])
     return [(sorted(k for k in g if k not in own),
              g.get("momentum"), g.get("initial_momentum"), tuple(g["betas"])) for g in groups]
