@@ -11,6 +11,7 @@
 #   bench     the benchmarks behind the GPU targets (scripts/gpu/gpu_targets.py lists them) and the
 #             Triton launch-size sweep (bench/triton_blocks.py), JSON + PNG, targets met or missed
 #   lowprec   scripts/gpu/gpu_lowprec.py: fp16/bf16 error against fp64 vs torch fused's, 200 steps;
+#             then fusedopt.bench.drift: each precision mode's drift from fp32 (results/drift.json);
 #             GradScaler with injected inf/nan and skip_nonfinite leave everything bitwise as is
 #   diag      scripts/gpu/gpu_diag.py: where a step's host time goes; scripts/gpu/gpu_throw.py: bad input
 #             to fusedopt._C raises, not crashes (and, if it crashes, why)
@@ -319,7 +320,12 @@ part_lowprec() {
   timeout --kill-after=10 $(( $(left) - 5 )) "$PY" scripts/gpu/gpu_lowprec.py "${args[@]}" \
     >"$WORK/lowprec.md" 2>>"$LOGS/lowprec.log"
   local rc=$?
-  echo "$(grep -c '| yes |\|| pass |' "$WORK/lowprec.md") checks pass, $(grep -c '| NO |\|| FAIL |' "$WORK/lowprec.md") fail (lowprec.md)"
+  # issue 25's drift of each precision mode against fp32 (README "Low precision"), on the device
+  local drift=(--backend cuda --steps 300)
+  [ "$DRY" = 1 ] && drift=(--backend cpu --steps 20)
+  timeout --kill-after=10 $(( $(left) - 5 )) "$PY" -m fusedopt.bench.drift "${drift[@]}" \
+    --json "$WORK/results/drift.json" >/dev/null 2>>"$LOGS/lowprec.log" || rc=1
+  echo "$(grep -c '| yes |\|| pass |' "$WORK/lowprec.md") checks pass, $(grep -c '| NO |\|| FAIL |' "$WORK/lowprec.md") fail (lowprec.md); drift of the precision modes in results/drift.json"
   return $rc
 }
 
