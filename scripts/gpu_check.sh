@@ -27,7 +27,7 @@
 # Parts run in that order against one time budget (GPU_CHECK_BUDGET seconds, default 420: under
 # 8 minutes with the machine's start); a part that would not fit in what is left is skipped and
 # the summary says so. Measured on an H200 (runs of 2026-11-27): build 50-84 s, tests 100 s,
-# compile 57 s, bench 80-115 s, lowprec 23 s, diag 35 s (+40 s for gpu_throw's minimal builds),
+# compile 57 s, bench 80-115 s, lowprec 23 s (+ the drift table, est. 30 s), diag 35 s (+40 s for gpu_throw's minimal builds),
 # stress 25 s, memcheck + racecheck + synccheck 20 s, initcheck 7 s; e2e not measured yet (the
 # dry form: 40-160 s on a 2-core machine). The tests part also runs the bad-input tests on this
 # machine's build (tests/test_bad_input.py, the bad cases of tests/test_cpu_kernels.py; part diag
@@ -453,7 +453,7 @@ run_part build 150 part_build
 run_part tests 90 part_tests
 run_part compile 60 part_compile
 run_part bench 60 part_bench
-run_part lowprec 40 part_lowprec
+run_part lowprec 60 part_lowprec
 run_part diag 60 part_diag
 run_part stress 25 part_stress
 run_part sanitize 60 part_sanitize
