@@ -1,7 +1,7 @@
 // Throughput of the CPU kernels (ns per element, one thread, best of REPEATS x CALLS calls) for
 // bf16 AdamW in each precision mode (Note [precision modes], docs/internals.md): bf16 states
 // rounded to nearest or stochastically, fp32 states behind fp32 master copies, Kahan-compensated
-// params (bf16 states, both roundings), and fp32 AdamW beside them.
+// params (bf16 states, both roundings), bf16 Adam with amsgrad, and fp32 AdamW beside them.
 //   g++ -O3 -std=c++20 -DLEVEL=2 -Icsrc $(python -c "import torch.utils.cpp_extension as c; \
 //       print(' '.join('-I' + p for p in c.include_paths()))") bench/cpu_micro.cpp -o /tmp/micro
 //   /tmp/micro            # LEVEL=2 avx512, 1 avx2, 0 scalar; NELEM=8192 (in L2) by default,
@@ -61,10 +61,10 @@ double ns_per_elem(F f) {
 // One AdamW tensor of params P, states S, in weights mode `weights`, stochastically rounded
 // states if `sr`; the counter grows each call (a new Weyl term), as in training.
 template <class P, class S>
-void run(const char* name, int weights, bool sr) {
+void run(const char* name, int weights, bool sr, bool amsgrad = false) {
   const int64_t n = NELEM;
   std::vector<P> p(n), g(n), comp(n);
-  std::vector<S> m(n), v(n);
+  std::vector<S> m(n), v(n), vmax(n);
   std::vector<float> master(n);
   for (int64_t i = 0; i < n; ++i) {
     p[i] = P(0.01f * (i % 97));
@@ -75,11 +75,12 @@ void run(const char* name, int weights, bool sr) {
   constexpr DType dp = std::is_same_v<P, float> ? kFloat : kBFloat16;
   constexpr DType ds = std::is_same_v<S, float> ? kFloat : kBFloat16;
   TensorStep t{};
-  t.update = k.update[dp][ds][2][weights][sr];
+  t.update = k.update[dp][ds][amsgrad ? 3 : 2][weights][sr];
   t.param = p.data();
   t.grad = g.data();
   t.states[0] = m.data();
   t.states[1] = v.data();
+  t.states[2] = vmax.data();
   t.extra = weights == kMaster ? static_cast<void*>(master.data())
             : weights == kKahan ? static_cast<void*>(comp.data())
                                 : nullptr;
@@ -88,7 +89,7 @@ void run(const char* name, int weights, bool sr) {
   float step = 0;
   const double ns = ns_per_elem([&] {
     k.prepare(t, row, step, adam::kDecoupled, context);
-    for (int s = 0; s < 2; ++s) t.keys[s] = rounding_key(12345, step + 1.0, s);
+    for (int s = 0; s < 3; ++s) t.keys[s] = rounding_key(12345, step + 1.0, s);
     t.update(t, 0, n);
     step += 1;
   });
@@ -99,6 +100,7 @@ int main() {
   std::printf("level %d, %d elements, best of %d x %d calls\n", LEVEL, NELEM, REPEATS, CALLS);
   run<float, float>("fp32 AdamW", kPlain, false);
   run<c10::BFloat16, c10::BFloat16>("bf16 AdamW, bf16 states (RN)", kPlain, false);
+  run<c10::BFloat16, c10::BFloat16>("bf16 Adam amsgrad (RN)", kPlain, false, true);
   run<c10::BFloat16, c10::BFloat16>("bf16 AdamW, bf16 states (SR)", kPlain, true);
   run<c10::BFloat16, float>("bf16 AdamW, fp32 states + master", kMaster, false);
   run<c10::BFloat16, c10::BFloat16>("bf16 AdamW, kahan, bf16 (RN)", kKahan, false);

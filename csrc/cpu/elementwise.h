@@ -35,15 +35,20 @@ struct Streams {
   const P* grad;
   S* states[K > 1 ? K - 1 : 1];
   void* extra;
-  const SrKey* keys;
+  // a copy, so that premix(key) and the Weyl term stay in registers: a bf16 store (a vector
+  // store, which may alias anything) would otherwise force a reload through t.keys
+  SrKey keys[K > 1 ? K - 1 : 1];
 
   explicit Streams(const TensorStep& t)
       : param(static_cast<P*>(t.param)),
         grad(static_cast<const P*>(t.grad)),
         states{},
         extra(t.extra),
-        keys(t.keys) {
-    for (int k = 1; k < K; ++k) states[k - 1] = static_cast<S*>(t.states[k - 1]);
+        keys{} {
+    for (int k = 1; k < K; ++k) {
+      states[k - 1] = static_cast<S*>(t.states[k - 1]);
+      keys[k - 1] = t.keys[k - 1];
+    }
   }
 
   float* master() const { return static_cast<float*>(extra); }
@@ -94,21 +99,82 @@ struct Streams {
     for (int k = 1; k < R; ++k) Vec<C>::load_pair(states[k - 1] + i, lo[k], hi[k]);
   }
 
+  // Note [bf16 NaN check]: one test finds a NaN in any bf16 stream of the step, then the
+  // streams are rounded and stored one by one, with the NaN fix-up (0x7FC0) only where the test
+  // found one; a NaN's rounded bits are garbage. Kahan's c = rn(x - float(p)) takes float(p)
+  // from p's rounded bits (their kept half, exactly what a reload of the stored p gives), not
+  // from memory; c is NaN where x is inf or NaN, so the test takes x - x for p.
+  // Profile (issues 25, 27; Zen 4, bench/cpu_micro.cpp, in cache, one thread): vdivps ymm
+  // issues every 3.3 cycles and vsqrtps ymm every 5, so Adam's 2 divisions and 1 root per 8
+  // lanes cost 0.42 ns/element at ~3.5 GHz: fp32 AdamW (0.42) is divider-bound, bf16 is not.
+  // Probes that give wrong bits: divisions as multiplies take bf16 AdamW at AVX2 0.706 -> 0.537
+  // (amsgrad 0.955 -> 0.663), no NaN fix-up at all 0.706 -> 0.657 (amsgrad 0.814, Kahan 0.966 ->
+  // 0.801): the rest is the ~80 vector ops per 16 elements (widen, the functor, round, pack)
+  // overlapping the divider badly. A test per stream and a fix-up branch after each cost most;
+  // all streams' rounded bits held across one test spilled them (AVX2 RN 0.72 -> 0.75). A
+  // second, stream-by-stream store path for the rare NaN keeps the registers free.
+  // Before -> after this split (with the premixed hash of Note [stochastic rounding] in
+  // vec_avx2.h and the in-place lsb of Note [bf16 rounding]), ns/element, min of 8 interleaved
+  // runs (different binaries' layouts alone move a row ~5%):
+  //   AVX2    RN 0.717 -> 0.668, amsgrad 0.915 -> 0.908, SR 0.972 -> 0.968,
+  //           Kahan RN 0.889 -> 0.904, Kahan SR 1.146 -> 1.093, master 0.681 -> 0.70
+  //   AVX-512 RN 0.487 -> 0.485, amsgrad 0.576 -> 0.581, SR 0.666 -> 0.634,
+  //           Kahan RN 0.614 -> 0.583, Kahan SR 0.833 -> 0.774, master 0.462 -> 0.468
   void store_pair(int64_t i, Vec<C> (&lo)[K], Vec<C> (&hi)[K]) const {
-    Vec<C>::store_pair(param + i, lo[0], hi[0]);
-    if constexpr (W == kMaster) Vec<C>::store_pair(master() + i, lo[0], hi[0]);
+    using V = Vec<C>;
+    auto nan = V::nan_none();
     if constexpr (W == kKahan) {
-      Vec<C> p_lo, p_hi;
-      Vec<C>::load_pair(param + i, p_lo, p_hi);
-      Vec<C>::store_pair(compensation() + i, lo[0] - p_lo, hi[0] - p_hi);
+      nan = V::nan_or(nan, lo[0] - lo[0], hi[0] - hi[0]);
+    } else if constexpr (kIsBf16<P>) {
+      nan = V::nan_or(nan, lo[0], hi[0]);
     }
-    for (int k = 1; k < K; ++k) {
-      if constexpr (kStochastic) {
-        Vec<C>::store_pair_sr(states[k - 1] + i, lo[k], hi[k], static_cast<uint32_t>(i),
-                              keys[k - 1]);
-      } else {
-        Vec<C>::store_pair(states[k - 1] + i, lo[k], hi[k]);
+    if constexpr (kIsBf16<S>) {
+      for (int k = 1; k < K; ++k) nan = V::nan_or(nan, lo[k], hi[k]);
+    }
+    if (V::nan_any(nan)) [[unlikely]] {
+      store_pair_streams<true>(i, lo, hi);
+    } else {
+      store_pair_streams<false>(i, lo, hi);
+    }
+  }
+
+  template <bool kFix, class Bits>
+  static Bits fixed(Bits bits, Vec<C> x) {
+    return kFix ? Vec<C>::nan_fix(bits, x) : bits;
+  }
+
+  template <bool kFix>
+  void store_pair_streams(int64_t i, Vec<C> (&lo)[K], Vec<C> (&hi)[K]) const {
+    using V = Vec<C>;
+    if constexpr (kIsBf16<P>) {
+      const typename V::Bits a = fixed<kFix>(V::rn_bits(lo[0]), lo[0]);
+      const typename V::Bits b = fixed<kFix>(V::rn_bits(hi[0]), hi[0]);
+      V::store_pair_bits(param + i, a, b);
+      if constexpr (W == kKahan) {
+        const V c_lo = lo[0] - V::kept(a), c_hi = hi[0] - V::kept(b);
+        V::store_pair_bits(compensation() + i, fixed<kFix>(V::rn_bits(c_lo), c_lo),
+                           fixed<kFix>(V::rn_bits(c_hi), c_hi));
       }
+    } else {
+      V::store_pair(param + i, lo[0], hi[0]);
+    }
+    if constexpr (W == kMaster) V::store_pair(master() + i, lo[0], hi[0]);
+    if constexpr (kIsBf16<S>) {
+      typename V::Bits even, odd;
+      if constexpr (kStochastic) V::index_pair(static_cast<uint32_t>(i), even, odd);
+      for (int k = 1; k < K; ++k) {
+        typename V::Bits a, b;
+        if constexpr (kStochastic) {
+          a = V::sr_bits(lo[k], even, keys[k - 1]);
+          b = V::sr_bits(hi[k], odd, keys[k - 1]);
+        } else {
+          a = V::rn_bits(lo[k]);
+          b = V::rn_bits(hi[k]);
+        }
+        V::store_pair_bits(states[k - 1] + i, fixed<kFix>(a, lo[k]), fixed<kFix>(b, hi[k]));
+      }
+    } else {
+      for (int k = 1; k < K; ++k) V::store_pair(states[k - 1] + i, lo[k], hi[k]);
     }
   }
 };

@@ -25,7 +25,8 @@ struct Vec<float> {
   void store(c10::BFloat16* p) const { store_bits(p, bf16_nan(bf16_round(v), v)); }
   // Note [stochastic rounding]: the lanes are elements j0, j0 + 1, .., j0 + 15
   void store_sr(c10::BFloat16* p, uint32_t j0, SrKey key) const {
-    store_bits(p, bf16_nan(sr_add(v, index_hash_input(j0, lane_offsets<1>()), key), v));
+    store_bits(p, bf16_nan(sr_bits(*this, hash_premix(index_hash_input(j0, lane_offsets<1>())),
+                                   key), v));
   }
   static void store_bits(c10::BFloat16* p, __m512i bits) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
@@ -34,28 +35,37 @@ struct Vec<float> {
 
   // Two vectors in the even/odd order of Note [bf16 lane order] (elementwise.h), with
   // AVX-512F alone (no BW): narrowing is one shift and one ternary-logic op per two vectors
-  // instead of a 2-uop vpmovdw per vector.
+  // instead of a 2-uop vpmovdw per vector. The store is split as in vec_avx2.h (Note [bf16
+  // NaN check]); the NaN test is one compare into a mask register per two vectors.
+  using Bits = __m512i;
+  using NanMask = __mmask16;
   static void load_pair(const c10::BFloat16* p, Vec& lo, Vec& hi) {
     __m512i x = _mm512_loadu_si512(p);
     lo.v = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
     hi.v = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(0xFFFF0000)));
   }
-  static void store_pair(c10::BFloat16* p, Vec lo, Vec hi) {
-    store_pair_bits(p, bf16_nan(bf16_round(lo.v), lo.v), bf16_nan(bf16_round(hi.v), hi.v));
+  static Bits rn_bits(Vec x) { return bf16_round(x.v); }
+  static Vec kept(Bits bits) {   // the value a bf16 store of these bits holds
+    return {_mm512_castsi512_ps(_mm512_and_si512(bits, _mm512_set1_epi32(0xFFFF0000)))};
   }
-  // Note [stochastic rounding]: element j0 + 2l is lo's lane l, j0 + 2l + 1 hi's
-  static void store_pair_sr(c10::BFloat16* p, Vec lo, Vec hi, uint32_t j0, SrKey key) {
-    __m512i even = index_hash_input(j0, lane_offsets<2>());
-    __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(static_cast<int>(kIndexMultiplier)));
-    store_pair_bits(p, bf16_nan(sr_add(lo.v, even, key), lo.v),
-                    bf16_nan(sr_add(hi.v, odd, key), hi.v));
+  static NanMask nan_none() { return 0; }
+  static NanMask nan_or(NanMask m, Vec lo, Vec hi) {
+    return m | _mm512_cmp_ps_mask(lo.v, hi.v, _CMP_UNORD_Q);
   }
+  static bool nan_any(NanMask m) { return m != 0; }
+  static Bits nan_fix(Bits bits, Vec x) { return bf16_nan(bits, x.v); }
   // a and b: lo's and hi's bits, rounding increment added and NaNs fixed
-  static void store_pair_bits(c10::BFloat16* p, __m512i a, __m512i b) {
+  static void store_pair_bits(c10::BFloat16* p, Bits a, Bits b) {
     // (a >> 16) | (b & 0xFFFF0000): 0xF8 is A | (B & C) (truth table bit 4a + 2b + c)
     __m512i x = _mm512_ternarylogic_epi32(_mm512_srli_epi32(a, 16), b,
                                           _mm512_set1_epi32(0xFFFF0000), 0xF8);
     _mm512_storeu_si512(p, x);
+  }
+  // Note [stochastic rounding]: element j0 + 2l is lo's lane l, j0 + 2l + 1 hi's
+  static void index_pair(uint32_t j0, Bits& even, Bits& odd) {
+    __m512i e = index_hash_input(j0, lane_offsets<2>());
+    even = hash_premix(e);
+    odd = hash_premix(_mm512_add_epi32(e, _mm512_set1_epi32(static_cast<int>(kIndexMultiplier))));
   }
   // fp32 streams beside bf16 ones (the master copy): one two-source permute per vector
   static void load_pair(const float* p, Vec& lo, Vec& hi) {
@@ -88,17 +98,16 @@ struct Vec<float> {
   static __m512i index_hash_input(uint32_t j0, __m512i offsets) {
     return _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(j0 * kIndexMultiplier)), offsets);
   }
-  static __m512i fmix(__m512i h) {
-    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+  static __m512i hash_premix(__m512i h) { return _mm512_xor_si512(h, _mm512_srli_epi32(h, 16)); }
+  static Bits sr_bits(Vec x, __m512i premixed, SrKey key) {
+    __m512i h = _mm512_xor_si512(premixed, _mm512_set1_epi32(static_cast<int>(
+                                               key.key ^ (key.key >> 16))));
     h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0x85EBCA6Bu)));
     h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 13));
     h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0xC2B2AE35u)));
-    return _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
-  }
-  static __m512i sr_add(__m512 v, __m512i hash_input, SrKey key) {
-    __m512i h = fmix(_mm512_xor_si512(hash_input, _mm512_set1_epi32(static_cast<int>(key.key))));
+    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
     h = _mm512_add_epi32(h, _mm512_set1_epi32(static_cast<int>(key.weyl)));
-    return _mm512_add_epi32(_mm512_castps_si512(v), _mm512_srli_epi32(h, 16));
+    return _mm512_add_epi32(_mm512_castps_si512(x.v), _mm512_srli_epi32(h, 16));
   }
   template <uint32_t kStep>   // lane l: (kStep * l) * kIndexMultiplier
   static __m512i lane_offsets() {
@@ -117,6 +126,9 @@ struct Vec<float> {
   static Vec div(Vec a, Vec b) { return {_mm512_div_ps(a.v, b.v)}; }
   static Vec fmadd(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
   static Vec sqrt(Vec a) { return {_mm512_sqrt_ps(a.v)}; }
+  static Vec select(bool take_a, Vec a, Vec b) {
+    return {_mm512_mask_blend_ps(static_cast<__mmask16>(-int{take_a}), b.v, a.v)};
+  }
   static Vec abs(Vec a) { return {_mm512_abs_ps(a.v)}; }
   static Vec max_nan(Vec a, Vec b) {   // maxps returns b when either is NaN: patch a's NaNs
     return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, a.v, _CMP_UNORD_Q),
@@ -140,6 +152,9 @@ struct Vec<double> {
   static Vec div(Vec a, Vec b) { return {_mm512_div_pd(a.v, b.v)}; }
   static Vec fmadd(Vec a, Vec b, Vec c) { return {_mm512_fmadd_pd(a.v, b.v, c.v)}; }
   static Vec sqrt(Vec a) { return {_mm512_sqrt_pd(a.v)}; }
+  static Vec select(bool take_a, Vec a, Vec b) {
+    return {_mm512_mask_blend_pd(static_cast<__mmask8>(-int{take_a}), b.v, a.v)};
+  }
   static Vec abs(Vec a) { return {_mm512_abs_pd(a.v)}; }
   static Vec max_nan(Vec a, Vec b) {
     return {_mm512_mask_blend_pd(_mm512_cmp_pd_mask(a.v, a.v, _CMP_UNORD_Q),
