@@ -29,9 +29,9 @@ compute type (fp64 for fp64 params, else fp32), each factor rounded to it, and w
 Note [norm dtype]: torch's clip_grad_norm_ takes each grad's norm in the grad's dtype, their norm
 in the dtype they promote to (float64 as soon as one grad is fp64), and multiplies every grad by
 ``max_norm / (total + 1e-6)`` formed in that dtype, which ``mul_`` rounds to the grad's compute
-type. fusedopt's norms follow: a norm over grads of which one is fp64 is accumulated (in double)
-and returned as float64, any other as float32, so the clip coefficient formed from it is float64
-or float32 alike and an fp64 grad is clipped by the float64 value. fp32 norms are torch's dtype;
+type. fusedopt's norms follow: fp64 grads are accumulated in double, and a norm over grads of
+which one is fp64 is returned as float64, any other as float32, so the clip coefficient formed
+from it is float64 or float32 alike and an fp64 grad is clipped by the float64 value. fp32 norms are torch's dtype;
 for fp16/bf16 grads torch returns the norm in their dtype, fusedopt in float32, which it
 accumulates in anyway. The total of several buckets' norms is ``combine_norms``: a stack, which
 promotes as torch's does.

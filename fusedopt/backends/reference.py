@@ -165,8 +165,8 @@ def _norm(tensors, norm_type):
     tensors = [t for t in tensors if t.numel()]    # empty tensors add nothing (inf has no identity)
     if not tensors:
         return torch.zeros((), dtype=dtype)
-    # each in fp32 (fp64 for fp64 tensors), like the kernels' accumulators: torch's
-    # clip_grad_norm_ for fp32 and fp64 grads (fp16/bf16: torch's norm rounded to their dtype)
+    # each in fp32 (fp64 for fp64 tensors), like the kernels' accumulators: torch's per-tensor
+    # norms for fp32 and fp64 grads (for fp16/bf16 grads torch rounds them to their dtype)
     norms = [torch.linalg.vector_norm(t.detach(), norm_type, dtype=_compute_dtype(t)) for t in tensors]
     return torch.linalg.vector_norm(torch.stack(norms), norm_type).to(dtype)
 
