@@ -28,13 +28,14 @@ void register_cuda(pybind11::module_& m) {
         arg("bucket"), arg("hp"), arg("algo"), arg("flags"), arg("clip_coef") = none,
         arg("inv_scale") = none, arg("found_inf") = none);
   m.def("cuda_bucket_norm", &g::bucket_norm,
-        "2- or inf-norm of the bucket's grads as a 0-d float32 device tensor (times inv_scale "
-        "if given; sets found_inf to 1 if given and the norm is not finite)",
+        "2- or inf-norm of the bucket's grads as a 0-d device tensor, float64 for fp64 grads, else "
+        "float32 (times inv_scale if given; sets found_inf to 1 if given and the norm is not "
+        "finite)",
         arg("bucket"), arg("norm_type"), arg("inv_scale") = none, arg("found_inf") = none);
-  m.def("cuda_tensors_norm", &g::tensors_norm, "2- or inf-norm of CUDA tensors of mixed dtypes",
+  m.def("cuda_tensors_norm", &g::tensors_norm, "2- or inf-norm of CUDA tensors of mixed dtypes (float64 if one is fp64, else float32)",
         arg("tensors"), arg("norm_type"), arg("inv_scale") = none, arg("found_inf") = none);
   m.def("cuda_tensors_scale_", &g::tensors_scale_,
-        "tensors[i] *= coef in place (a 0-d float32 device tensor), one launch",
+        "tensors[i] *= coef in place (a 0-d float32 or float64 device tensor), one launch",
         arg("tensors"), arg("coef"));
 }
 }  // namespace
@@ -140,9 +141,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the C++ table's entry of an algorithm: dict(name, two_stage, flag_names, state_names "
         "(for these flags))");
   m.def("bucket_norm", &bucket_norm, py::arg("bucket"), py::arg("norm_type"),
-        "0-d float32 norm of every defined grad of the bucket's params and pending");
+        "0-d norm of every defined grad of the bucket's params and pending (float64 if one is "
+        "fp64, else float32)");
   m.def("tensors_norm", &tensors_norm, py::arg("tensors"), py::arg("norm_type"),
-        "0-d float32 norm of the tensors together");
+        "0-d norm of the tensors together (float64 if one is fp64, else float32)");
   py::class_<GroupWatch>(m, "GroupWatch",
                          "the param_group values the hyper-parameter table was last written from "
                          "(Note [written groups are found by identity], csrc/param_groups.h)")

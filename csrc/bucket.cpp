@@ -150,11 +150,13 @@ void check_precision(const Bucket& b, size_t algo_lists) {
 
 }  // namespace
 
-void check_scalar(const std::optional<at::Tensor>& t, const at::Device& device, const char* name) {
+void check_scalar(const std::optional<at::Tensor>& t, const at::Device& device, const char* name,
+                  bool float64_too) {
   if (!t.has_value()) return;
-  TORCH_CHECK(t->defined() && t->device() == device && t->scalar_type() == at::kFloat &&
-                  t->numel() == 1 && t->layout() == at::kStrided,
-              name, " must be a 0-d float32 ",
+  const bool dtype_ok = t->defined() && (t->scalar_type() == at::kFloat ||
+                                         (float64_too && t->scalar_type() == at::kDouble));
+  TORCH_CHECK(dtype_ok && t->device() == device && t->numel() == 1 && t->layout() == at::kStrided,
+              name, float64_too ? " must be a 0-d float32 or float64 " : " must be a 0-d float32 ",
               device.is_cpu() ? std::string("CPU tensor") : "tensor on " + device.str(), "; got ",
               t->defined() ? t->toString() : std::string("undefined"), " of ",
               t->defined() ? t->numel() : 0, " elements");
@@ -241,7 +243,7 @@ bool check_step(const Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
               hp.defined() ? hp.toString() : std::string("undefined"), " of shape ",
               hp.defined() ? hp.sizes() : at::IntArrayRef(), " on ",
               hp.defined() ? hp.device().str() : std::string("-"));
-  check_scalar(clip_coef, device, "clip_coef");
+  check_scalar(clip_coef, device, "clip_coef", true);
   check_scalar(inv_scale, device, "inv_scale");
   check_scalar(found_inf, device, "found_inf");
   for (size_t i = 0; i < n; ++i) {

@@ -78,8 +78,12 @@ bool check_step(const Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
 // The bucket's params (and pending params) are on a device of `type`; `fn` names the call in
 // the error ("step": the cpu backend steps CPU tensors only).
 void check_device_type(const Bucket& b, c10::DeviceType type, const char* fn);
-// A step scalar (clip_coef, inv_scale, found_inf): None, or a one-element float32 on `device`.
-void check_scalar(const std::optional<at::Tensor>& t, const at::Device& device, const char* name);
+// A step scalar (clip_coef, inv_scale, found_inf): None, or a one-element float32 on `device`;
+// `float64_too`: float64 as well (a clip coefficient, float64 where the grads it was computed from
+// include fp64 ones, as torch's clip_grad_norm_ forms it; the kernels round it to their compute
+// type, as torch's mul_ by a 0-d tensor does).
+void check_scalar(const std::optional<at::Tensor>& t, const at::Device& device, const char* name,
+                  bool float64_too = false);
 // Norm inputs: dense, one of the four dtypes, on `device` (`what` names them: "tensors",
 // "grad of params").
 void check_norm_input(const at::Tensor& t, const at::Device& device, const char* what, size_t i);

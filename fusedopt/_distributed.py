@@ -40,4 +40,5 @@ def reduce_norm(local_norm, norm_type, key):
     op = torch.distributed.ReduceOp.MAX if inf else torch.distributed.ReduceOp.SUM
     for d in dims:
         torch.distributed.all_reduce(value, op=op, group=mesh.get_group(d))
-    return (value if inf else value ** (1.0 / norm_type)).float()
+    # back in the local norm's dtype (Note [norm dtype], fusedopt/backends/__init__.py)
+    return (value if inf else value ** (1.0 / norm_type)).to(local_norm.dtype)

@@ -42,7 +42,8 @@ def _step_fake(params, grads, states, steps, hp, group_index, algo, flags, clip_
 
 @torch.library.custom_op("fusedopt::norm", mutates_args=())
 def norm(tensors: List[torch.Tensor], norm_type: float, backend: str) -> torch.Tensor:
-    """The 2- or inf-norm of ``tensors`` (one device) as a 0-d float32 tensor."""
+    """The 2- or inf-norm of ``tensors`` (one device) as a 0-d tensor, float64 if one is fp64,
+    else float32 (Note [norm dtype], fusedopt/backends/__init__.py)."""
     if not tensors:
         return torch.zeros((), dtype=torch.float32)
     return backends.named(backend).tensors_norm(tensors, norm_type)
@@ -50,13 +51,15 @@ def norm(tensors: List[torch.Tensor], norm_type: float, backend: str) -> torch.T
 
 @norm.register_fake
 def _norm_fake(tensors, norm_type, backend):
-    return torch.empty((), dtype=torch.float32,
+    fp64 = any(t.dtype == torch.float64 for t in tensors)
+    return torch.empty((), dtype=torch.float64 if fp64 else torch.float32,
                        device=tensors[0].device if tensors else torch.device("cpu"))
 
 
 @torch.library.custom_op("fusedopt::scale_", mutates_args=("tensors",))
 def scale_(tensors: List[torch.Tensor], coef: torch.Tensor, backend: str) -> None:
-    """``tensors[i] *= coef`` in place (one device; ``coef``: a 0-d float32 tensor there)."""
+    """``tensors[i] *= coef`` in place (one device; ``coef``: a 0-d float32 or float64 tensor
+    there)."""
     if tensors:
         backends.named(backend).tensors_scale_(tensors, coef)
 

@@ -23,7 +23,8 @@ from fusedopt import backends
 
 def step(bucket, scalars):
     """One step of every tensor of ``bucket`` with its algorithm; ``scalars``: clip_coef,
-    inv_scale and found_inf (0-d float32 tensors on its device, or None)."""
+    inv_scale and found_inf (0-d tensors on its device, or None: float32, clip_coef float64 too,
+    Note [norm dtype] in fusedopt/backends/__init__.py)."""
     spec, algo = bucket.spec, bucket.algo
     if torch.compiler.is_compiling():
         from fusedopt import _library  # noqa: F401  (registers the ops)
@@ -38,7 +39,8 @@ def step(bucket, scalars):
 
 def bucket_norm(bucket, norm_type):
     """The norm (any order) of every grad of the bucket, its params without state included:
-    a 0-d float32 tensor on its device. Orders 2 and inf are one multi-tensor reduction."""
+    a 0-d tensor on its device (float64 for fp64 grads, else float32: Note [norm dtype] in
+    fusedopt/backends/__init__.py). Orders 2 and inf are one multi-tensor reduction."""
     spec = bucket.spec
     if not backends.native_norm(norm_type) or torch.compiler.is_compiling():
         grads = [p.grad for p in spec.params + spec.pending if p.grad is not None]
@@ -71,7 +73,7 @@ def tensors_norm(tensors, norm_type):
 
 def tensors_scale_(tensors, coef):
     """``tensors[i] *= coef`` in place; the tensors share a device, ``coef`` is a 0-d float32
-    tensor there."""
+    or float64 tensor there, rounded to each tensor's compute type."""
     module = backends.resolve("auto", tensors[0].device)
     if torch.compiler.is_compiling():
         from fusedopt import _library  # noqa: F401  (registers the ops)

@@ -33,18 +33,21 @@ def check_clip_args(max_norm, norm_type):
 
 
 def clip_coefficient(total_norm, max_norm, norm_type, error_if_nonfinite):
-    """min(1, max_norm / (norm + 1e-6)) as a 0-d float32 tensor, computed on the norm's device."""
+    """min(1, max_norm / (norm + 1e-6)) as a 0-d tensor on the norm's device, in the norm's dtype
+    as torch forms it (float64 where a grad is fp64, else float32: Note [norm dtype],
+    fusedopt/backends/__init__.py)."""
     if error_if_nonfinite and not bool(torch.isfinite(total_norm)):   # torch syncs here too
         raise RuntimeError(f"The total norm of order {norm_type} for gradients from `parameters` "
                            "is non-finite, so it cannot be clipped. To disable this error and "
                            "scale the gradients by the non-finite norm anyway, set "
                            "`error_if_nonfinite=False`")
-    return torch.clamp(max_norm / (total_norm.float() + 1e-6), max=1.0)
+    return torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
 
 
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None):
-    """Like torch.nn.utils.clip_grad_norm_; returns the total norm as a 0-d float32 tensor with
-    no host sync (unless error_if_nonfinite=True, which must look at it, as torch does).
+    """Like torch.nn.utils.clip_grad_norm_; returns the total norm as a 0-d tensor with no host
+    sync (unless error_if_nonfinite=True, which must look at it, as torch does): float64 where a
+    grad is fp64, as torch's, else float32 (Note [norm dtype], fusedopt/backends/__init__.py).
 
     Note [clip inside the step]: if ``parameters`` are exactly the parameters of one fusedopt
     optimizer, the grads are not rescaled here: that optimizer's next step() applies the

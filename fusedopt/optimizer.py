@@ -681,12 +681,15 @@ class FusedOptimizer(torch.optim.Optimizer):
     # ---- fused clipping -------------------------------------------------------------------------
     def clip_grad_norm_(self, max_norm, norm_type=2.0, error_if_nonfinite=False, *,
                         grad_scale=None):
-        """Norm of every grad of this optimizer's params, as a 0-d tensor, with no host sync.
+        """Norm of every grad of this optimizer's params, as a 0-d tensor (``grad_norm``'s
+        dtype), with no host sync.
 
         Note [clip inside the step]: the coefficient min(1, max_norm / (norm + 1e-6)) is not
         applied to the grads here; the next step() multiplies each grad by it as it reads it,
         saving a read and a write of every grad (torch's clip_grad_norm_ + step: 40 B/param for
-        fp32 AdamW; fused: 32). zero_grad() drops a pending coefficient.
+        fp32 AdamW; fused: 32). zero_grad() drops a pending coefficient. The coefficient is in
+        the norm's dtype, as torch's; each kernel rounds it to its compute type (an fp64 grad
+        is clipped by the float64 value).
         ``grad_scale``: the grads are still multiplied by this AMP loss scale (a 0-d tensor); the
         norm returned and clipped is that of the unscaled grads, and the step must then get the
         same scale as ``self.grad_scale`` (the GradScaler contract).
@@ -711,7 +714,8 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def grad_norm(self, norm_type=2.0):
         """Norm of every grad of this optimizer's params (across shards for DTensor params):
-        a 0-d float32 tensor, one multi-tensor reduction per bucket, no host sync."""
+        a 0-d tensor, float64 where a grad is fp64, else float32 (Note [norm dtype],
+        fusedopt/backends/__init__.py), one multi-tensor reduction per bucket, no host sync."""
         if torch.compiler.is_compiling():
             self._init_group()
             return self._global_norm(self._buckets, float(norm_type))

@@ -53,7 +53,7 @@ def norm_kernel(blocks, meta, grads, partials, counter, out, num_blocks,
         total = _reduce(tl.load(partials + idx, mask=idx < programs, other=0), INF)
         if not INF:
             total = sqrt_rn(total)
-        tl.store(out, total.to(tl.float32))
+        tl.store(out, total.to(out.dtype.element_ty))   # float64 for fp64 grads, else float32
         tl.store(counter, 0)
 
 

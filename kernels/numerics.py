@@ -16,7 +16,9 @@ import triton.language as tl
 def load_grad(g_ptr, offs, mask, inv_scale, clip_coef, MAXIMIZE: tl.constexpr,
               CT: tl.constexpr):
     """grad * inv_scale * clip_coef (that order: torch's unscale_ then clip), negated when
-    maximizing, in the compute dtype. None factors are compiled out."""
+    maximizing, in the compute dtype, each factor rounded to it first (clip_coef may be float64
+    for a float32 compute type: Note [norm dtype], fusedopt/backends/__init__.py; torch's mul_
+    rounds it the same way). None factors are compiled out."""
     g = tl.load(g_ptr + offs, mask=mask).to(CT)
     if inv_scale is not None:
         g = g * tl.load(inv_scale).to(CT)

@@ -353,13 +353,11 @@ def compare_wrapper(cfg, modes, steps, tol, mm_opts, log):
 
 # the causes of fp64 differences found so far, each confirmed by removing it (``explain``)
 KNOWN = {
-    # fusedopt.clip_grad_norm_ accumulates fp64 grads in fp32 (issue #26 item 4, fixed elsewhere)
-    "fp64_clip": "fusedopt.clip_grad_norm_ sums fp64 grads in fp32: agrees without clip_grad",
-    # the Lamb global-norm clip coefficient is float32 on both sides, summed in different
-    # orders: mmpretrain's Lamb adds every grad's square sum into torch.zeros(1), FusedLAMB
-    # multiplies a float32 coefficient into the grads (README, "LAMB, LARS and Lion")
-    "lamb_global_norm": "Lamb's global-norm clip coefficient is float32 on both sides: agrees "
-                        "when the grads' norm is under max_grad_norm",
+    # mmpretrain's Lamb adds every grad's square sum into torch.zeros(1), a float32 tensor, even
+    # for fp64 grads; FusedLAMB takes the global norm in the grads' dtype, as timm's Lamb does
+    # (README, "LAMB, LARS and Lion")
+    "lamb_global_norm": "mmpretrain's Lamb sums fp64 grads' squares into a float32 tensor: "
+                        "agrees when the grads' norm is under max_grad_norm",
 }
 
 
@@ -369,10 +367,7 @@ def explain(mm, fo, cfg, dtype, steps, tol, same_class):
         a, b = run(mm, c, dtype, steps, scale), run(fo, c, dtype, steps, scale)
         return not isinstance(a, Exception) and not isinstance(b, Exception) \
             and compare(a, b, dtype, tol, same_class)["agree"]
-    unclipped = {k: v for k, v in cfg.items() if k != "clip_grad"}
-    if cfg.get("clip_grad") and agrees(unclipped):
-        return "fp64_clip"
-    if cfg["optimizer"]["type"] == "Lamb" and agrees(unclipped, scale=1e-4):
+    if cfg["optimizer"]["type"] == "Lamb" and agrees(cfg, scale=1e-4):
         return "lamb_global_norm"
     return None
 

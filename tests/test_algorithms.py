@@ -190,15 +190,13 @@ ORACLES = {"FusedLARS": (_lars_loop, LARS_DEFAULTS),
 @pytest.mark.parametrize("name, case", [c for c in NEW_IDS if c[0] in ORACLES],
                          ids=[f"{n}-{i}" for n, i in NEW_IDS if n in ORACLES])
 def test_reference_matches_the_plain_loop(name, case):
-    """The oracle against the published step written out plainly. Neither original has
-    ``maximize``; LAMB's global clip has a 0-d float32 norm and coefficient (docs/internals.md,
-    "Step semantics"), so its fp64 runs agree to fp64 rounding only without it."""
+    """The oracle against the published step written out plainly, in fp64. Neither original
+    has ``maximize``. LAMB's global clip of fp64 grads is a float64 norm and coefficient, as
+    timm's (Note [norm dtype], fusedopt/backends/__init__.py)."""
     kwargs, groups = NEW_CASES[name][case]
     kwargs = {k: v for k, v in kwargs.items() if k != "maximize"}
     loop, defaults = ORACLES[name]
-    dtype = torch.float32 if kwargs.get("max_grad_norm", 1.0 if name == "FusedLAMB" else None) \
-        else torch.float64
-    base = make_params([(7,), (3, 5), (33, 17), (1,), (12, 10), (5,)], dtype)
+    base = make_params([(7,), (3, 5), (33, 17), (1,), (12, 10), (5,)], torch.float64)
     ours, theirs = clone_params(base), clone_params(base)
     opt = optimizer_classes()[name](split_groups(ours, groups), backend="reference", **kwargs)
     for step in range(10):

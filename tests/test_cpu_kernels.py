@@ -411,8 +411,10 @@ def closed_form_norm(grads, norm_type):
 def test_tensors_norm_matches_closed_form(level, dtype, norm_type):
     grads = norm_grads(dtype)
     got = C.tensors_norm(grads, norm_type)
-    assert got.dtype == torch.float32 and got.dim() == 0
-    expected = torch.tensor(closed_form_norm(grads, norm_type), dtype=torch.float32)
+    # float64 for fp64 tensors, else float32 (Note [norm dtype], fusedopt/backends/__init__.py)
+    want_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    assert got.dtype == want_dtype and got.dim() == 0
+    expected = torch.tensor(closed_form_norm(grads, norm_type), dtype=want_dtype)
     assert_close(got, expected, f"{level} {dtype} norm {norm_type}")
 
 
@@ -664,15 +666,19 @@ def test_bad_step_input_raises_before_any_change(case, spoil, exc, match):
         assert torch.equal(a, b), f"{case}: {name} changed before the error"
 
 
-@pytest.mark.parametrize("arg,value", [
-    ("clip_coef", torch.tensor(0.5, dtype=torch.float64)),
-    ("inv_scale", torch.ones(2)),
-    ("found_inf", torch.tensor(False)),
+# clip_coef may be float64 too (the coefficient of fp64 grads, Note [norm dtype] in
+# fusedopt/backends/__init__.py); inv_scale stays float32, as torch's unscale_ forms it
+@pytest.mark.parametrize("arg,value,want", [
+    ("clip_coef", torch.tensor(0.5, dtype=torch.float16), "float32 or float64"),
+    ("clip_coef", torch.ones(2, dtype=torch.float64), "float32 or float64"),
+    ("inv_scale", torch.ones(2), "float32"),
+    ("inv_scale", torch.tensor(0.5, dtype=torch.float64), "float32"),
+    ("found_inf", torch.tensor(False), "float32"),
 ])
-def test_bad_step_scalars_name_the_argument(arg, value):
+def test_bad_step_scalars_name_the_argument(arg, value, want):
     spec, hp = _valid()
     before = [(n, t.clone()) for n, t in tensors_of(spec)]
-    with pytest.raises(RuntimeError, match=f"{arg} must be a 0-d float32 CPU tensor"):
+    with pytest.raises(RuntimeError, match=f"{arg} must be a 0-d {want} CPU tensor"):
         _adam(spec, hp, **{arg: value})
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(tensors_of(spec), before))
 

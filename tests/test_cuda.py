@@ -124,16 +124,18 @@ def test_low_precision_error_bound(dtype, algo, kwargs):
                 assert value.dtype == dtype, f"state[{key!r}] is {value.dtype}, param is {dtype}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("norm_type", [2.0, INF], ids=["l2", "inf"])
 @pytest.mark.parametrize("algo,kwargs", [("AdamW", dict(amsgrad=True)),
                                          ("Adam", dict(weight_decay=0.1)),
                                          ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True))],
                          ids=["AdamW-amsgrad", "Adam-l2", "SGD-nesterov"])
-def test_clip_inside_step_matches_torch(norm_type, algo, kwargs):
+def test_clip_inside_step_matches_torch(norm_type, algo, kwargs, dtype):
     """opt.clip_grad_norm_ + step (coefficient applied inside the update) == torch's
     clip_grad_norm_ + step, norm included, over 10 steps and 3 groups. No empty param: torch's
-    inf-norm of an empty grad raises."""
-    base = make_params(SHAPES[1:], torch.float32, [i - 1 for i in NONCONTIGUOUS])
+    inf-norm of an empty grad raises. fp64: the norm and the coefficient are float64, as
+    torch's (Note [norm dtype], fusedopt/backends/__init__.py)."""
+    base = make_params(SHAPES[1:], dtype, [i - 1 for i in NONCONTIGUOUS])
     overrides = group_overrides(algo, kwargs)
     ours, ref, theirs = on_cuda(base), on_cuda(base), on_cuda(base)
     opt_ours = FUSED[algo](split_groups(ours, overrides), backend="cuda", **kwargs)
@@ -144,8 +146,9 @@ def test_clip_inside_step_matches_torch(norm_type, algo, kwargs):
         n_ours = opt_ours.clip_grad_norm_(0.5, norm_type)
         n_ref = opt_ref.clip_grad_norm_(0.5, norm_type)
         n_theirs = torch.nn.utils.clip_grad_norm_(theirs, 0.5, norm_type, foreach=False)
+        assert n_ours.dtype == n_ref.dtype == n_theirs.dtype == dtype
         assert_close(n_ours, n_ref, f"step {step}: norm vs reference")
-        assert_close(n_ours, n_theirs.float(), f"step {step}: norm vs torch")
+        assert_close(n_ours, n_theirs, f"step {step}: norm vs torch")
         for opt in (opt_ours, opt_ref, opt_theirs):
             opt.step()
     compare(ours, ref, opt_ours, opt_ref, "clip + step vs reference")
@@ -153,10 +156,12 @@ def test_clip_inside_step_matches_torch(norm_type, algo, kwargs):
 
 
 def torch_norm(tensors, norm_type):
-    """torch's clip_grad_norm_ total norm, taken in fp64 (the reference backend's _norm casts
-    to float32 and torch refuses that narrowing for fp64 tensors)."""
+    """torch's clip_grad_norm_ total norm taken in fp64, in the dtype of fusedopt's norms (Note
+    [norm dtype], fusedopt/backends/__init__.py): float64 if a tensor is fp64, else float32."""
     per_tensor = [torch.linalg.vector_norm(t.double(), norm_type) for t in tensors if t.numel()]
-    return torch.linalg.vector_norm(torch.stack(per_tensor), norm_type).float()
+    fp64 = any(t.dtype == torch.float64 for t in tensors)
+    return torch.linalg.vector_norm(torch.stack(per_tensor), norm_type).to(
+        torch.float64 if fp64 else torch.float32)
 
 
 def test_norms_mixed_dtypes_and_non_finite():
@@ -204,6 +209,14 @@ def test_scale_in_place_mixed_dtypes():
     ext().cuda_tensors_scale_(tensors, factor)
     for i, (t, e) in enumerate(zip(tensors, expected)):
         torch.testing.assert_close(t, e, rtol=0, atol=0, msg=lambda m: f"tensor {i}: {m}")
+    # a float64 factor (the clip coefficient of fp64 grads, Note [norm dtype]) is rounded to each
+    # tensor's op-math type first, as torch's mul_ by a 0-d tensor does
+    factor = torch.full((), 1 / 3, device="cuda", dtype=torch.float64)
+    compute = [torch.float64 if t.dtype == torch.float64 else torch.float32 for t in tensors]
+    expected = [(t.to(c) * factor.to(c)).to(t.dtype) for t, c in zip(tensors, compute)]
+    ext().cuda_tensors_scale_(tensors, factor)
+    for i, (t, e) in enumerate(zip(tensors, expected)):
+        torch.testing.assert_close(t, e, rtol=0, atol=0, msg=lambda m: f"fp64 factor, {i}: {m}")
 
 
 FOUND_INF_CASES = [("FusedAdamW", dict(amsgrad=True)), ("FusedSGD", dict(momentum=0.9))] + [

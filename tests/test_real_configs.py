@@ -84,30 +84,14 @@ CASES = {
 }
 MM_OPTIMIZERS = {"LARS": LoopLARS}
 
-# Known, being fixed elsewhere (issue #26 item 4): fusedopt.clip_grad_norm_ accumulates fp64
-# grads in fp32, so a fused optimizer clipping fp64 grads departs from torch's clip by ~1e-9.
-# strict: once the fix lands these pass, and the marker must go.
-FP64_CLIP = pytest.mark.xfail(strict=True, reason="fusedopt.clip_grad_norm_ accumulates fp64 "
-                                                  "grads in fp32 (issue #26 item 4)")
-
-
 # 'as-written': the type the config names from both registries (for 'LARS': LoopLARS against
 # fusedopt's FusedLARS on the default backend); 'fused-<backend>': fusedopt's class on a backend
 MODES = ["as-written", *(f"fused-{b}" for b in CPU_BACKENDS)]
 
 
-def _params():
-    out = []
-    for case, cfg in CASES.items():
-        for mode in MODES:
-            for dname in real_configs.DTYPES:
-                known = dname == "float64" and mode != "as-written" and "clip_grad" in cfg
-                out.append(pytest.param(case, mode, dname, id=f"{case}-{mode}-{dname}",
-                                        marks=[FP64_CLIP] if known else []))
-    return out
-
-
-@pytest.mark.parametrize("case,mode,dname", _params())
+@pytest.mark.parametrize("case,mode,dname",
+                         [pytest.param(case, mode, dname, id=f"{case}-{mode}-{dname}")
+                          for case in CASES for mode in MODES for dname in real_configs.DTYPES])
 def test_real_config_snippet_builds_and_steps_like_mmengine(case, mode, dname):
     cfg, dtype = CASES[case], real_configs.DTYPES[dname]
     mm, fo = real_configs.builders(mode, MM_OPTIMIZERS)

@@ -76,9 +76,11 @@ def on_device(params, dtype=None):
 
 
 def torch_norm(tensors, norm_type):
-    """torch's norm of all elements, in fp64 (the oracle for the fp32 norms)."""
+    """torch's norm of all elements taken in fp64, in the dtype of fusedopt's norms (Note [norm
+    dtype], fusedopt/backends/__init__.py): float64 if a tensor is fp64, else float32."""
     flat = torch.cat([t.detach().cpu().double().reshape(-1) for t in tensors])
-    return torch.linalg.vector_norm(flat, norm_type).float()
+    fp64 = any(t.dtype == torch.float64 for t in tensors)
+    return torch.linalg.vector_norm(flat, norm_type).to(torch.float64 if fp64 else torch.float32)
 
 
 def compare(ours, theirs, opt_ours, opt_theirs, where):
@@ -319,7 +321,7 @@ def test_bucket_norm_matches_reference(dtype, norm_type):
         want = torch_norm([p.grad for p in ours if p.grad is not None], norm_type)
         got = opt.clip_grad_norm_(1.0, norm_type)
         fusedopt.clip_grad_norm_(theirs, 1.0, norm_type)      # same clip for the twin's step
-        assert got.dtype == torch.float32 and got.device.type == DEVICE.type
+        assert got.dtype == want.dtype and got.device.type == DEVICE.type
         assert_close(got.cpu(), want, f"step {step} norm")
         opt.step()
         opt_ref.step()
@@ -333,8 +335,11 @@ def test_tensors_norm_mixed_dtypes_and_non_finite(norm_type):
     tensors = [torch.randn(3000, dtype=torch.float64, device=DEVICE),
                torch.randn(0, device=DEVICE), torch.randn(7, 9, device=DEVICE).t(),
                torch.randn(40, device=DEVICE)[::3], torch.randn(5, device=DEVICE).half()]
-    assert_close(tb.tensors_norm(tensors, norm_type).cpu(), torch_norm(tensors, norm_type),
-                 "finite")
+    # float64 (an fp64 tensor is in), fp32-accurate: fp32 tensors accumulate in fp32, as torch's
+    # per-tensor norms of them are float32
+    got, want = tb.tensors_norm(tensors, norm_type), torch_norm(tensors, norm_type)
+    assert got.dtype == want.dtype == torch.float64
+    assert_close(got.cpu().float(), want.float(), "finite")
     for bad in (float("inf"), float("nan")):
         tensors[2][1, 2] = bad
         got = tb.tensors_norm(tensors, norm_type).item()

@@ -75,8 +75,11 @@ Scratch& scratch() {
   return s;
 }
 
-float scalar_or(const std::optional<at::Tensor>& t, float fallback) {
-  return t.has_value() ? *t->data_ptr<float>() : fallback;
+// A step scalar as the double StepContext keeps: float32, or float64 (clip_coef, csrc/bucket.h
+// check_scalar), each exact in double; a kernel rounds it to its compute type.
+double scalar_or(const std::optional<at::Tensor>& t, double fallback) {
+  if (!t.has_value()) return fallback;
+  return t->scalar_type() == at::kDouble ? *t->data_ptr<double>() : *t->data_ptr<float>();
 }
 
 bool skipped(const std::optional<at::Tensor>& found_inf) {
@@ -127,7 +130,7 @@ void step(Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
   const bool extra = b.weights != kPlain;
   const bool stochastic = !b.seeds.empty();
   const int num = num_states(algo, flags);
-  StepContext context{scalar_or(inv_scale, 1.0f), scalar_or(clip_coef, 1.0f)};
+  StepContext context{scalar_or(inv_scale, 1.0), scalar_or(clip_coef, 1.0)};
   if (s.tensors.size() < b.params.size()) s.tensors.resize(b.params.size());
   for (size_t i = 0; i < b.params.size(); ++i) {
     const at::Tensor& p = b.params[i];
@@ -176,14 +179,19 @@ void step(Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
 namespace {
 
 // One reduction over every chunk of `tensors` (defined ones only), partials combined in
-// chunk order (Note [norm accumulation] in norm.h).
+// chunk order (Note [norm accumulation] in norm.h). The result is float64 when a tensor is fp64,
+// else float32: torch's clip_grad_norm_ takes each grad's norm in its dtype and their norm in
+// the promoted one (Note [norm dtype], fusedopt/backends/__init__.py). The double total holds either.
 template <class Tensors>
 at::Tensor norm_of(const Tensors& tensors, double norm_type) {
   const bool inf = std::isinf(norm_type);
   const KernelTable& kernels = kernel_table();
   Scratch& s = scratch();
+  at::ScalarType out = at::kFloat;
   for (const at::Tensor* t : tensors) {
-    if (!t->defined() || t->numel() == 0) continue;
+    if (!t->defined()) continue;
+    if (t->scalar_type() == at::kDouble) out = at::kDouble;
+    if (t->numel() == 0) continue;
     s.norm_fn.push_back(kernels.norm[dtype_of(*t)][inf]);
     // any dense layout will do: a norm does not care about element order
     s.norm_data.push_back(s.staging.data(*t, t->is_non_overlapping_and_dense(), false));
@@ -203,7 +211,7 @@ at::Tensor norm_of(const Tensors& tensors, double norm_type) {
       result += x;
     }
   }
-  return at::scalar_tensor(inf ? result : std::sqrt(result), at::kFloat);
+  return at::scalar_tensor(inf ? result : std::sqrt(result), out);
 }
 
 }  // namespace

@@ -15,7 +15,8 @@ void step(Bucket& bucket, const at::Tensor& hp, int algo, int64_t flags,
           const std::optional<at::Tensor>& inv_scale,
           const std::optional<at::Tensor>& found_inf);
 
-// 0-d float32: the norm (2 or inf) of every defined grad of the bucket's params and pending
+// 0-d float64 if a tensor is fp64, else float32 (Note [norm dtype], fusedopt/backends/
+// __init__.py): the norm (2 or inf) of every defined grad of the bucket's params and pending
 at::Tensor bucket_norm(const Bucket& bucket, double norm_type);
 at::Tensor tensors_norm(at::TensorList tensors, double norm_type);
 

@@ -195,6 +195,12 @@ __device__ __forceinline__ bool skip_step(const float* found_inf) {
   return found_inf != nullptr && *found_inf != 0.f;
 }
 
+// A DeviceScalar's value (launchers.h; not null), exact in double whichever its dtype.
+__device__ __forceinline__ double load_scalar(DeviceScalar s) {
+  return s.is_double ? *static_cast<const double*>(s.ptr)
+                     : static_cast<double>(*static_cast<const float*>(s.ptr));
+}
+
 // Note [step counters]: every block of a tensor needs the tensor's step count before the
 // increment, yet the counter must grow by exactly one per step, without a launch of its own.
 // Each block's thread 0 reads the counter at block start (into shared memory, before any
@@ -349,7 +355,7 @@ template <typename P, typename S, int kWeights, class Math, int kStage> struct U
     const Row r = row;
     const bool load_states = (kReads & kUsesStates) && states_set;
     const C inv_scale = s.inv_scale ? static_cast<C>(*s.inv_scale) : C(1);
-    const C clip = s.clip_coef ? static_cast<C>(*s.clip_coef) : C(1);
+    const C clip = s.clip_coef.ptr ? static_cast<C>(load_scalar(s.clip_coef)) : C(1);
 
     const P* g_ptr = array<P>(c, kGrad);
     P* p_ptr = array<P>(c, kParam);
@@ -390,7 +396,7 @@ template <typename P, typename S, int kWeights, class Math, int kStage> struct U
         if constexpr ((kReads & kUsesGrad) != 0) {
           gk = g[e];
           if (s.inv_scale) gk *= inv_scale;   // torch's unscale_, then clip_grad_norm_'s scaling
-          if (s.clip_coef) gk *= clip;
+          if (s.clip_coef.ptr) gk *= clip;
           if (math.maximize) gk = -gk;
         }
         C se[K];

@@ -37,6 +37,12 @@ const float* scalar_ptr(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr<float>() : nullptr;
 }
 
+// A clip coefficient, float32 or float64 (check_scalar's float64_too), for the kernels.
+fc::DeviceScalar device_scalar(const std::optional<at::Tensor>& t) {
+  if (!t.has_value()) return fc::DeviceScalar{nullptr, false};
+  return fc::DeviceScalar{t->data_ptr(), t->scalar_type() == at::kDouble};
+}
+
 // Note [table upload]: each step's table (one for both launches of a two-stage algorithm) goes
 // up through a pinned staging buffer with one asynchronous copy on the current stream (no host sync; torch's pinned allocator reuses the
 // buffer once the copy is done). Under CUDA graph capture the copy is a node of the graph that
@@ -104,7 +110,10 @@ at::Tensor norm_of(const std::vector<at::Tensor>& tensors, const at::Device& dev
   c10::cuda::CUDAGuard guard(device);
   std::vector<fc::TensorMeta> metas;
   std::vector<at::Tensor> dense;   // keeps contiguous copies of non-dense tensors alive
+  // float64 when a tensor is fp64 (Note [norm dtype], fusedopt/backends/__init__.py)
+  bool out_double = false;
   for (const at::Tensor& t : tensors) {
+    out_double = out_double || t.scalar_type() == at::kDouble;
     if (t.numel() == 0) continue;   // adds nothing (and inf has no identity in torch)
     // The norm does not depend on element order: any dense layout is walked as it is.
     dense.push_back(t.is_non_overlapping_and_dense() ? t : t.contiguous());
@@ -114,13 +123,15 @@ at::Tensor norm_of(const std::vector<at::Tensor>& tensors, const at::Device& dev
     m.dtype = dtype_code(t);
     metas.push_back(m);
   }
-  at::Tensor out = at::empty({}, at::TensorOptions().dtype(at::kFloat).device(device));
+  at::Tensor out = at::empty(
+      {}, at::TensorOptions().dtype(out_double ? at::kDouble : at::kFloat).device(device));
   if (metas.empty()) return out.zero_();
   const Uploaded up = upload(metas, device);
   at::Tensor partials =
       at::empty({up.table.num_blocks}, at::TensorOptions().dtype(at::kDouble).device(device));
-  C10_CUDA_CHECK(fc::launch_norm(up.table, inf, partials.data_ptr<double>(), out.data_ptr<float>(),
-                                 scalar_ptr(inv_scale), const_cast<float*>(scalar_ptr(found_inf)),
+  C10_CUDA_CHECK(fc::launch_norm(up.table, inf, partials.data_ptr<double>(), out.data_ptr(),
+                                 out_double, scalar_ptr(inv_scale),
+                                 const_cast<float*>(scalar_ptr(found_inf)),
                                  c10::cuda::getCurrentCUDAStream()));
   return out;
 }
@@ -155,7 +166,7 @@ void step(const Bucket& b, const at::Tensor& hp, int64_t algo, int64_t flags,
                             !b.seeds.empty(),
                             hp.data_ptr<double>(),
                             flags,
-                            fc::StepScalars{scalar_ptr(clip_coef), scalar_ptr(inv_scale),
+                            fc::StepScalars{device_scalar(clip_coef), scalar_ptr(inv_scale),
                                             scalar_ptr(found_inf)},
                             sums.defined() ? sums.data_ptr<double>() : nullptr,
                             c10::cuda::getCurrentCUDAStream()};
@@ -203,7 +214,7 @@ void tensors_scale_(const std::vector<at::Tensor>& tensors, const at::Tensor& co
   const at::Device device = tensors[0].device();
   TORCH_CHECK(device.is_cuda(), "cuda_tensors_scale_: tensors[0] is on ", device);
   for (size_t i = 0; i < tensors.size(); ++i) check_norm_input(tensors[i], device, "tensors", i);
-  check_scalar(coef, device, "coef");
+  check_scalar(coef, device, "coef", true);
   c10::cuda::CUDAGuard guard(device);
   std::vector<fc::TensorMeta> metas;
   Staging staging;
@@ -217,7 +228,7 @@ void tensors_scale_(const std::vector<at::Tensor>& tensors, const at::Tensor& co
   }
   if (metas.empty()) return;
   const Uploaded up = upload(metas, device);
-  C10_CUDA_CHECK(fc::launch_scale(up.table, coef.data_ptr<float>(),
+  C10_CUDA_CHECK(fc::launch_scale(up.table, device_scalar(coef),
                                   c10::cuda::getCurrentCUDAStream()));
   staging.write_back();
 }

@@ -18,15 +18,17 @@ namespace cuda_glue {
 void step(const Bucket& b, const at::Tensor& hp, int64_t algo, int64_t flags,
           const std::optional<at::Tensor>& clip_coef, const std::optional<at::Tensor>& inv_scale,
           const std::optional<at::Tensor>& found_inf);
-// 2- or inf-norm of the bucket's grads (pending params included) as a 0-d float32 device
-// tensor, times inv_scale if given; sets found_inf to 1 if given and the norm is not finite.
+// 2- or inf-norm of the bucket's grads (pending params included) as a 0-d device tensor,
+// float64 if a grad is fp64, else float32 (Note [norm dtype], fusedopt/backends/__init__.py),
+// times inv_scale if given; sets found_inf to 1 if given and the norm is not finite.
 at::Tensor bucket_norm(const Bucket& b, double norm_type,
                        const std::optional<at::Tensor>& inv_scale,
                        const std::optional<at::Tensor>& found_inf);
 at::Tensor tensors_norm(const std::vector<at::Tensor>& tensors, double norm_type,
                         const std::optional<at::Tensor>& inv_scale,
                         const std::optional<at::Tensor>& found_inf);
-// tensors[i] *= coef (a one-element float32 device tensor), in place, every dtype in one launch.
+// tensors[i] *= coef (a one-element float32 or float64 device tensor, rounded to each tensor's
+// compute type), in place, every dtype in one launch.
 void tensors_scale_(const std::vector<at::Tensor>& tensors, const at::Tensor& coef);
 
 }  // namespace cuda_glue

@@ -33,10 +33,19 @@
 namespace fusedopt {
 namespace cuda {
 
-// Per-step device scalars of docs/internals.md, each a float32 device pointer or null:
+// A one-element float32 or float64 device tensor's data, or null: a clip coefficient is float64
+// where the grads it was formed from include fp64 ones (Note [norm dtype],
+// fusedopt/backends/__init__.py). Kernels read it as a double (exact for both) and round it to
+// their compute type, as torch's mul_ by a 0-d tensor does.
+struct DeviceScalar {
+  const void* ptr;
+  bool is_double;
+};
+
+// Per-step device scalars of docs/internals.md, each null or on the device:
 // g = grad * inv_scale * clip_coef; found_inf != 0 means the launch touches nothing.
 struct StepScalars {
-  const float* clip_coef;
+  DeviceScalar clip_coef;
   const float* inv_scale;
   const float* found_inf;
 };
@@ -79,13 +88,15 @@ inline cudaError_t launch_update(int algo, const UpdateArgs& a) {
 }
 
 // Two launches: one partial result per block into `partials` (table.num_blocks doubles), then
-// one block that writes the norm (times *inv_scale if given) to *out and, if found_inf is
-// given, sets *found_inf = 1 when the norm is not finite (it keeps a 1 already there).
-cudaError_t launch_norm(const Table& table, bool inf_norm, double* partials, float* out,
-                        const float* inv_scale, float* found_inf, cudaStream_t stream);
+// one block that writes the norm (times *inv_scale if given) to *out, a double if `out_double`
+// else a float, and, if found_inf is given, sets *found_inf = 1 when the norm is not finite (it
+// keeps a 1 already there).
+cudaError_t launch_norm(const Table& table, bool inf_norm, double* partials, void* out,
+                        bool out_double, const float* inv_scale, float* found_inf,
+                        cudaStream_t stream);
 
-// Every kGrad array *= *coef.
-cudaError_t launch_scale(const Table& table, const float* coef, cudaStream_t stream);
+// Every kGrad array *= coef, in its compute type.
+cudaError_t launch_scale(const Table& table, DeviceScalar coef, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace fusedopt

@@ -55,7 +55,8 @@ template <bool kInf> struct NormFunctor {
 
 template <bool kInf>
 __global__ void __launch_bounds__(kBlockThreads) finalize_norm(const double* partials, int n,
-                                                               float* out, const float* inv_scale,
+                                                               void* out, bool out_double,
+                                                               const float* inv_scale,
                                                                float* found_inf) {
   double acc = 0.0;
   for (int i = threadIdx.x; i < n; i += blockDim.x) acc = Combine<kInf>{}(acc, partials[i]);
@@ -63,24 +64,30 @@ __global__ void __launch_bounds__(kBlockThreads) finalize_norm(const double* par
   if (threadIdx.x == 0) {
     double norm = kInf ? acc : sqrt(acc);
     if (inv_scale) norm *= static_cast<double>(*inv_scale);   // the norm of the unscaled grads
-    *out = static_cast<float>(norm);
+    // float64 when a grad is fp64 (Note [norm dtype], fusedopt/backends/__init__.py)
+    if (out_double) {
+      *static_cast<double*>(out) = norm;
+    } else {
+      *static_cast<float*>(out) = static_cast<float>(norm);
+    }
     if (found_inf && !isfinite(norm)) *found_inf = 1.f;
   }
 }
 
 }  // namespace
 
-cudaError_t launch_norm(const Table& table, bool inf_norm, double* partials, float* out,
-                        const float* inv_scale, float* found_inf, cudaStream_t stream) {
+cudaError_t launch_norm(const Table& table, bool inf_norm, double* partials, void* out,
+                        bool out_double, const float* inv_scale, float* found_inf,
+                        cudaStream_t stream) {
   cudaError_t err = inf_norm ? launch_over(table, NormFunctor<true>{partials}, stream)
                              : launch_over(table, NormFunctor<false>{partials}, stream);
   if (err != cudaSuccess) return err;
   if (inf_norm) {
-    finalize_norm<true><<<1, kBlockThreads, 0, stream>>>(partials, table.num_blocks, out, inv_scale,
-                                                         found_inf);
+    finalize_norm<true><<<1, kBlockThreads, 0, stream>>>(partials, table.num_blocks, out,
+                                                         out_double, inv_scale, found_inf);
   } else {
     finalize_norm<false><<<1, kBlockThreads, 0, stream>>>(partials, table.num_blocks, out,
-                                                          inv_scale, found_inf);
+                                                          out_double, inv_scale, found_inf);
   }
   return cudaGetLastError();
 }

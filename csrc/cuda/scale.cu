@@ -9,7 +9,7 @@ namespace cuda {
 namespace {
 
 struct ScaleFunctor {
-  const float* coef;
+  DeviceScalar coef;
 
   __device__ void operator()(const Table& table) const {
     const Chunk c = chunk_of(table);
@@ -17,7 +17,7 @@ struct ScaleFunctor {
       using T = decltype(tag);
       using C = typename Compute<T>::type;
       constexpr int N = kVec<T>;
-      const C factor = static_cast<C>(*coef);
+      const C factor = static_cast<C>(load_scalar(coef));
       T* g_ptr = array<T>(c, kGrad);
       for_each_pack<N>(c.n, aligned<N>(g_ptr), [&](int i, bool v_ok) {
         C g[N];
@@ -32,7 +32,7 @@ struct ScaleFunctor {
 
 }  // namespace
 
-cudaError_t launch_scale(const Table& table, const float* coef, cudaStream_t stream) {
+cudaError_t launch_scale(const Table& table, DeviceScalar coef, cudaStream_t stream) {
   return launch_over(table, ScaleFunctor{coef}, stream);
 }
 

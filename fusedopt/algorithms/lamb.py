@@ -83,7 +83,9 @@ class FusedLAMB(FusedOptimizer, torch.optim.Optimizer):
 
     def _grad_coefficient(self, buckets, clip_coef, inv_scale):
         """The global clip: 1 / max(1, |g| / max_grad_norm) over every grad of the optimizer, as
-        they enter the step (unscaled and clipped), folded into the clip coefficient."""
+        they enter the step (unscaled and clipped), folded into the clip coefficient; in the
+        norm's dtype (float64 where a grad is fp64, as timm's Lamb forms it: Note [norm dtype],
+        fusedopt/backends/__init__.py)."""
         max_norm = self.defaults["max_grad_norm"]
         if not max_norm:
             return clip_coef

@@ -10,17 +10,31 @@ A backend is a module with this interface (all take a bucket handle made by ``ma
     step(handle, hp, algo, flags, *, clip_coef, inv_scale, found_inf)
                                               one step of algorithm ``algo`` (a descriptor of
                                               fusedopt.algorithms) with flags word ``flags``
-    bucket_norm(handle, norm_type) -> 0-d float32 tensor   norm of every grad in the bucket
-    tensors_norm(tensors, norm_type) -> 0-d float32 tensor norm of a list of tensors
-    (norm_type is 2.0 or inf there; other orders go to the reference: see ``native_norm``)
-    tensors_scale_(tensors, coef)             tensors[i] *= coef (a 0-d float32 tensor), in place
+    bucket_norm(handle, norm_type) -> 0-d tensor   norm of every grad in the bucket
+    tensors_norm(tensors, norm_type) -> 0-d tensor norm of a list of tensors
+    (norm_type is 2.0 or inf there; other orders go to the reference: see ``native_norm``; the
+    norm's dtype: Note [norm dtype])
+    tensors_scale_(tensors, coef)             tensors[i] *= coef (a 0-d float32 or float64
+                                              tensor, rounded to each one's compute type)
 
 A spec's ``grads`` (when not None) are the grads of its params, given explicitly (the custom ops
 of fusedopt/_ops.py, Note [compiled steps]); otherwise each param's ``.grad``.
 
-``clip_coef``, ``inv_scale`` and ``found_inf`` are 0-d float32 tensors on the bucket's device
-or None. A step computes ``g = grad * inv_scale * clip_coef`` (that order: torch's unscale_ then
-clip_grad_norm_), and when ``found_inf`` is non-zero touches nothing at all.
+``inv_scale`` and ``found_inf`` are 0-d float32 tensors on the bucket's device or None;
+``clip_coef`` is a 0-d float32 or float64 one (Note [norm dtype]) or None. A step computes
+``g = grad * inv_scale * clip_coef`` (that order: torch's unscale_ then clip_grad_norm_) in its
+compute type (fp64 for fp64 params, else fp32), each factor rounded to it, and when
+``found_inf`` is non-zero touches nothing at all.
+
+Note [norm dtype]: torch's clip_grad_norm_ takes each grad's norm in the grad's dtype, their norm
+in the dtype they promote to (float64 as soon as one grad is fp64), and multiplies every grad by
+``max_norm / (total + 1e-6)`` formed in that dtype, which ``mul_`` rounds to the grad's compute
+type. fusedopt's norms follow: fp64 grads are accumulated in double, and a norm over grads of
+which one is fp64 is returned as float64, any other as float32, so the clip coefficient formed
+from it is float64 or float32 alike and an fp64 grad is clipped by the float64 value. fp32 norms are torch's dtype;
+for fp16/bf16 grads torch returns the norm in their dtype, fusedopt in float32, which it
+accumulates in anyway. The total of several buckets' norms is ``combine_norms``: a stack, which
+promotes as torch's does.
 """
 import importlib
 import os

@@ -160,12 +160,15 @@ def step(spec, hp, algo, flags, *, clip_coef=None, inv_scale=None, found_inf=Non
 
 
 def _norm(tensors, norm_type):
+    # float64 if a tensor is fp64, else float32 (Note [norm dtype], fusedopt/backends/__init__.py)
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
     tensors = [t for t in tensors if t.numel()]    # empty tensors add nothing (inf has no identity)
     if not tensors:
-        return torch.zeros((), dtype=torch.float32)
-    # each in fp32 (fp64 for fp64 tensors), like the kernels' accumulators; the result in fp32
+        return torch.zeros((), dtype=dtype)
+    # each in fp32 (fp64 for fp64 tensors), like the kernels' accumulators: torch's per-tensor
+    # norms for fp32 and fp64 grads (for fp16/bf16 grads torch rounds them to their dtype)
     norms = [torch.linalg.vector_norm(t.detach(), norm_type, dtype=_compute_dtype(t)) for t in tensors]
-    return torch.linalg.vector_norm(torch.stack(norms), norm_type).float()
+    return torch.linalg.vector_norm(torch.stack(norms), norm_type).to(dtype)
 
 
 def tensors_norm(tensors, norm_type):

@@ -417,8 +417,11 @@ def step(handle, hp, algo, flags, *, clip_coef=None, inv_scale=None, found_inf=N
                        inv_scale=inv_scale, found_inf=found_inf)
 
 
-def _launch_norm(blocks, meta, grads, num_blocks, dtype, norm_type, partials, counter):
-    out = torch.empty((), dtype=torch.float32, device=grads.device)
+def _launch_norm(blocks, meta, grads, num_blocks, dtype, norm_type, partials, counter,
+                 out_dtype):
+    """The norm as ``out_dtype``: float64 where a grad is fp64 (Note [norm dtype],
+    fusedopt/backends/__init__.py), else float32."""
+    out = torch.empty((), dtype=out_dtype, device=grads.device)
     kernels.norm_kernel[(max(1, min(num_blocks, NORM_PROGRAMS)),)](
         blocks, meta, grads, partials, counter, out, num_blocks, L=LAYOUT,
         DTYPE=triton_dtype(dtype), ACC=compute_dtype(dtype), INF=norm_type == float("inf"),
@@ -431,8 +434,10 @@ def bucket_norm(handle, norm_type):
     handle.refresh_grads()
     if not handle.tensors:
         return torch.zeros((), dtype=torch.float32, device=handle.device)
+    fp64 = handle.dtype == torch.float64 and any(a != LAYOUT.no_grad for a in handle.addresses)
     return _launch_norm(handle.blocks, handle.meta, handle.grads, handle.num_blocks,
-                        handle.dtype, norm_type, handle.norm_partials, handle.norm_counter)
+                        handle.dtype, norm_type, handle.norm_partials, handle.norm_counter,
+                        torch.float64 if fp64 else torch.float32)
 
 
 def tensors_norm(tensors, norm_type):
@@ -453,7 +458,8 @@ def tensors_norm(tensors, norm_type):
         partials = torch.empty(NORM_PROGRAMS, device=device,
                                dtype=torch.float64 if dtype == torch.float64 else torch.float32)
         norms.append(_launch_norm(blocks, meta, grads, num_blocks, dtype, norm_type, partials,
-                                  torch.zeros(1, dtype=torch.int32, device=device)))
+                                  torch.zeros(1, dtype=torch.int32, device=device),
+                                  partials.dtype))
     return combine_norms(norms, norm_type)
 
 
