@@ -77,10 +77,21 @@ def group_key(group):
             state_dtype_option(group.get("state_dtype")))
 
 
-def new_seed():
-    """A param's stochastic-rounding seed, from torch's default generator (torch.manual_seed
-    makes runs repeat), kept in its state as a Python int (Note [stochastic rounding])."""
-    return int(torch.randint(0, 2**32, (), dtype=torch.int64))
+def seed_of(position):
+    """The stochastic-rounding seed of the param at ``position`` in the optimizer's groups (in
+    order), kept in its state as a Python int from then on (Note [stochastic rounding]). Drawn
+    from no generator: making state must not move the user's random streams (a data order, a
+    dropout mask), and every run (and every rank of a sharded one) gets the same seeds."""
+    return _mix32((position * 0x9E3779B9 + 0x7F4A7C15) & 0xFFFFFFFF)
+
+
+def _mix32(h):
+    """MurmurHash3's fmix32 on a Python int (the backends' hash, Note [stochastic rounding])."""
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    return h ^ (h >> 16)
 
 
 def bytes_per_param(dtype, states, num_states, weights):

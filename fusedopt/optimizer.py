@@ -342,8 +342,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         modes = self._modes(groups)            # before any state changes (it raises)
         specs = {}
         self._dtensors = []                    # (DTensor param, its local shard)
+        position = -1                          # of p in the groups, in order (its seed)
         for gi, group in enumerate(groups):
             for p in group["params"]:
+                position += 1
                 placement = _distributed.placement_key(p)
                 mode = modes[gi, p.dtype]
                 key = (p.device, p.dtype, flags[gi][0], mode, placement)
@@ -355,7 +357,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 shard = _distributed.local(p)
                 if placement is not None:
                     self._dtensors.append((p, shard))
-                packed = self._state_of(p, group, mode)
+                packed = self._state_of(p, group, mode, position)
                 if packed is None:
                     spec.pending.append(shard)
                     spec.pending_group.append(gi)
@@ -435,10 +437,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         return weights, states, stochastic and bool(self.ALGORITHM.state_names(
             self._flags(group)[0]))
 
-    def _state_of(self, p, group, mode):
+    def _state_of(self, p, group, mode, position):
         """(state tensors in bucket order, step counter) of a param that has state, else None.
         States are brought to the mode's dtype here (after a load_state_dict, or when a group's
-        options changed), and its weights mode's list and seed are made or dropped."""
+        options changed), and its weights mode's list and seed (from ``position``, the param's
+        place in the groups) are made or dropped."""
         algo = self.ALGORITHM
         weights, dtype, stochastic = mode
         names = algo.state_names(self._flags(group)[0])
@@ -449,7 +452,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             if state[name].dtype != dtype:      # round-to-nearest: the same bits on every run
                 state[name] = state[name].to(dtype)
         if stochastic and "rounding_seed" not in state:
-            state["rounding_seed"] = _precision.new_seed()
+            state["rounding_seed"] = _precision.seed_of(position)
         elif not stochastic:
             state.pop("rounding_seed", None)
         if algo.step_in_state:
@@ -480,7 +483,8 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _new_state(self, p, group, mode):
         """The state of a param at its first grad: zeros shaped like it in the mode's state
-        dtype, a counter at 0, and a seed where its states round stochastically."""
+        dtype and a counter at 0 (the next pack gives it a seed where its states round
+        stochastically)."""
         algo = self.ALGORITHM
         state = self.state[p]
         if algo.step_in_state:
@@ -495,8 +499,6 @@ class FusedOptimizer(torch.optim.Optimizer):
                 state["step"] = counter
         for name in algo.state_names(self._flags(group)[0]):
             state[name] = torch.zeros_like(p, dtype=mode[1], memory_format=torch.preserve_format)
-        if mode[2]:
-            state["rounding_seed"] = _precision.new_seed()
 
     def _counter(self, p, seeded):
         """Note [internal counters]: an algorithm whose torch layout has no 'step' (SGD, LARS,

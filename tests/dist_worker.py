@@ -64,7 +64,6 @@ def low_precision(mode, rank, backend, out):
     AdamW over full fp32 copies (the oracle of tests/test_master_weights.py)."""
     options, extra = LOW_PRECISION[mode], EXTRA[mode]
     m = wrap("fsdp2", model().to(torch.bfloat16))
-    torch.manual_seed(1)      # the rounding seeds, drawn at the first step (the same on each rank)
     opt = fusedopt.FusedAdamW(m.parameters(), lr=0.05, weight_decay=0.1, backend=backend,
                               **options)
     twins = [torch.nn.Parameter(full(p).detach().float()) for p in m.parameters()]

@@ -187,6 +187,25 @@ def test_state_layout_and_bytes(algo, options, dtype, states, stochastic, extra,
     assert counted * p.numel() == expected * p.numel()
 
 
+def test_seeds_come_from_the_params_places_not_from_torchs_generator():
+    """Stochastic rounding draws nothing from torch's generator (a user's data order or dropout
+    masks stay as they were), every param gets a seed of its own, and two optimizers over the
+    same groups get the same seeds."""
+    def run():
+        params = [_param(torch.bfloat16, (5,)) for _ in range(4)]
+        opt = fusedopt.FusedAdamW(params, kahan_sum=True, backend="reference")
+        torch.manual_seed(7)
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+        after = torch.rand(1)
+        return [opt.state[p]["rounding_seed"] for p in params], after
+    (seeds, after), (again, _) = run(), run()
+    torch.manual_seed(7)
+    assert torch.equal(after, torch.rand(1))
+    assert len(set(seeds)) == len(seeds) and seeds == again
+
+
 # ---- checkpoints -----------------------------------------------------------------------------
 MODES_TO_RESUME = [dict(master_weights=True), dict(kahan_sum=True),
                    dict(master_weights=True, state_dtype=torch.bfloat16),

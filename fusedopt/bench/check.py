@@ -85,7 +85,6 @@ class _Set:
 def _run(impl, optimizer, dtype, device, data, hp, *, clip, amp, steps=STEPS):
     """The params of ``impl`` after ``steps`` steps on ``data`` (fp64 copies on the CPU)."""
     params = [p.to(dtype).to(device).requires_grad_() for p in data.params]
-    torch.manual_seed(_SEED)     # the same stochastic-rounding seeds as the oracle's (+kahan)
     groups = [{"params": params[0::2], "lr": hp["lr"]},
               {"params": params[1::2], "lr": hp["lr"] / 2}]
     opt = _impls.build(impl, optimizer, groups, device, hp=hp)

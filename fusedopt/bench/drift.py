@@ -125,7 +125,6 @@ def _weights_of(opt, params):
 
 def fused(problem, optimizer, dtype, steps, mode, backend):
     _, fused_cls, hp = OPTIMIZERS[optimizer]
-    torch.manual_seed(0)          # the stochastic-rounding seeds
     return _train(problem, dtype, steps,
                   lambda ps: fused_cls(ps, backend=backend, **hp, **MODES[mode]), _weights_of)
 
