@@ -2,13 +2,13 @@
 // [two stages], engine.cuh): stage 1 sums |p|^2 and |g|^2 per tensor, stage 2 forms the local
 // lr from their roots on the device (mmpretrain reads them with .item(): 2 host syncs per
 // tensor) and updates.
-#include "engine.cuh"
+#include "momentum.cuh"
 
 namespace fusedopt {
 namespace cuda {
 namespace {
 
-struct LarsMath {
+struct LarsMath : MomentumFlags {
   static constexpr int kStates = 1;   // momentum_buffer
   static constexpr bool kTwoStage = true;
   static constexpr bool kSeedsStates = true;   // buf = d on the first step, as SGD's
@@ -18,12 +18,8 @@ struct LarsMath {
   static constexpr unsigned writes(int stage) {
     return stage == kSumStage ? 0u : kUsesParam | kUsesStates;
   }
-  bool momentum;    // the bucket keeps momentum buffers (its groups have momentum != 0)
-  bool nesterov, maximize;
 
-  explicit LarsMath(int64_t flags)
-      : momentum((flags & lars::kMomentum) != 0), nesterov((flags & lars::kNesterov) != 0),
-        maximize((flags & lars::kMaximize) != 0) {}
+  explicit LarsMath(int64_t flags) : MomentumFlags(flags) {}
 
   template <typename C> struct Row {
     C scale;   // lr * local_lr
@@ -62,13 +58,8 @@ struct LarsMath {
 
   template <typename C>
   __device__ void update(const Row<C>& r, C g, C& p, C (&s)[kStates]) const {
-    C d = (g + r.weight_decay * p) * r.scale;   // d_p.add(p, alpha=wd).mul(actual_lr)
-    if (momentum) {
-      C& buf = s[0];
-      buf = r.seeded ? buf * r.momentum + r.one_minus_dampening * d : d;
-      d = nesterov ? d + r.momentum * buf : buf;
-    }
-    p -= d;   // p.add_(-d_p)
+    const C d = (g + r.weight_decay * p) * r.scale;   // d_p.add(p, alpha=wd).mul(actual_lr)
+    p -= apply(d, s[0], r.seeded, r.momentum, r.one_minus_dampening);   // p.add_(-d_p)
   }
 };
 

@@ -1,21 +1,17 @@
 // SGD: torch.optim.sgd's _single_tensor_sgd math per element (Note [update math], engine.cuh).
 // The step counter says whether the momentum buffer is seeded (docs/internals.md: 0 means
 // torch's first step, where the buffer becomes a copy of the grad and is not read).
-#include "engine.cuh"
+#include "momentum.cuh"
 
 namespace fusedopt {
 namespace cuda {
 namespace {
 
-struct SgdMath : OneStage {
+struct SgdMath : OneStage, MomentumFlags {
   static constexpr int kStates = 1;   // momentum_buffer
   static constexpr bool kSeedsStates = true;
-  bool momentum;    // the bucket keeps momentum buffers (its groups have momentum != 0)
-  bool nesterov, maximize;
 
-  explicit SgdMath(int64_t flags)
-      : momentum((flags & sgd::kMomentum) != 0), nesterov((flags & sgd::kNesterov) != 0),
-        maximize((flags & sgd::kMaximize) != 0) {}
+  explicit SgdMath(int64_t flags) : MomentumFlags(flags) {}
 
   template <typename C> struct Row {
     C neg_lr, weight_decay, momentum, one_minus_dampening;
@@ -36,11 +32,7 @@ struct SgdMath : OneStage {
   template <typename C>
   __device__ void update(const Row<C>& r, C g, C& p, C (&s)[kStates]) const {
     if (r.weight_decay != C(0)) g += r.weight_decay * p;
-    if (momentum) {
-      C& buf = s[0];
-      buf = r.seeded ? buf * r.momentum + r.one_minus_dampening * g : g;
-      g = nesterov ? g + r.momentum * buf : buf;
-    }
+    g = apply(g, s[0], r.seeded, r.momentum, r.one_minus_dampening);
     p += r.neg_lr * g;
   }
 };
