@@ -3,6 +3,7 @@
 // input. The CUDA host glue lives in csrc/cuda/glue.cpp and is bound here when built.
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <vector>
@@ -61,6 +62,7 @@ std::shared_ptr<Bucket> make_bucket(std::vector<at::Tensor> params,
   b->states = std::move(states);
   b->steps = std::move(steps);
   b->group_index = group_rows(group_index);
+  for (int32_t row : b->group_index) b->max_row = std::max(b->max_row, row);
   b->pending = std::move(pending);
   b->grads.reserve(grads.size());
   for (auto& g : grads) b->grads.push_back(g.has_value() ? std::move(*g) : at::Tensor());
@@ -79,8 +81,10 @@ std::vector<int64_t> pending_with_grad(const Bucket& b) {
 void step(Bucket& b, const at::Tensor& hp, int algo, int64_t flags, const OptTensor& clip_coef,
           const OptTensor& inv_scale, const OptTensor& found_inf) {
   check_device_type(b, c10::DeviceType::CPU, "step");
-  check_step(b, hp, algo, flags, clip_coef, inv_scale, found_inf);
-  cpu::step(b, hp, algo, flags, clip_coef, inv_scale, found_inf);
+  thread_local std::vector<GradView> grads;
+  const bool rechecked =
+      check_step_cached(b, hp, algo, flags, clip_coef, inv_scale, found_inf, grads);
+  cpu::step(b, grads, rechecked, hp, algo, flags, clip_coef, inv_scale, found_inf);
 }
 
 // The C++ table's view of an algorithm, for tests/test_cpp_table.py to hold against the Python

@@ -217,14 +217,14 @@ void check_bucket(const Bucket& b) {
   for (size_t j = 0; j < b.pending.size(); ++j) check_param(b.pending[j], Name{"pending", j});
 }
 
-bool check_step(const Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
+namespace {
+
+// The per-call part of check_step (O(1)): the state lists, the table and the step scalars.
+void check_call(const Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
                 const std::optional<at::Tensor>& clip_coef,
                 const std::optional<at::Tensor>& inv_scale,
                 const std::optional<at::Tensor>& found_inf) {
-  check_algo(algo, flags);
   const AlgorithmInfo& info = algorithm_info(algo);
-  // a bucket whose params all wait for their state (`pending`) steps nothing and has no lists
-  if (b.params.empty()) return has_master(b);
   const bool extra = b.weights != kPlain;
   const size_t algo_states = static_cast<size_t>(num_states(algo, flags));
   TORCH_CHECK(b.states.size() == algo_states + (extra ? 1 : 0), "states: expected ",
@@ -233,9 +233,7 @@ bool check_step(const Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
               : b.weights == kKahan ? ", then the compensations"
                                     : "",
               "), got ", b.states.size());
-  const size_t n = b.params.size();
-  const at::Tensor& p0 = b.params[0];
-  const at::Device device = p0.device();
+  const at::Device device = b.params[0].device();
   TORCH_CHECK(hp.defined() && hp.device() == device && hp.scalar_type() == at::kDouble &&
                   hp.dim() == 2 && hp.size(1) == kHpCols && hp.is_contiguous(),
               "hp must be a contiguous float64 tensor of shape [num_groups, ",
@@ -246,6 +244,36 @@ bool check_step(const Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
   check_scalar(clip_coef, device, "clip_coef", true);
   check_scalar(inv_scale, device, "inv_scale");
   check_scalar(found_inf, device, "found_inf");
+}
+
+// The grad of params[i], if it has one: strided, and its param's dtype, shape and device.
+void check_grad(const Bucket& b, size_t i) {
+  const at::Tensor& g = b.grad(i);
+  if (!g.defined()) return;
+  TORCH_CHECK(g.layout() == at::kStrided, "sparse gradients are not supported (grad of params[",
+              i, "] has layout ", g.layout(), ")");
+  check_like(g, b.params[i], Name{"params", i, "grad of "}, Name{"params", i});
+}
+
+GradView view_of(const at::Tensor& g) {
+  if (!g.defined()) return GradView{false, false, nullptr};
+  return GradView{true, g.is_contiguous(), g.const_data_ptr()};
+}
+
+}  // namespace
+
+bool check_step(const Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
+                const std::optional<at::Tensor>& clip_coef,
+                const std::optional<at::Tensor>& inv_scale,
+                const std::optional<at::Tensor>& found_inf) {
+  check_algo(algo, flags);
+  // a bucket whose params all wait for their state (`pending`) steps nothing and has no lists
+  if (b.params.empty()) return has_master(b);
+  check_call(b, hp, algo, flags, clip_coef, inv_scale, found_inf);
+  const size_t algo_states = static_cast<size_t>(num_states(algo, flags));
+  const size_t n = b.params.size();
+  const at::Tensor& p0 = b.params[0];
+  const at::Device device = p0.device();
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = b.params[i];
     TORCH_CHECK(p.device() == device, "params[", i, "] is on ", p.device(), "; params[0] is on ",
@@ -256,14 +284,96 @@ bool check_step(const Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
     check_counter(b.steps[i], device, i);
     TORCH_CHECK(b.group_index[i] < hp.size(0), "group_index[", i, "] = ", b.group_index[i],
                 " is out of range for hp with ", hp.size(0), " rows");
-    const at::Tensor& g = b.grad(i);
-    if (!g.defined()) continue;
-    TORCH_CHECK(g.layout() == at::kStrided, "sparse gradients are not supported (grad of params[",
-                i, "] has layout ", g.layout(), ")");
-    check_like(g, p, Name{"params", i, "grad of "}, Name{"params", i});
+    check_grad(b, i);
   }
   check_precision(b, algo_states);
   return has_master(b);
+}
+
+namespace {
+
+void prefetch_lines(const void* object, int lines) {
+  for (int k = 0; k < lines; ++k) __builtin_prefetch(static_cast<const char*>(object) + 64 * k);
+}
+
+// Note [prefetching the prints]: the prints and grads of a step read ~4 TensorImpls (each in 3
+// cache lines), their StorageImpls and an AutogradMeta per param, scattered over the heap, and
+// on a step's first touch (a forward and backward ran since the last one) they are misses, one
+// chain after another. So the checks ask for them ahead: the TensorImpls kAhead params ahead,
+// then (their pointers now cached) the StorageImpls and the AutogradMeta kAhead / 2 ahead.
+// C++ step of 64-element AdamW tensors, 1 thread, with 40 MB written between steps (ns per
+// tensor, median of 51, interleaved): 465 tensors 528 -> 415, 1000: 671 -> 448, 5000: 599 ->
+// 432; cache-warm, 5000: 388 -> 306, 1000 and fewer unchanged (~125). Asking for the grad's
+// TensorImpl and StorageImpl too (a chain of two more loads) gained nothing.
+constexpr size_t kAhead = 16;
+
+void prefetch_prints(const Bucket& b, size_t i) {
+  auto impl = [](const at::Tensor& t) { return t.unsafeGetTensorImpl(); };
+  auto storage = [](const at::Tensor& t) {
+    __builtin_prefetch(t.unsafeGetTensorImpl()->unsafe_storage().unsafeGetStorageImpl());
+  };
+  const size_t n = b.params.size();
+  if (i + kAhead < n) {
+    const size_t j = i + kAhead;
+    prefetch_lines(impl(b.params[j]), 3);
+    prefetch_lines(impl(b.steps[j]), 3);
+    for (const auto& list : b.states) prefetch_lines(impl(list[j]), 3);
+  }
+  if (i + kAhead / 2 < n) {
+    const size_t j = i + kAhead / 2;
+    storage(b.params[j]);
+    storage(b.steps[j]);
+    for (const auto& list : b.states) storage(list[j]);
+    if (b.grads.empty()) prefetch_lines(impl(b.params[j])->autograd_meta(), 2);
+  }
+}
+
+}  // namespace
+
+TensorPrint print_of(const at::Tensor& t) {
+  if (!t.defined() || t.layout() != at::kStrided || !t.has_storage()) return TensorPrint{};
+  return TensorPrint{t.const_data_ptr(), t.numel(), t.scalar_type(), t.device(),
+                     t.is_contiguous()};
+}
+
+bool check_step_cached(Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
+                       const std::optional<at::Tensor>& clip_coef,
+                       const std::optional<at::Tensor>& inv_scale,
+                       const std::optional<at::Tensor>& found_inf, std::vector<GradView>& grads) {
+  check_algo(algo, flags);
+  const size_t n = b.params.size();
+  grads.resize(n);
+  if (n == 0) return false;
+  check_call(b, hp, algo, flags, clip_coef, inv_scale, found_inf);
+  StepPrints& seen = b.checked;
+  const size_t stride = b.states.size() + 2;
+  bool same = seen.algo == algo && seen.flags == flags && seen.prints.size() == n * stride &&
+              b.max_row < hp.size(0);
+  for (size_t i = 0; same && i < n; ++i) {
+    prefetch_prints(b, i);
+    const TensorPrint* print = &seen.prints[i * stride];
+    same = print_of(b.params[i]) == print[0] && print_of(b.steps[i]) == print[stride - 1];
+    for (size_t k = 0; same && k < b.states.size(); ++k) {
+      same = print_of(b.states[k][i]) == print[1 + k];
+    }
+    if (!same) break;   // the full check below reports what changed, in its order
+    check_grad(b, i);
+    grads[i] = view_of(b.grad(i));
+  }
+  if (same) return false;
+  check_step(b, hp, algo, flags, clip_coef, inv_scale, found_inf);
+  seen.algo = algo;
+  seen.flags = flags;
+  seen.stride = stride;
+  seen.prints.resize(n * stride);
+  for (size_t i = 0; i < n; ++i) {
+    TensorPrint* print = &seen.prints[i * stride];
+    print[0] = print_of(b.params[i]);
+    for (size_t k = 0; k < b.states.size(); ++k) print[1 + k] = print_of(b.states[k][i]);
+    print[stride - 1] = print_of(b.steps[i]);
+    grads[i] = view_of(b.grad(i));
+  }
+  return true;
 }
 
 void check_device_type(const Bucket& b, c10::DeviceType type, const char* fn) {

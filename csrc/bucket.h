@@ -6,12 +6,51 @@
 #include <ATen/ATen.h>
 
 #include <cstddef>
+#include <memory>
 #include <optional>
 #include <vector>
 
 #include "algorithms.h"
 
 namespace fusedopt {
+
+namespace cpu {
+struct BucketSteps;   // csrc/cpu/ops.cpp
+}
+
+// Note [pack-time checks]: a bucket's tensors are checked in full when it is built and when a
+// step first runs with an algorithm and flags; afterwards a step checks in full only what is new
+// at every step, the grads (autograd may make new ones: dtype, shape, device, layout), and
+// compares a print of every param, state and step counter with the one the last full check
+// saw. `p.data = ...` (or a state's) between steps changes the print (it moves the storage, or
+// changes the dtype, the element count, the device or the contiguity), and the step then
+// checks everything again, with the same messages. A print is what the kernels depend on; a
+// reshape in place that keeps all of it (`p.data = p.data.view(...)`) steps the same elements
+// and is not checked again.
+struct TensorPrint {
+  const void* data = nullptr;
+  int64_t numel = -1;
+  at::ScalarType dtype = at::ScalarType::Undefined;
+  at::Device device{at::kCPU};
+  bool contiguous = false;
+  bool operator==(const TensorPrint&) const = default;
+};
+TensorPrint print_of(const at::Tensor& t);
+
+struct StepPrints {
+  int algo = -1;
+  int64_t flags = -1;
+  size_t stride = 0;                 // prints per param: the param, each state list's, the counter
+  std::vector<TensorPrint> prints;   // params[i]'s from i * stride
+};
+
+// A grad as a step's checks read it: whether there is one, its address (null for an empty
+// one) and whether it is contiguous.
+struct GradView {
+  bool defined;
+  bool contiguous;
+  const void* data;
+};
 
 struct Bucket {
   // Parameters that already have optimizer state, in table order.
@@ -36,6 +75,7 @@ struct Bucket {
   // Row of the hyper-parameter table for params[i] (the GPU backends upload their own copy
   // inside their tensor tables).
   std::vector<int32_t> group_index;
+  int32_t max_row = -1;   // the largest group index (-1: no params)
   // Parameters of this bucket without state yet (never had a grad). A step first scans them:
   // if any has a grad now, the step touches nothing and reports them so Python can create
   // their state and rebuild the bucket (torch creates state lazily, at a param's first grad).
@@ -45,6 +85,11 @@ struct Bucket {
   std::vector<at::Tensor> grads;
 
   const at::Tensor& grad(size_t i) const { return grads.empty() ? params[i].grad() : grads[i]; }
+
+  // Note [pack-time checks]: what the last full check of a step saw (check_step_cached), and
+  // the cpu driver's per-param kernel arguments derived from it (csrc/cpu/ops.cpp).
+  StepPrints checked;
+  std::shared_ptr<cpu::BucketSteps> cpu_steps;
 };
 
 // The one validator of the C++ backends (csrc/bucket.cpp); the kernels assume what it checked.
@@ -77,6 +122,15 @@ bool check_step(const Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
                 const std::optional<at::Tensor>& found_inf);
 // The bucket's params (and pending params) are on a device of `type`; `fn` names the call in
 // the error ("step": the cpu backend steps CPU tensors only).
+// check_step, as Note [pack-time checks] allows: the call's arguments, every grad, and the
+// prints of the params, states and counters against b.checked; where one differs (or on a first
+// call with this algo and flags) check_step in full, which records new prints. Writes
+// grads[i] for every param. Returns true when the full check ran (what a backend derived from
+// the tensors is stale).
+bool check_step_cached(Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
+                       const std::optional<at::Tensor>& clip_coef,
+                       const std::optional<at::Tensor>& inv_scale,
+                       const std::optional<at::Tensor>& found_inf, std::vector<GradView>& grads);
 void check_device_type(const Bucket& b, c10::DeviceType type, const char* fn);
 // A step scalar (clip_coef, inv_scale, found_inf): None, or a one-element float32 on `device`;
 // `float64_too`: float64 as well (a clip coefficient, float64 where the grads it was computed from

@@ -113,6 +113,19 @@ def start_from_same_states(ours, opt, theirs, opt_theirs):
                 opt_theirs.state[q][key].copy_(value)
 
 
+def compare_runs(ours, theirs, opt_ours, opt_theirs, where):
+    """Params AND every state tensor of two runs (step counters included), on the host, with the
+    tolerance table's bounds."""
+    for i, (p, q) in enumerate(zip(ours, theirs)):
+        assert_close(p.detach().cpu(), q.detach().cpu(), f"{where}: param {i} {tuple(p.shape)}")
+        s, t = opt_ours.state.get(p, {}), opt_theirs.state.get(q, {})
+        assert set(s) == set(t), f"{where}: param {i} state keys {sorted(s)} != {sorted(t)}"
+        for key, value in t.items():
+            if torch.is_tensor(value):
+                assert_close(s[key].detach().cpu(), value.detach().cpu(),
+                             f"{where}: param {i} state[{key!r}]")
+
+
 def compare_master_runs(ours, opt, theirs, opt_theirs, where):
     """Two master-weights runs (Note [master copy]): masters and fp32 states to fp32 rounding,
     each of ``ours`` exactly its master's rounding, fp16/bf16 states to one ulp of their dtype,

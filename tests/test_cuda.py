@@ -13,8 +13,8 @@ import fusedopt
 from fusedopt import backends
 from fusedopt._engine import MASTER
 from fusedopt.algorithms import ALGORITHMS, optimizer_classes
-from helpers import (CASES, CASE_IDS, FUSED, TORCH, compare_master_runs, group_overrides,
-                     make_params, set_grads, split_groups, start_from_same_states)
+from helpers import (CASES, CASE_IDS, FUSED, TORCH, compare_master_runs, compare_runs,
+                     group_overrides, make_params, set_grads, split_groups, start_from_same_states)
 from test_algorithms import NEW_CASES, NEW_IDS
 from tolerances import LOW_PRECISION_FACTOR, assert_close, assert_within_ulp, max_error
 
@@ -48,17 +48,6 @@ def on_cuda(params, dtype=None):
     return out
 
 
-def compare(ours, theirs, opt_ours, opt_theirs, where):
-    for i, (p, q) in enumerate(zip(ours, theirs)):
-        assert_close(p.detach(), q.detach(), f"{where}: param {i} {tuple(p.shape)}")
-        s, t = opt_ours.state.get(p, {}), opt_theirs.state.get(q, {})
-        assert set(s) == set(t), f"{where}: param {i} state keys {sorted(s)} != {sorted(t)}"
-        for key, value in t.items():
-            if torch.is_tensor(value):
-                assert_close(s[key].detach().cpu(), value.detach().cpu(),
-                             f"{where}: param {i} state[{key!r}]")
-
-
 def run(opts, sets, steps, none_every=4):
     for step in range(steps):
         set_grads(sets, step, none_every)
@@ -82,8 +71,8 @@ def test_matches_reference_and_torch(dtype, algo, kwargs):
     late_grads_ok = not (algo == "SGD" and kwargs.get("momentum"))
     run([opt_ours, opt_ref, opt_loop] + [opt_fused] * late_grads_ok,
         [ours, ref, loop] + [fused] * late_grads_ok, STEPS)
-    compare(ours, ref, opt_ours, opt_ref, f"{STEPS} steps vs reference")
-    compare(ours, loop, opt_ours, opt_loop, f"{STEPS} steps vs torch for-loop")
+    compare_runs(ours, ref, opt_ours, opt_ref, f"{STEPS} steps vs reference")
+    compare_runs(ours, loop, opt_ours, opt_loop, f"{STEPS} steps vs torch for-loop")
     for i, (p, q) in enumerate(zip(ours, fused) if late_grads_ok else ()):
         assert_close(p.detach(), q.detach(), f"{STEPS} steps vs torch fused: param {i}")
 
@@ -100,7 +89,7 @@ def test_sgd_momentum_matches_torch_fused(algo, kwargs):
     opt_ours = FUSED[algo](split_groups(ours, overrides), backend="cuda", **kwargs)
     opt_fused = TORCH[algo](split_groups(fused, overrides), fused=True, **kwargs)
     run([opt_ours, opt_fused], [ours, fused], STEPS, none_every=0)
-    compare(ours, fused, opt_ours, opt_fused, f"{STEPS} steps vs torch fused")
+    compare_runs(ours, fused, opt_ours, opt_fused, f"{STEPS} steps vs torch fused")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -151,8 +140,8 @@ def test_clip_inside_step_matches_torch(norm_type, algo, kwargs, dtype):
         assert_close(n_ours, n_theirs, f"step {step}: norm vs torch")
         for opt in (opt_ours, opt_ref, opt_theirs):
             opt.step()
-    compare(ours, ref, opt_ours, opt_ref, "clip + step vs reference")
-    compare(ours, theirs, opt_ours, opt_theirs, "clip + step vs torch")
+    compare_runs(ours, ref, opt_ours, opt_ref, "clip + step vs reference")
+    compare_runs(ours, theirs, opt_ours, opt_theirs, "clip + step vs torch")
 
 
 def torch_norm(tensors, norm_type):
@@ -248,7 +237,7 @@ def test_found_inf_touches_nothing_then_scaled_step_matches_reference(name, kwar
     for opt in (opt_ours, opt_ref):
         opt.found_inf = torch.zeros((), device="cuda")
         opt.step()
-    compare(ours, ref, opt_ours, opt_ref, "after a skipped and a scaled step")
+    compare_runs(ours, ref, opt_ours, opt_ref, "after a skipped and a scaled step")
 
 
 def test_grad_scaler_matches_torch():

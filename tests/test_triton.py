@@ -19,8 +19,8 @@ from fusedopt import backends
 from fusedopt._engine import KAHAN, MASTER, PLAIN
 from fusedopt.algorithms import ALGORITHMS, optimizer_classes
 from fusedopt.backends import triton as tb      # Note [import never fails]
-from helpers import (CASES, CASE_IDS, TORCH, compare_master_runs, group_overrides, make_params,
-                     set_grads, split_groups, start_from_same_states)
+from helpers import (CASES, CASE_IDS, TORCH, compare_master_runs, compare_runs, group_overrides,
+                     make_params, set_grads, split_groups, start_from_same_states)
 from test_algorithms import NEW_CASES
 from tolerances import LOW_PRECISION_FACTOR, assert_close, max_error
 
@@ -83,17 +83,6 @@ def torch_norm(tensors, norm_type):
     return torch.linalg.vector_norm(flat, norm_type).to(torch.float64 if fp64 else torch.float32)
 
 
-def compare(ours, theirs, opt_ours, opt_theirs, where):
-    """Params AND every state tensor, step counters included."""
-    for i, (p, q) in enumerate(zip(ours, theirs)):
-        assert_close(p.detach().cpu(), q.detach().cpu(), f"{where}: param {i} {tuple(p.shape)}")
-        s, t = opt_ours.state.get(p, {}), opt_theirs.state.get(q, {})
-        assert set(s) == set(t), f"{where}: param {i} state keys {sorted(s)} != {sorted(t)}"
-        for key in t:
-            assert_close(s[key].detach().cpu(), t[key].detach().cpu(),
-                         f"{where}: param {i} state[{key!r}]")
-
-
 def pair(name, kwargs, params, groups, oracle):
     """(our params, a triton optimizer of class ``name`` over them, the twin's, the twin)."""
     cls = optimizer_classes()[name]
@@ -126,7 +115,7 @@ def test_matches_oracle_over_steps(oracle, dtype, name, kwargs, groups):
         set_grads([ours, theirs], step)
         opt.step()
         opt_ref.step()
-        compare(ours, theirs, opt, opt_ref, f"step {step}")
+        compare_runs(ours, theirs, opt, opt_ref, f"step {step}")
 
 
 @needs_triton
@@ -154,7 +143,7 @@ def test_grad_scale_clip_and_found_inf(name, kwargs):
         before = [p.detach().clone() for p in ours]
         opt.step()
         opt_ref.step()
-        compare(ours, theirs, opt, opt_ref, f"step {step}")
+        compare_runs(ours, theirs, opt, opt_ref, f"step {step}")
         if step == 2:        # skipped: not a bit changed
             assert all(torch.equal(a, p.detach()) for a, p in zip(before, ours))
     for o in (opt, opt_ref):
@@ -181,7 +170,7 @@ def test_layouts_the_kernel_cannot_walk():
             fusedopt.clip_grad_norm_(theirs, 1.0)
             opt.step()
             opt_ref.step()
-        compare(ours, theirs, opt, opt_ref, f"{name} after 4 steps")
+        compare_runs(ours, theirs, opt, opt_ref, f"{name} after 4 steps")
         assert opt._buckets[0].handle.fallback is not None
 
 
@@ -219,7 +208,7 @@ def test_moved_storage_and_misaligned_views(name, kwargs):
             state[key].data = state[key].detach().clone()
         opt.step()
         opt_ref.step()
-    compare(ours, theirs, opt, opt_ref, f"{name} after moved storage")
+    compare_runs(ours, theirs, opt, opt_ref, f"{name} after moved storage")
 
 
 @needs_triton
@@ -326,7 +315,7 @@ def test_bucket_norm_matches_reference(dtype, norm_type):
         opt.step()
         opt_ref.step()
     if dtype != torch.float16:      # the table has no fp16 tolerance; the norms are fp32
-        compare(ours, theirs, opt, opt_ref, "after the clipped steps")
+        compare_runs(ours, theirs, opt, opt_ref, "after the clipped steps")
 
 
 @needs_triton

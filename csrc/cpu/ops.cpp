@@ -49,14 +49,13 @@ bool dense_alike(const at::Tensor& p, const at::Tensor* const* others, int count
 
 // Per-call lists, reused across calls (one per calling thread): after a bucket's first step
 // the fast path allocates nothing. A step of 1000 16-element tensors takes ~130 us in all, so
-// regrowing these lists every call would be a visible share of it. `tensors` only grows: a step
-// writes its first numels.size() entries in place: zeroing and copying a 192-byte entry per
-// tensor cost a 1000 x 16 SGD step 124 us instead of 112 (1 thread, min of 300).
+// regrowing these lists every call would be a visible share of it.
 struct Scratch {
-  std::vector<TensorStep> tensors;
+  TensorStep* tensors = nullptr;   // the stepped bucket's (BucketSteps::steps), by param index
   std::vector<float*> counters;
   std::vector<char> needs_sums;
   std::vector<int64_t> numels;
+  std::vector<size_t> staged;      // params stepped through Staging this call
   std::vector<const void*> norm_data;
   std::vector<NormFn> norm_fn;
   std::vector<double> partials;
@@ -69,6 +68,7 @@ Scratch& scratch() {
   s.counters.clear();
   s.needs_sums.clear();
   s.numels.clear();
+  s.staged.clear();
   s.norm_data.clear();
   s.norm_fn.clear();
   s.staging.clear();
@@ -103,8 +103,69 @@ void sum_stage(Scratch& s, FinishFn finish) {
     for (; index < chunks && s.plan.chunk(index).tensor == t; ++index) {
       for (int k = 0; k < kSums; ++k) totals[k] += s.partials[index * kSums + k];
     }
-    finish(s.tensors[t], totals.data());
+    if (s.needs_sums[t]) finish(s.tensors[t], totals.data());
   }
+}
+
+}  // namespace
+
+// Note [persistent steps]: each param's TensorStep (its kernels' arguments) is kept in the
+// bucket from one step to the next. It is filled from the tensors when check_step_cached ran a
+// full check (Note [pack-time checks], bucket.h: the tensors' prints changed, or a first step);
+// a step then writes only what changes at every step: the grad's address, the kernels (the
+// level can change between calls: FUSEDOPT_CPU_CAPABILITY), the rounding keys and the
+// algorithm's scalars.
+struct BucketSteps {
+  std::vector<TensorStep> steps;   // per param
+  std::vector<float*> counters;    // per param: its step counter
+  std::vector<int64_t> numels;     // per param
+  std::vector<char> in_place;      // per param: it and its states are contiguous
+};
+
+namespace {
+
+// d's param and state pointers at params[i]'s own memory (Note [dense fast path]).
+void point_home(TensorStep& d, const Bucket& b, size_t i, int num, bool extra) {
+  d.param = b.params[i].data_ptr();
+  for (int k = 0; k < num; ++k) d.states[k] = b.states[k][i].data_ptr();
+  d.extra = extra ? b.states.back()[i].data_ptr() : nullptr;
+}
+
+BucketSteps& steps_of(Bucket& b, bool rechecked, int num, bool extra) {
+  if (b.cpu_steps && !rechecked) return *b.cpu_steps;
+  if (!b.cpu_steps) b.cpu_steps = std::make_shared<BucketSteps>();
+  BucketSteps& home = *b.cpu_steps;
+  const size_t n = b.params.size();
+  home.steps.assign(n, TensorStep{});
+  home.counters.resize(n);
+  home.numels.resize(n);
+  home.in_place.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    bool contiguous = b.params[i].is_contiguous();
+    for (const auto& list : b.states) contiguous = contiguous && list[i].is_contiguous();
+    home.in_place[i] = contiguous;
+    if (contiguous) point_home(home.steps[i], b, i, num, extra);
+    home.counters[i] = b.steps[i].data_ptr<float>();
+    home.numels[i] = b.params[i].numel();
+  }
+  return home;
+}
+
+// params[i] stepped through Staging (csrc/staging.h): on contiguous copies unless it, its grad
+// and its states are dense alike (Note [dense fast path]).
+void stage(Scratch& s, const Bucket& b, size_t i, TensorStep& d, int num, bool extra,
+           bool stochastic) {
+  const at::Tensor& p = b.params[i];
+  const at::Tensor& g = b.grad(i);
+  std::array<const at::Tensor*, kMaxStates + 2> others{&g};
+  for (int k = 0; k < num; ++k) others[1 + k] = &b.states[k][i];
+  if (extra) others[1 + num] = &b.states.back()[i];
+  const bool fast = dense_alike(p, others.data(), 1 + num + (extra ? 1 : 0), stochastic);
+  d.param = s.staging.data(p, fast, true);
+  d.grad = s.staging.data(g, fast, false);
+  for (int k = 0; k < num; ++k) d.states[k] = s.staging.data(b.states[k][i], fast, true);
+  d.extra = extra ? s.staging.data(b.states.back()[i], fast, true) : nullptr;
+  s.staged.push_back(i);
 }
 
 }  // namespace
@@ -116,11 +177,11 @@ void sum_stage(Scratch& s, FinishFn finish) {
 // instantiates the kernels per param dtype, state dtype and state-list count into the table
 // this driver indexes by algorithm id. The driver stages, plans and runs the chunks, and grows
 // each counter once, after the last stage.
-void step(Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
-          const std::optional<at::Tensor>& clip_coef,
+void step(Bucket& b, const std::vector<GradView>& grads, bool rechecked, const at::Tensor& hp,
+          int algo, int64_t flags, const std::optional<at::Tensor>& clip_coef,
           const std::optional<at::Tensor>& inv_scale,
           const std::optional<at::Tensor>& found_inf) {
-  if (skipped(found_inf)) return;
+  if (skipped(found_inf) || b.params.empty()) return;
   // the slow path copies into leaf params that require grad (Note [dense fast path])
   c10::AutoGradMode no_grad(false);
   const AlgoKernels& kernels = kernel_table().algo[algo];
@@ -130,28 +191,28 @@ void step(Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
   const bool extra = b.weights != kPlain;
   const bool stochastic = !b.seeds.empty();
   const int num = num_states(algo, flags);
+  BucketSteps& home = steps_of(b, rechecked, num, extra);
+  // one dtype and one state dtype per bucket (the validator's)
+  const DType dtype = dtype_of(b.params[0]);
+  const DType state_dtype = num > 0 ? dtype_of(b.states[0][0]) : dtype;
+  const UpdateFn update = kernels.update[dtype][state_dtype][num][b.weights][stochastic];
+  const SumsFn sums = kernels.sums[dtype][state_dtype][num][b.weights];
   StepContext context{scalar_or(inv_scale, 1.0), scalar_or(clip_coef, 1.0)};
-  if (s.tensors.size() < b.params.size()) s.tensors.resize(b.params.size());
-  for (size_t i = 0; i < b.params.size(); ++i) {
-    const at::Tensor& p = b.params[i];
-    const at::Tensor& g = b.grad(i);
-    if (!g.defined()) continue;
-    std::array<const at::Tensor*, kMaxStates + 2> others{&g};
-    for (int k = 0; k < num; ++k) others[1 + k] = &b.states[k][i];
-    if (extra) others[1 + num] = &b.states.back()[i];
-    const int count = 1 + num + (extra ? 1 : 0);
-    const bool fast = dense_alike(p, others.data(), count, stochastic);
-
-    const DType dtype = dtype_of(p);
-    const DType state_dtype = num > 0 ? dtype_of(b.states[0][i]) : dtype;
-    TensorStep& d = s.tensors[s.numels.size()];
-    d.update = kernels.update[dtype][state_dtype][num][b.weights][stochastic];
-    d.sums = kernels.sums[dtype][state_dtype][num][b.weights];
-    d.param = s.staging.data(p, fast, true);
-    d.grad = s.staging.data(g, fast, false);
-    for (int k = 0; k < num; ++k) d.states[k] = s.staging.data(b.states[k][i], fast, true);
-    d.extra = extra ? s.staging.data(b.states.back()[i], fast, true) : nullptr;
-    float* counter = b.steps[i].data_ptr<float>();
+  const size_t n = b.params.size();
+  s.tensors = home.steps.data();
+  s.numels.assign(n, 0);           // a param without a grad: no chunks, no sums
+  s.needs_sums.assign(n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    if (!grads[i].defined) continue;
+    TensorStep& d = home.steps[i];
+    d.update = update;
+    d.sums = sums;
+    if (home.in_place[i] && grads[i].contiguous) {
+      d.grad = grads[i].data;
+    } else {
+      stage(s, b, i, d, num, extra, stochastic);
+    }
+    float* counter = home.counters[i];
     if (stochastic) {
       // t: the counter after this step's increment, as the reference's int(steps[i] + 1)
       const double t = static_cast<double>(*counter + 1.0f);
@@ -159,9 +220,9 @@ void step(Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
       for (int k = 0; k < num; ++k) d.keys[k] = rounding_key(seed, t, k);
     }
     const double* row = table + static_cast<int64_t>(b.group_index[i]) * kHpCols;
-    s.needs_sums.push_back(kernels.prepare(d, row, *counter, flags, context));
+    s.needs_sums[i] = kernels.prepare(d, row, *counter, flags, context);
     s.counters.push_back(counter);
-    s.numels.push_back(p.numel());
+    s.numels[i] = home.numels[i];
   }
   s.plan.build(s.numels);
   // no stage 1 where no tensor needs sums (LAMB without weight decay, LARS all excluded)
@@ -174,6 +235,9 @@ void step(Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
   });
   for (float* counter : s.counters) *counter += 1.0f;
   s.staging.write_back();
+  for (size_t i : s.staged) {   // back at their own memory for the next step's fast path
+    if (home.in_place[i]) point_home(home.steps[i], b, i, num, extra);
+  }
 }
 
 namespace {

@@ -3,14 +3,17 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <optional>
+#include <vector>
 
 #include "bucket.h"
 
 namespace fusedopt::cpu {
 
 // One step of `algo` (csrc/algorithms.h) with `flags` over every param of the bucket with a
-// grad (Note [one driver], ops.cpp).
-void step(Bucket& bucket, const at::Tensor& hp, int algo, int64_t flags,
+// grad (Note [one driver], ops.cpp), after check_step_cached (bucket.h), which read `grads` and
+// returns `rechecked`.
+void step(Bucket& bucket, const std::vector<GradView>& grads, bool rechecked,
+          const at::Tensor& hp, int algo, int64_t flags,
           const std::optional<at::Tensor>& clip_coef,
           const std::optional<at::Tensor>& inv_scale,
           const std::optional<at::Tensor>& found_inf);

@@ -138,11 +138,12 @@ at::Tensor norm_of(const std::vector<at::Tensor>& tensors, const at::Device& dev
 
 }  // namespace
 
-void step(const Bucket& b, const at::Tensor& hp, int64_t algo, int64_t flags,
+void step(Bucket& b, const at::Tensor& hp, int64_t algo, int64_t flags,
           const std::optional<at::Tensor>& clip_coef, const std::optional<at::Tensor>& inv_scale,
           const std::optional<at::Tensor>& found_inf) {
   check_device_type(b, c10::DeviceType::CUDA, "cuda_step");
-  check_step(b, hp, static_cast<int>(algo), flags, clip_coef, inv_scale, found_inf);
+  thread_local std::vector<GradView> grads;   // (build_update reads the grads again)
+  check_step_cached(b, hp, static_cast<int>(algo), flags, clip_coef, inv_scale, found_inf, grads);
   if (b.params.empty()) return;
   const at::Device device = b.params[0].device();
   c10::cuda::CUDAGuard guard(device);

@@ -13,9 +13,10 @@
 namespace fusedopt {
 namespace cuda_glue {
 
-// One update step of algorithm `algo` (csrc/algorithms.h) with its `flags` word: check_step
-// first, then one table upload and one launch (two for a two-stage algorithm).
-void step(const Bucket& b, const at::Tensor& hp, int64_t algo, int64_t flags,
+// One update step of algorithm `algo` (csrc/algorithms.h) with its `flags` word: the checks
+// first (check_step_cached, Note [pack-time checks] in bucket.h), then one table upload and one
+// launch (two for a two-stage algorithm).
+void step(Bucket& b, const at::Tensor& hp, int64_t algo, int64_t flags,
           const std::optional<at::Tensor>& clip_coef, const std::optional<at::Tensor>& inv_scale,
           const std::optional<at::Tensor>& found_inf);
 // 2- or inf-norm of the bucket's grads (pending params included) as a 0-d device tensor,
