@@ -284,3 +284,39 @@ def test_levels_agree_bit_for_bit_with_stochastic_rounding(monkeypatch):
     for run in rest:
         for a, b in zip(first.params + sum(first.states, []), run.params + sum(run.states, [])):
             assert torch.equal(a.detach().view(torch.int16), b.detach().view(torch.int16))
+
+
+NAN_MODES = [("bf16-bf16", BF16, BF16, PLAIN, False)] + [
+    m for m in MODES if m[0] in ("fp32-bf16", "bf16-bf16sr", "bf16-bf16sr-kahan",
+                                 "bf16-bf16sr-master", "bf16-fp32-kahan")]
+NAN_AT = [[3, 16, 40001], [100, 33334], [2049]]   # per state list: even and odd lanes, pairs
+
+
+@parametrize_levels
+@pytest.mark.parametrize("mode", NAN_MODES, ids=[m[0] for m in NAN_MODES])
+@pytest.mark.parametrize("algo,flags", CONFIGS[:3], ids=CONFIG_IDS[:3])
+def test_nan_in_a_state_is_stored_as_nan(level, algo, flags, mode):
+    """Adam's bf16 store tests the param alone for NaNs (kNanReachesParam, Note [bf16 NaN check]
+    in csrc/cpu/elementwise.h): a NaN in exp_avg, exp_avg_sq or max_exp_avg_sq, and only there,
+    is a NaN in every stream the reference has one in, and a bf16 NaN is 0x7FC0."""
+    runs = []
+    for backend in (reference, C):
+        spec, hp = make_spec(algo, flags, mode, shapes=[(70001,)], transposed=(), sliced=None)
+        lists = len(spec.states) - (mode[3] != PLAIN)
+        for k in range(lists):
+            # NaNs with every mantissa bit set: without the fix-up the rounding keeps 0x7FFF
+            # (0xFFFF) in bf16 or carries into the sign (an fp32 0x7FFFFFFF gives -0.0)
+            s = spec.states[k][0].view(-1)
+            bits = s.view(torch.int16) if s.dtype == BF16 else s.view(torch.int32)
+            for j, at in enumerate(NAN_AT[k]):
+                bits[at] = (-1, 0x7FFF)[j % 2] if s.dtype == BF16 else 0x7FFFFFFF
+        runs.append(run_backend(backend, spec, hp, algo, flags, steps=2))
+    theirs, ours = runs
+    pairs = [(ours.params[0].detach(), theirs.params[0].detach())]
+    pairs += [(a[0], b[0]) for a, b in zip(ours.states, theirs.states)]
+    for i, (a, b) in enumerate(pairs):
+        assert b.isnan().any() or i == len(pairs) - 1, f"{level}: stream {i} has no NaN"
+        assert torch.equal(a.isnan(), b.isnan()), f"{level} {mode[0]}: stream {i}'s NaNs"
+        if a.dtype == BF16:
+            bits = a.view(torch.int16).to(torch.int64) & 0xFFFF
+            assert (bits[a.isnan()] == 0x7FC0).all(), f"{level}: stream {i}: NaN is not 0x7FC0"

@@ -47,6 +47,10 @@ struct Adam {
     C grad_scale, grad_coef, l2, decay, lerp_coeff, beta2, one_minus_beta2, bc2_sqrt,
         neg_step_size, eps;
     bool use_l2, lerp_small;
+    // Note [bf16 NaN check] (elementwise.h): a NaN in m, v or max_exp_avg_sq reaches p through
+    // -step_size * m / (sqrt(v or max) / bc2 + eps), each op of which keeps a NaN operand (and
+    // max_nan keeps v's), so the bf16 store tests p alone for all of them.
+    static constexpr bool kNanReachesParam = true;
 
     explicit Math(const Scalars& t)
         : grad_scale(static_cast<C>(t.grad_scale)),

@@ -120,15 +120,24 @@ struct Streams {
   //           Kahan RN 0.889 -> 0.904, Kahan SR 1.146 -> 1.093, master 0.681 -> 0.70
   //   AVX-512 RN 0.487 -> 0.485, amsgrad 0.576 -> 0.581, SR 0.666 -> 0.634,
   //           Kahan RN 0.614 -> 0.583, Kahan SR 0.833 -> 0.774, master 0.462 -> 0.468
+  // kNanInParam (the functor's kNanReachesParam: a NaN stored to any state is also a NaN in
+  // x[0]): x[0]'s one compare per pair finds every NaN, and the states' compares go (AdamW: 2
+  // of ~110 instructions per 16 elements at AVX2, amsgrad 3, with their ors). Zen 4, in cache,
+  // one thread, ns/element, min of 3 interleaved runs of the two binaries:
+  //   AVX2    RN 0.635 -> 0.624, amsgrad 0.870 -> 0.840, SR 0.940 -> 0.918,
+  //           Kahan RN 0.858 -> 0.798, Kahan SR 1.079 -> 1.028 (master: no bf16 state, same)
+  //   AVX-512 RN 0.475 -> 0.471, amsgrad 0.561 -> 0.549, Kahan RN 0.577 -> 0.573,
+  //           Kahan SR 0.792 -> 0.752, SR 0.633 -> 0.628 (two of the three new runs 0.663)
+  template <bool kNanInParam>
   void store_pair(int64_t i, Vec<C> (&lo)[K], Vec<C> (&hi)[K]) const {
     using V = Vec<C>;
     auto nan = V::nan_none();
     if constexpr (W == kKahan) {
       nan = V::nan_or(nan, lo[0] - lo[0], hi[0] - hi[0]);
-    } else if constexpr (kIsBf16<P>) {
+    } else if constexpr (kIsBf16<P> || (kNanInParam && kIsBf16<S>)) {
       nan = V::nan_or(nan, lo[0], hi[0]);
     }
-    if constexpr (kIsBf16<S>) {
+    if constexpr (kIsBf16<S> && !kNanInParam) {
       for (int k = 1; k < K; ++k) nan = V::nan_or(nan, lo[k], hi[k]);
     }
     if (V::nan_any(nan)) [[unlikely]] {
@@ -215,6 +224,38 @@ void elementwise_loop(const F& f, const Streams<P, S, K, R, W>& s, int64_t& i, i
 // (6 after). The rounding itself (4 integer ops per vector) is what is left. fp16 converts
 // with one F16C instruction each way and already cost what fp32 does (AdamW 0.449 at AVX2);
 // the tail loop and the per-tensor set-up are below 1% of a step of 100K-element tensors.
+//
+// Note [compute and memory overlap] (issue 27): bf16 AdamW at AVX2 reached 0.64 of stream
+// (README), and the guess was that its divider-heavy loop kept too few loads in flight for
+// compute and memory to overlap. bench/cpu_micro.cpp, Zen 4 VM, AVX2, ns/element, min (median)
+// of 7-21 interleaved runs, the machine loaded (4-6) by other work throughout:
+// - One thread, thread CPU time: bf16 AdamW in cache 0.635 (0.637); from DRAM (20M elements)
+//   0.667-0.679 (0.672); the same 14 B/element moved with no compute 0.264-0.275. fp32 AdamW
+//   0.45 in cache, 0.59 from DRAM (28 B at 47 GB/s: the one-thread stream is 46 GB/s). So at one
+//   thread DRAM time is max(compute, memory) + 5%, not their sum: the overlap is there.
+// - Two threads in cache (2 x 64K elements): bf16 AdamW 0.38-0.42, amsgrad 0.48-0.52, fp32
+//   0.27-0.32: compute scales 1.6-1.9x. The 2-thread torch add_ stream is 50-55 GB/s quiet
+//   (19.7 measured at load 4.7), so 14 B is ~0.27 ns of memory per element against ~0.33-0.35
+//   of compute: bf16 AdamW at AVX2 is compute-bound at two threads too; 0.8 of stream needs
+//   its one-thread compute at ~0.6 and a full overlap (the 0.64 was 0.42 ns/element).
+// - Not taken (each would have had to gain beyond the ~9% that layout alone moves a row:
+//   identical fp32 code in two namespaces of one binary runs 0.41 and 0.45):
+//   software prefetch of every stream 1024 elements ahead, DRAM, one thread: RN 0.67 -> 0.69-
+//   0.72, amsgrad 0.965 -> 0.915, Kahan and SR unchanged; software pipelining (the next
+//   pair's loads and functor before this pair's rounding and stores): RN 0.635 -> 0.698,
+//   amsgrad 0.870 -> 0.947, Kahan RN 0.86 -> 0.97, SR 0.94 -> 0.91, master 0.76 -> 0.66-0.69;
+//   use_l2 and lerp_small as constants (their branch and blend gone): RN 0.635 -> 0.655,
+//   amsgrad 0.874 -> 0.908, master 0.757 -> 0.726. The divider (23 of the ~36 cycles per 16
+//   elements) and the ~110 instructions around it are what is left; AVX-512 on Zen 4 takes
+//   half the instructions per element (a 512-bit op is one op, double-pumped), hence 0.47.
+// Note [bf16 NaN check]: a functor that declares kNanReachesParam = true guarantees that a
+// NaN written to any of its states also leaves a NaN in x[0].
+template <class F>
+constexpr bool kNanReachesParam = [] {
+  if constexpr (requires { F::kNanReachesParam; }) return F::kNanReachesParam;
+  return false;
+}();
+
 template <class P, class S, int K, bool R, int W, class F>
 void elementwise(const F& f, const Streams<P, S, K, R, W>& s, int64_t begin, int64_t end) {
   using C = compute_t<P>;
@@ -227,7 +268,7 @@ void elementwise(const F& f, const Streams<P, S, K, R, W>& s, int64_t begin, int
       Vec<C>::load_pair(s.grad + i, g_lo, g_hi);
       f(g_lo, lo);
       f(g_hi, hi);
-      s.store_pair(i, lo, hi);
+      s.template store_pair<kNanReachesParam<F>>(i, lo, hi);
     }
   }
   elementwise_loop<Vec<C>>(f, s, i, end);
