@@ -9,7 +9,7 @@
 // update other than the one whose norm it divides by; and a tensor of up to 4 chunks takes both
 // stages on one thread (Note [two stages in cache], multi_tensor.h), so stage 2 reads from
 // cache, not DRAM. What recomputing costs is the divider: u takes 3 divisions and a root per
-// lane, twice, and fp32 LAMB is divider-bound (numbers in that Note). What would take it
+// lane, twice, most of what is left of fp32 LAMB's step (numbers in that Note). What would take it
 // further: stage 1 of a cached tensor keeping u in a per-thread buffer (2^18 floats, 1 MiB) that
 // stage 2 reads instead, recomputing only m and v (multiplies and adds); that needs the element
 // index (or a u stream) in the functor call of elementwise.h and the buffer in TensorStep.

@@ -40,15 +40,16 @@ constexpr int64_t kMinElemsPerThread = int64_t{1} << 18;
 // most 2^18 elements, ~0.3 ms of fp32 LAMB on one core). What this saves from DRAM, fp32, per
 // param: LAMB 48 -> 32 B (the global clip's norm reads g; stage 1 reads p, g, m, v; stage 2
 // writes p, m, v), LARS with momentum 28 -> 20 B.
-// Measured (20M params in 200 tensors, 2 threads, bench/two_stage.py, three runs of 3 x 15
-// interleaved rounds per build, builds alternated, load 5-7 on the 2 cores): LARS/AdamW
-// 1.27, 1.50, 1.11 -> 1.02, 1.21, 0.90; LAMB/AdamW 2.05, 2.50, 2.02 -> 1.99, 2.17, 2.14,
-// no change beyond the noise: LAMB is divider-bound, not memory-bound. Each of its stages
+// Measured (20M params in 200 tensors, 2 threads, `python bench/two_stage.py --repeats 3
+// --rounds 15`, the ratios' medians of four runs per build, builds alternated, load ~2.2 on the
+// 2 cores): LAMB/AdamW 2.59, 2.16, 2.15, 2.13 -> 1.57, 1.62, 1.62, 1.57 (repeats within 3%),
+// LARS/AdamW 1.60, 1.21, 1.22, 1.18 -> 0.89, 0.87, 0.87, 0.86; AdamW itself unchanged (10-12
+// ms). At load 5-7 the LAMB gain vanished in the noise (2.05, 2.50, 2.02 -> 1.99, 2.17, 2.14):
+// what is left of LAMB's step is its divider, shared with whatever else runs. Each stage
 // computes the update (3 divisions and a root per lane, AdamW 2 and 1): in L2, one thread,
 // AVX-512 (a kernel micro-benchmark), fp32 AdamW's update takes 0.434 ns/element, LAMB's
-// stage 2 0.543 and its stage 1 0.504; over 20M params on one thread (CPU time) AdamW takes
-// 0.71 ns/element, LAMB without the global clip 1.35, and without stage 1 (no weight decay)
-// 0.70. Note [LAMB recomputes] in lamb.h says what would take LAMB further.
+// stage 2 0.543 and its stage 1 0.504. Note [LAMB recomputes] in lamb.h says what would take
+// LAMB further, towards issue 26's 1.3x.
 constexpr int64_t kCachedChunks = 4;
 
 struct Chunk {
