@@ -167,14 +167,14 @@ void step(Bucket& b, const at::Tensor& hp, int algo, int64_t flags,
     s.numels.push_back(p.numel());
   }
   s.plan.build(s.numels);
-  const auto update = [&](const Chunk& c) {
+  const auto update_chunk = [&](const Chunk& c) {
     const TensorStep& d = s.tensors[c.tensor];
     d.update(d, c.begin, c.end);
   };
   if (two_stage) {
-    run_two_stages(s, kernels.finish, update);
+    run_two_stages(s, kernels.finish, update_chunk);
   } else {
-    s.plan.run([&](const Chunk& c, int64_t) { update(c); });
+    s.plan.run([&](const Chunk& c, int64_t) { update_chunk(c); });
   }
   for (float* counter : s.counters) *counter += 1.0f;
   s.staging.write_back();
