@@ -315,16 +315,39 @@ def test_levels_agree_bit_for_bit(monkeypatch, algo, flags, dtype):
 def test_thread_count_does_not_change_bits(algo, flags):
     """Note [work items]: chunk bounds do not depend on the thread count, and two-stage sums
     are added in chunk order (Note [two stages])."""
+    assert_same_bits(runs_at_thread_counts(algo, flags, LARGE, (1,)))
+
+
+def runs_at_thread_counts(algo, flags, shapes, transposed):
+    """{"1 threads": run, "2 threads": run}: 3 fp32 steps of the C extension at each count."""
     runs = {}
     threads = torch.get_num_threads()
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            spec, hp = make_spec(algo, flags, torch.float32, LARGE, (1,))
+            spec, hp = make_spec(algo, flags, torch.float32, shapes, transposed)
             runs[f"{n} threads"] = run_backend(C, spec, hp, algo, flags, steps=3)
     finally:
         torch.set_num_threads(threads)
+    return runs
+
+
+# Note [two stages in cache] (csrc/cpu/multi_tensor.h): tensors of at most 4 chunks take both
+# stages on one thread, larger ones are summed chunk by chunk; over 2^19 elements in all, so both
+# kinds run in one parallel region at 2 threads: 4 chunks exactly, 2, 1, one chunk over, empty,
+# and a 17-chunk tensor.
+CACHED = [(1 << 18,), (100_003,), (3, 17_001), ((1 << 18) + 1,), (0,), (33,), ((1 << 20) + 3,)]
+
+
+@pytest.mark.parametrize("algo,flags", TWO_STAGE[:1] + TWO_STAGE[-1:],
+                         ids=[CONFIG_IDS[CONFIGS.index(c)] for c in TWO_STAGE[:1] + TWO_STAGE[-1:]])
+def test_two_stages_in_cache_match_reference_at_any_thread_count(algo, flags):
+    runs = runs_at_thread_counts(algo, flags, CACHED, (2,))
     assert_same_bits(runs)
+    spec, hp = make_spec(algo, flags, torch.float32, CACHED, (2,))
+    theirs = run_backend(reference, spec, hp, algo, flags, steps=3)
+    for (name, a), (_, b) in zip(tensors_of(runs["2 threads"]), tensors_of(theirs)):
+        assert_close(a, b, f"2 threads: {name}")
 
 
 FOUND_INF_CONFIGS = [config("adam", amsgrad=True), config("sgd", momentum=True), config("lion"),

@@ -4,9 +4,15 @@
 //
 // Note [LAMB recomputes]: stage 1 computes the new moments and the update u of each element to
 // sum |p|^2 and |u|^2, and writes nothing; stage 2 computes them again from the same inputs
-// (same ops, same bits), then writes p, m and v. Writing m and v in stage 1 instead would save
-// 4 of 44 B/param in fp32, but an fp16/bf16 bucket stores its moments rounded, and stage 2
-// would then step with an update other than the one whose norm it divides by.
+// (same ops, same bits), then writes p, m and v. Writing m and v in stage 1 instead would not
+// help: an fp16/bf16 bucket stores its moments rounded, and stage 2 would then step with an
+// update other than the one whose norm it divides by; and a tensor of up to 4 chunks takes both
+// stages on one thread (Note [two stages in cache], multi_tensor.h), so stage 2 reads from
+// cache, not DRAM. What recomputing costs is the divider: u takes 3 divisions and a root per
+// lane, twice, most of what is left of fp32 LAMB's step (numbers in that Note). What would take it
+// further: stage 1 of a cached tensor keeping u in a per-thread buffer (2^18 floats, 1 MiB) that
+// stage 2 reads instead, recomputing only m and v (multiplies and adds); that needs the element
+// index (or a u stream) in the functor call of elementwise.h and the buffer in TensorStep.
 
 struct Lamb {
   static constexpr int kId = kLamb;

@@ -86,25 +86,28 @@ bool skipped(const std::optional<at::Tensor>& found_inf) {
   return found_inf.has_value() && *found_inf->data_ptr<float>() != 0.0f;
 }
 
-// Stage 1 of a two-stage algorithm (Note [two stages], csrc/algorithms.h): the kSums partial
-// sums of every chunk, then each tensor's totals in chunk order (a tensor's chunks are
-// consecutive in the plan), folded into its scalars by the algorithm's finish.
-void sum_stage(Scratch& s, FinishFn finish) {
-  const int64_t chunks = s.plan.num_chunks();
-  s.partials.assign(static_cast<size_t>(chunks) * kSums, 0.0);
-  s.plan.run([&](const Chunk& c, int64_t index) {
-    if (!s.needs_sums[c.tensor]) return;
-    const TensorStep& d = s.tensors[c.tensor];
-    d.sums(d, c.begin, c.end, &s.partials[index * kSums]);
-  });
-  std::array<double, kSums> totals{};
-  for (int64_t index = 0, t = 0; t < static_cast<int64_t>(s.numels.size()); ++t) {
-    totals.fill(0.0);
-    for (; index < chunks && s.plan.chunk(index).tensor == t; ++index) {
-      for (int k = 0; k < kSums; ++k) totals[k] += s.partials[index * kSums + k];
-    }
-    if (s.needs_sums[t]) finish(s.tensors[t], totals.data());
-  }
+// A two-stage algorithm (Note [two stages], csrc/algorithms.h) through the engine (Note [two
+// stages in cache], multi_tensor.h): stage 1 writes the kSums partial sums of each chunk, a
+// tensor's totals are added in chunk order (its chunks are consecutive in the plan) and folded
+// into its scalars by the algorithm's finish, on whichever thread summed its last chunk or on
+// the calling thread; then stage 2.
+template <class Update>
+void run_two_stages(Scratch& s, FinishFn finish, const Update& update) {
+  s.partials.assign(static_cast<size_t>(s.plan.num_chunks()) * kSums, 0.0);
+  s.plan.run_two_stages(
+      s.needs_sums,
+      [&](const Chunk& c, int64_t index) {
+        const TensorStep& d = s.tensors[c.tensor];
+        d.sums(d, c.begin, c.end, &s.partials[index * kSums]);
+      },
+      [&](int64_t t, int64_t first, int64_t end) {
+        std::array<double, kSums> totals{};
+        for (int64_t index = first; index < end; ++index) {
+          for (int k = 0; k < kSums; ++k) totals[k] += s.partials[index * kSums + k];
+        }
+        finish(s.tensors[t], totals.data());
+      },
+      update);
 }
 
 }  // namespace
@@ -225,14 +228,15 @@ void step(Bucket& b, const std::vector<GradView>& grads, bool rechecked, const a
     s.numels[i] = home.numels[i];
   }
   s.plan.build(s.numels);
-  // no stage 1 where no tensor needs sums (LAMB without weight decay, LARS all excluded)
-  if (two_stage && std::find(s.needs_sums.begin(), s.needs_sums.end(), 1) != s.needs_sums.end()) {
-    sum_stage(s, kernels.finish);
-  }
-  s.plan.run([&](const Chunk& c, int64_t) {
+  const auto update_chunk = [&](const Chunk& c) {
     const TensorStep& d = s.tensors[c.tensor];
     d.update(d, c.begin, c.end);
-  });
+  };
+  if (two_stage) {
+    run_two_stages(s, kernels.finish, update_chunk);
+  } else {
+    s.plan.run([&](const Chunk& c, int64_t) { update_chunk(c); });
+  }
   for (float* counter : s.counters) *counter += 1.0f;
   s.staging.write_back();
   for (size_t i : s.staged) {   // back at their own memory for the next step's fast path
