@@ -117,7 +117,10 @@ void run_two_stages(Scratch& s, FinishFn finish, const Update& update) {
 // full check (Note [pack-time checks], bucket.h: the tensors' prints changed, or a first step);
 // a step then writes only what changes at every step: the grad's address, the kernels (the
 // level can change between calls: FUSEDOPT_CPU_CAPABILITY), the rounding keys and the
-// algorithm's scalars.
+// algorithm's scalars. With the checks of Note [pack-time checks], `fusedopt-bench --preset
+// host --impl fusedopt-cpu,torch-fused` (64-element AdamW tensors, one group each, interleaved
+// with torch fused, two runs each of c005757 and this change) went from 350-374 to 264-334 us at
+// 465 tensors, 619-640 to 459-475 us at 1000 and 4.2-5.0 to 3.0-3.1 ms at 5000.
 struct BucketSteps {
   std::vector<TensorStep> steps;   // per param
   std::vector<float*> counters;    // per param: its step counter
