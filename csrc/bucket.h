@@ -26,7 +26,10 @@ struct BucketSteps;   // csrc/cpu/ops.cpp
 // changes the dtype, the element count, the device or the contiguity), and the step then
 // checks everything again, with the same messages. A print is what the kernels depend on; a
 // reshape in place that keeps all of it (`p.data = p.data.view(...)`) steps the same elements
-// and is not checked again.
+// and is not checked again. The address is read through the StorageImpl, not taken from the
+// TensorImpl's pointer to it: `untyped_storage().resize_()` (FSDP frees and refills params so)
+// moves the data under the same StorageImpl. Note [prefetching the prints] (bucket.cpp) says
+// what reading the prints costs.
 struct TensorPrint {
   const void* data = nullptr;
   int64_t numel = -1;
