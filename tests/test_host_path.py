@@ -117,3 +117,27 @@ def test_steady_step_allocates_nothing():
     assert aten_calls(opt.step) == {"aten::empty_strided": 1, "aten::copy_": 1}
     params[-1].grad = torch.randn(8, 5)
     assert aten_calls(opt.step) == {}
+
+
+def test_storage_resized_in_place_is_followed():
+    """FSDP frees a param's memory and refills it with `untyped_storage().resize_()`: the data
+    moves under the same storage object, and the next step must write where it is now."""
+    ours, opt, theirs, opt_ref = twins("FusedAdamW", dict(lr=1e-2, weight_decay=1e-2))
+    for step in range(4):
+        set_grads([ours, theirs], step, none_every=0)
+        if step == 2:
+            for p in ours[1:]:
+                saved = p.detach().clone()
+                storage = p.untyped_storage()
+                nbytes = storage.nbytes()
+                before = p.data_ptr()
+                storage.resize_(0)
+                blocker = torch.empty(nbytes, dtype=torch.uint8)   # may take the freed block
+                storage.resize_(nbytes)
+                del blocker
+                assert p.data_ptr() != before
+                with torch.no_grad():
+                    p.copy_(saved)
+        opt.step()
+        opt_ref.step()
+        compare_runs(ours, theirs, opt, opt_ref, f"step {step}")
