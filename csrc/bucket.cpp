@@ -302,9 +302,11 @@ void prefetch_lines(const void* object, int lines) {
 // chain after another. So the checks ask for them ahead: the TensorImpls kAhead params ahead,
 // then (their pointers now cached) the StorageImpls and the AutogradMeta kAhead / 2 ahead.
 // C++ step of 64-element AdamW tensors, 1 thread, with 40 MB written between steps (ns per
-// tensor, median of 51, interleaved): 465 tensors 528 -> 415, 1000: 671 -> 448, 5000: 599 ->
-// 432; cache-warm, 5000: 388 -> 306, 1000 and fewer unchanged (~125). Asking for the grad's
-// TensorImpl and StorageImpl too (a chain of two more loads) gained nothing.
+// tensor, median of 51, without and with the prefetches in one process through a build switch
+// since removed; bench/host_step.py measures the same steps): 465 tensors 528 -> 415, 1000:
+// 671 -> 448, 5000: 599 -> 432; in cache, 5000: 388 -> 306, 1000 and fewer unchanged (~125).
+// Asking for the grad's TensorImpl and StorageImpl too (a chain of two more loads) gained
+// nothing.
 constexpr size_t kAhead = 16;
 
 void prefetch_prints(const Bucket& b, size_t i) {
