@@ -114,8 +114,8 @@ def start_from_same_states(ours, opt, theirs, opt_theirs):
 
 
 def compare_runs(ours, theirs, opt_ours, opt_theirs, where):
-    """Params AND every state tensor of two runs (step counters included), on the host, with the
-    tolerance table's bounds."""
+    """Params AND every state of two runs (step counters included): tensors on the host with the
+    tolerance table's bounds, other values (a rounding seed) equal."""
     for i, (p, q) in enumerate(zip(ours, theirs)):
         assert_close(p.detach().cpu(), q.detach().cpu(), f"{where}: param {i} {tuple(p.shape)}")
         s, t = opt_ours.state.get(p, {}), opt_theirs.state.get(q, {})
@@ -124,6 +124,8 @@ def compare_runs(ours, theirs, opt_ours, opt_theirs, where):
             if torch.is_tensor(value):
                 assert_close(s[key].detach().cpu(), value.detach().cpu(),
                              f"{where}: param {i} state[{key!r}]")
+            else:
+                assert s[key] == value, f"{where}: param {i} state[{key!r}]: {s[key]} != {value}"
 
 
 def compare_master_runs(ours, opt, theirs, opt_theirs, where):
