@@ -320,3 +320,47 @@ def test_nan_in_a_state_is_stored_as_nan(level, algo, flags, mode):
         if a.dtype == BF16:
             bits = a.view(torch.int16).to(torch.int64) & 0xFFFF
             assert (bits[a.isnan()] == 0x7FC0).all(), f"{level}: stream {i}: NaN is not 0x7FC0"
+
+
+CACHED_ELEMS = 1 << 18   # 4 chunks: both stages on one thread (Note [two stages in cache])
+LAMB = CONFIGS[-1]
+
+
+@parametrize_levels
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_kept_update_changes_no_bit(level, mode):
+    """Note [kept update] (csrc/cpu/lamb.h): a tensor of 4 chunks keeps LAMB's update from stage
+    1 to stage 2; one of 5 chunks computes it twice. The second holds the first's elements and a
+    zero (param, grad and states 0: its update is 0, so it adds nothing to either sum), so the two
+    paths see the same chunks and the same sums, and must give the same bits, in every precision
+    mode and with the stochastic rounding's element indices."""
+    algo, flags = LAMB
+    kept, recomputed = (make_spec(algo, flags, mode, shapes=[(n,)], transposed=(), sliced=None)
+                        for n in (CACHED_ELEMS, CACHED_ELEMS + 1))
+    spec, hp = kept
+    other = recomputed[0]
+    with torch.no_grad():
+        other.params[0][:-1] = spec.params[0]
+        other.params[0][-1] = 0
+        if mode[3] == MASTER:
+            spec.states[-1][0].copy_(spec.params[0])
+            other.states[-1][0].copy_(other.params[0])
+    start = spec.params[0].detach().clone()
+    buckets = bucket_of(spec), bucket_of(other)
+    torch.manual_seed(1)
+    for step in range(3):
+        g = torch.randn(CACHED_ELEMS, dtype=torch.float64).to(mode[1])
+        spec.params[0].grad = g
+        other.params[0].grad = torch.cat([g, g.new_zeros(1)])
+        inv_scale, clip_coef = (None, None) if step == 0 else (torch.tensor(0.5), torch.tensor(0.7))
+        for bucket in buckets:
+            c_step(bucket, hp, algo, flags, clip_coef, inv_scale)
+    assert not torch.equal(spec.params[0].detach(), start), f"{level}: nothing stepped"
+    streams = [("param", spec.params[0].detach(), other.params[0].detach())]
+    streams += [(f"states[{k}]", a[0], b[0]) for k, (a, b) in
+                enumerate(zip(spec.states, other.states))]
+    for name, a, b in streams:
+        assert b[-1] == 0, f"{level} {mode[0]}: {name}'s zero element moved"
+        diff = (a.double() - b[:-1].double()).abs()
+        assert torch.equal(a, b[:-1]), (f"{level} {mode[0]}: {name} differs at "
+                                        f"{diff.argmax().item()} by {diff.max().item():.3g}")

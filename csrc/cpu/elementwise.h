@@ -69,10 +69,21 @@ struct Streams {
 
   template <class V>
   void store(int64_t i, V (&x)[K]) const {
-    x[0].store(param + i);
-    if constexpr (W == kMaster) x[0].store(master() + i);
+    store_weights(i, x[0]);
+    store_states(i, x);
+  }
+
+  // the param's streams: the param, and its master copy or compensation
+  template <class V>
+  void store_weights(int64_t i, V x0) const {
+    x0.store(param + i);
+    if constexpr (W == kMaster) x0.store(master() + i);
     // Kahan: c = rn(x - float(p)) for the p just stored (reloaded: the store's own rounding)
-    if constexpr (W == kKahan) (x[0] - V::load(param + i)).store(compensation() + i);
+    if constexpr (W == kKahan) (x0 - V::load(param + i)).store(compensation() + i);
+  }
+
+  template <class V>
+  void store_states(int64_t i, V (&x)[K]) const {
     for (int k = 1; k < K; ++k) {
       if constexpr (kStochastic) {
         x[k].store_sr(states[k - 1] + i, static_cast<uint32_t>(i), keys[k - 1]);

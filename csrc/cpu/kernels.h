@@ -88,6 +88,12 @@ struct TensorStep;
 using UpdateFn = void (*)(const TensorStep&, int64_t begin, int64_t end);
 // Stage 1 of a two-stage algorithm: the chunk's kSums sums into sums[0..kSums).
 using SumsFn = void (*)(const TensorStep&, int64_t begin, int64_t end, double* sums);
+// Note [kept update] (csrc/cpu/lamb.h): stage 1 of a tensor that takes both stages on one
+// thread (Note [two stages in cache], multi_tensor.h), for an algorithm whose functor can: the
+// chunk's sums as SumsFn gives them, the states written, and the update into `kept`, a buffer of
+// the compute type where element j of the tensor is at index j; stage 2 then only applies it.
+using KeepFn = void (*)(const TensorStep&, int64_t begin, int64_t end, double* sums, void* kept);
+using ApplyFn = void (*)(const TensorStep&, int64_t begin, int64_t end, const void* kept);
 // The algorithm's per-tensor scalars from its table row, the counter before this step and the
 // flags, in double, on the calling thread. Returns whether stage 1 must sum this tensor (false:
 // its finish changes nothing).
@@ -105,6 +111,8 @@ using NormFn = double (*)(const void* data, int64_t begin, int64_t end);
 struct TensorStep {
   UpdateFn update;
   SumsFn sums;                   // two-stage algorithms only
+  KeepFn keep;                   // null unless the algorithm keeps its update (Note [kept update])
+  ApplyFn apply;                 // with keep
   void* param;                   // in the param dtype P, as the grad
   const void* grad;
   void* states[kMaxStates];      // the algorithm's states for its flags, in bucket order, in S
@@ -143,6 +151,10 @@ struct AlgoKernels {
   FinishFn finish;                                              // null unless two-stage
   UpdateFn update[kNumDTypes][kNumDTypes][kMaxStates + 1][3][2];
   SumsFn sums[kNumDTypes][kNumDTypes][kMaxStates + 1][3];       // null unless two-stage
+  // null unless the algorithm keeps its update (Note [kept update]); indexed as update, apply as
+  // sums
+  KeepFn keep[kNumDTypes][kNumDTypes][kMaxStates + 1][3][2];
+  ApplyFn apply[kNumDTypes][kNumDTypes][kMaxStates + 1][3];
 };
 
 struct KernelTable {

@@ -46,6 +46,29 @@ template <class A, class P, class S, int K, int W>
   sums_loop(f, Streams<P, S, K, false, W>(t), begin, end, sums);
 }
 
+// Note [kept update]: stage 1 writes the states with the rounding SR, stage 2 only the param's
+// streams
+template <class A, class P, class S, int K, bool SR, int W>
+[[gnu::flatten]] void keep_kernel(const TensorStep& t, int64_t begin, int64_t end, double* sums,
+                                  void* kept) {
+  const typename A::template Math<compute_t<P>> f(t.scalars_as<typename A::Scalars>());
+  keep_loop(f, Streams<P, S, K, SR, W>(t), begin, end, sums, static_cast<compute_t<P>*>(kept));
+}
+
+template <class A, class P, class S, int K, int W>
+[[gnu::flatten]] void apply_kernel(const TensorStep& t, int64_t begin, int64_t end,
+                                   const void* kept) {
+  const typename A::template Math<compute_t<P>> f(t.scalars_as<typename A::Scalars>());
+  apply_loop(f, Streams<P, S, K, false, W>(t), begin, end,
+             static_cast<const compute_t<P>*>(kept));
+}
+
+template <class A>
+constexpr bool kKeepsUpdate = [] {
+  if constexpr (requires { A::kKeepsUpdate; }) return A::kKeepsUpdate;
+  return false;
+}();
+
 template <class T> constexpr DType kDType = kFloat;
 template <> constexpr DType kDType<double> = kDouble;
 template <> constexpr DType kDType<c10::Half> = kHalf;
@@ -65,6 +88,12 @@ void fill_states(AlgoKernels& k) {
   update[1] = kRounds ? &update_kernel<A, P, Stored, K, kRounds, W> : update[0];
   if constexpr (A::kTwoStage) {
     k.sums[kDType<P>][kDType<S>][States][W] = &sums_kernel<A, P, Stored, K, W>;
+  }
+  if constexpr (kKeepsUpdate<A>) {
+    KeepFn (&keep)[2] = k.keep[kDType<P>][kDType<S>][States][W];
+    keep[0] = &keep_kernel<A, P, Stored, K, false, W>;
+    keep[1] = kRounds ? &keep_kernel<A, P, Stored, K, kRounds, W> : keep[0];
+    k.apply[kDType<P>][kDType<S>][States][W] = &apply_kernel<A, P, Stored, K, W>;
   }
   if constexpr (States < A::kMaxStates) fill_states<A, P, S, W, States + 1>(k);
 }

@@ -2,21 +2,24 @@
 // the CPU driver (Note [one driver], ops.cpp), a two-stage algorithm (Note [two stages],
 // csrc/algorithms.h). Included inside namespace fusedopt::cpu::FUSEDOPT_ISA.
 //
-// Note [LAMB recomputes]: stage 1 computes the new moments and the update u of each element to
-// sum |p|^2 and |u|^2, and writes nothing; stage 2 computes them again from the same inputs
-// (same ops, same bits), then writes p, m and v. Writing m and v in stage 1 instead would not
-// help: an fp16/bf16 bucket stores its moments rounded, and stage 2 would then step with an
-// update other than the one whose norm it divides by; and a tensor of up to 4 chunks takes both
-// stages on one thread (Note [two stages in cache], multi_tensor.h), so stage 2 reads from
-// cache, not DRAM. What recomputing costs is the divider: u takes 3 divisions and a root per
-// lane, twice, most of what is left of fp32 LAMB's step (numbers in that Note). What would take it
-// further: stage 1 of a cached tensor keeping u in a per-thread buffer (2^18 floats, 1 MiB) that
-// stage 2 reads instead, recomputing only m and v (multiplies and adds); that needs the element
-// index (or a u stream) in the functor call of elementwise.h and the buffer in TensorStep.
+// Note [kept update]: stage 1 needs each element's new moments and update u to sum |p|^2 and
+// |u|^2; stage 2 steps p with u times the trust ratio. A tensor of up to 4 chunks takes both
+// stages on one thread (Note [two stages in cache], multi_tensor.h): there stage 1 (keep) also
+// writes m and v and keeps u in a per-thread buffer of the compute type (ops.cpp), and stage 2
+// (apply) reads p and u and writes p alone. A larger tensor's stage 2 runs after a parallel region
+// and may take its chunks on any thread: stage 1 (terms) writes nothing, and stage 2 computes m, v
+// and u again from the same inputs (same ops, same bits). Either way p steps with the u whose norm
+// the ratio divides by, and the stored moments are u's own, rounded: u is never recomputed from
+// stored (rounded) moments. The sums add in one order on both paths (two_stage.h), so which path
+// a tensor takes changes no bit (tests/test_cpu_kernels.py). What keeping saves is the divider:
+// u takes 3 divisions and a root per lane, which stage 2 computed a second time. `python
+// bench/two_stage.py` (20M fp32 params in 200 tensors of 2 chunks, 2 threads), LAMB/AdamW
+// RESULTS.
 
 struct Lamb {
   static constexpr int kId = kLamb;
   static constexpr bool kTwoStage = true;
+  static constexpr bool kKeepsUpdate = true;   // Note [kept update]
   static constexpr int kMinStates = 2, kMaxStates = 2;   // exp_avg, exp_avg_sq
 
   struct Scalars {
@@ -107,6 +110,21 @@ struct Lamb {
       V m = x[1], v = x[2];
       out[0] = x[0];
       out[1] = update(g, x[0], m, v);
+    }
+
+    // Note [kept update]: stage 1, the new moments into x[1], x[2], the terms as terms() gives
+    // them, and the update, returned
+    template <class V, int K>
+    V keep(V g, V (&x)[K], V (&out)[kSums]) const {
+      out[0] = x[0];
+      out[1] = update(g, x[0], x[1], x[2]);
+      return out[1];
+    }
+
+    // stage 2 with the kept update u: operator()'s ops on x[0]
+    template <class V>
+    V apply(V u, V p) const {
+      return fma(u * V::set1(trust_ratio), V::set1(neg_lr), p);
     }
 
     // x: param, exp_avg, exp_avg_sq

@@ -78,6 +78,7 @@ class WorkPlan {
   }
 
   int64_t num_chunks() const { return static_cast<int64_t>(chunks_.size()); }
+  const Chunk& chunk(int64_t i) const { return chunks_[i]; }
 
   // Calls f(chunk, chunk_index) once per chunk, in one parallel region when the work is
   // large enough (Note [work items]).
@@ -89,10 +90,12 @@ class WorkPlan {
   // A two-stage step (Note [two stages in cache]): sum(chunk, chunk_index) for every chunk of
   // each tensor t with needs_sums[t]; once all of a tensor's chunks are summed, finish(t,
   // first, end) with its chunk indices [first, end); update(chunk) for every chunk, after its
-  // tensor's finish where it has one. The chunks are run()'s, whichever thread takes them.
-  template <class Sum, class Finish, class Update>
+  // tensor's finish where it has one. A tensor of at most kCachedChunks chunks that needs sums
+  // is both(t, first, end) instead, all of it on one thread: the sums, finish, the updates.
+  // The chunks are run()'s, whichever thread takes them.
+  template <class Sum, class Finish, class Update, class Both>
   void run_two_stages(const std::vector<char>& needs_sums, const Sum& sum, const Finish& finish,
-                      const Update& update) {
+                      const Update& update, const Both& both) {
     const int64_t tensors = static_cast<int64_t>(first_chunk_.size()) - 1;
     const auto cached = [&](int64_t t) {
       return needs_sums[t] && first_chunk_[t + 1] - first_chunk_[t] <= kCachedChunks;
@@ -117,10 +120,7 @@ class WorkPlan {
       } else if (item.kind == kUpdate) {
         update(chunks_[item.index]);
       } else {
-        const int64_t first = first_chunk_[item.index], end = first_chunk_[item.index + 1];
-        for (int64_t c = first; c < end; ++c) sum(chunks_[c], c);
-        finish(item.index, first, end);
-        for (int64_t c = first; c < end; ++c) update(chunks_[c]);
+        both(item.index, first_chunk_[item.index], first_chunk_[item.index + 1]);
       }
     });
     if (split_elems == 0) return;

@@ -91,23 +91,43 @@ bool skipped(const std::optional<at::Tensor>& found_inf) {
 // tensor's totals are added in chunk order (its chunks are consecutive in the plan) and folded
 // into its scalars by the algorithm's finish, on whichever thread summed its last chunk or on
 // the calling thread; then stage 2.
+// A tensor that takes both stages on one thread keeps its update where its algorithm can (Note
+// [kept update], lamb.h), in this thread's buffer: 2^18 elements of at most 8 bytes (2 MiB),
+// allocated once per thread of the pool.
 template <class Update>
 void run_two_stages(Scratch& s, FinishFn finish, const Update& update) {
   s.partials.assign(static_cast<size_t>(s.plan.num_chunks()) * kSums, 0.0);
-  s.plan.run_two_stages(
-      s.needs_sums,
-      [&](const Chunk& c, int64_t index) {
-        const TensorStep& d = s.tensors[c.tensor];
-        d.sums(d, c.begin, c.end, &s.partials[index * kSums]);
-      },
-      [&](int64_t t, int64_t first, int64_t end) {
-        std::array<double, kSums> totals{};
-        for (int64_t index = first; index < end; ++index) {
-          for (int k = 0; k < kSums; ++k) totals[k] += s.partials[index * kSums + k];
-        }
-        finish(s.tensors[t], totals.data());
-      },
-      update);
+  const auto sum = [&](const Chunk& c, int64_t index) {
+    const TensorStep& d = s.tensors[c.tensor];
+    d.sums(d, c.begin, c.end, &s.partials[index * kSums]);
+  };
+  const auto fold = [&](int64_t t, int64_t first, int64_t end) {
+    std::array<double, kSums> totals{};
+    for (int64_t index = first; index < end; ++index) {
+      for (int k = 0; k < kSums; ++k) totals[k] += s.partials[index * kSums + k];
+    }
+    finish(s.tensors[t], totals.data());
+  };
+  const auto both = [&](int64_t t, int64_t first, int64_t end) {
+    const TensorStep& d = s.tensors[t];
+    if (d.keep == nullptr) {
+      for (int64_t c = first; c < end; ++c) sum(s.plan.chunk(c), c);
+      fold(t, first, end);
+      for (int64_t c = first; c < end; ++c) update(s.plan.chunk(c));
+      return;
+    }
+    thread_local std::vector<double> kept(kCachedChunks * kChunkElems);
+    for (int64_t c = first; c < end; ++c) {
+      const Chunk& chunk = s.plan.chunk(c);
+      d.keep(d, chunk.begin, chunk.end, &s.partials[c * kSums], kept.data());
+    }
+    fold(t, first, end);
+    for (int64_t c = first; c < end; ++c) {
+      const Chunk& chunk = s.plan.chunk(c);
+      d.apply(d, chunk.begin, chunk.end, kept.data());
+    }
+  };
+  s.plan.run_two_stages(s.needs_sums, sum, fold, update, both);
 }
 
 }  // namespace
@@ -205,6 +225,8 @@ void step(Bucket& b, const std::vector<GradView>& grads, bool rechecked, const a
   const DType state_dtype = num > 0 ? dtype_of(b.states[0][0]) : dtype;
   const UpdateFn update = kernels.update[dtype][state_dtype][num][b.weights][stochastic];
   const SumsFn sums = kernels.sums[dtype][state_dtype][num][b.weights];
+  const KeepFn keep = kernels.keep[dtype][state_dtype][num][b.weights][stochastic];
+  const ApplyFn apply = kernels.apply[dtype][state_dtype][num][b.weights];
   StepContext context{scalar_or(inv_scale, 1.0), scalar_or(clip_coef, 1.0)};
   const size_t n = b.params.size();
   s.tensors = home.steps.data();
@@ -215,6 +237,8 @@ void step(Bucket& b, const std::vector<GradView>& grads, bool rechecked, const a
     TensorStep& d = home.steps[i];
     d.update = update;
     d.sums = sums;
+    d.keep = keep;
+    d.apply = apply;
     if (home.in_place[i] && grads[i].contiguous) {
       d.grad = grads[i].data;
     } else {
