@@ -181,6 +181,8 @@ def test_bytes_per_param_match_design():
     assert measure.bytes_per_param("adamw", torch.bfloat16, mode="+master") == 28
     assert measure.bytes_per_param("adamw", torch.bfloat16, mode="+master-bf16") == 20
     assert measure.bytes_per_param("adamw", torch.bfloat16, mode="+kahan") == 18
+    assert measure.bytes_per_param("adamw", torch.bfloat16, mode="+bf16-states") == 14
+    assert measure.bytes_per_param("adamw", torch.float16, mode="+bf16-states") == 14
     assert measure.bytes_per_param("sgd", torch.float16, mode="+master") == 20
     assert measure.bytes_per_param("adamw", f32, mode="+master") == 28      # a no-op for fp32
 
@@ -188,16 +190,18 @@ def test_bytes_per_param_match_design():
 def test_precision_mode_implementations(tmp_path):
     """The mode suffixes run fusedopt in each precision mode (all of them by default for --dtype
     bf16): GB/s counts each mode's bytes (bf16 AdamW: masters and fp32 states 28 B/param, masters
-    and bf16 states 20, Kahan 18), and the peak memory of masters with fp32 states is 8 B/param
+    and bf16 states 20, Kahan 18, stochastically rounded bf16 states alone 14), and the peak memory of masters with fp32 states is 8 B/param
     above the same implementation's without them (the master 4, two states 2 more each)."""
     assert {"fusedopt+master", "fusedopt+kahan"} <= set(cli.resolve(cli.build_parser().parse_args(
         ["--device", "cpu", "--dtype", "bf16"]), None).impl)
     data, _ = run_cli(tmp_path, "--dtype", "bf16", "--impl",
-                      "fusedopt,fusedopt+master,fusedopt-reference+master,fusedopt+kahan")
+                      "fusedopt,fusedopt+master,fusedopt-reference+master,fusedopt+kahan,"
+                      "fusedopt+bf16-states")
     by = {r["impl"]: r for r in data["results"]}
     assert all(r["status"] == "ok" for r in data["results"]), data["results"]
     assert by["fusedopt"]["bytes_per_step"] == 14 * 4096
     assert by["fusedopt+kahan"]["bytes_per_step"] == 18 * 4096
+    assert by["fusedopt+bf16-states"]["bytes_per_step"] == 14 * 4096
     for impl in ("fusedopt+master", "fusedopt-reference+master"):
         r = by[impl]
         assert r["bytes_per_step"] == 28 * 4096

@@ -17,8 +17,9 @@ optimizer state. A step is what a training loop runs after backward():
 A fusedopt implementation named with a mode suffix (``MODES``: ``fusedopt+master``,
 ``fusedopt-cuda+kahan``) is the same one in that precision mode (README, "Low precision"):
 ``+master`` fp32 master copies and fp32 states, ``+master-bf16`` masters with stochastically
-rounded bf16 states, ``+kahan`` compensated params with bf16 states (all no-ops for fp32 params
-but the states' dtype).
+rounded bf16 states, ``+kahan`` compensated params with bf16 states, ``+bf16-states``
+stochastically rounded bf16 states alone (all no-ops for fp32 params but the states' dtype).
+``+bf16-states`` moves what the default moves for bf16 (and fp16) params: it times the rounding.
 """
 import importlib
 import inspect
@@ -30,7 +31,8 @@ IMPLS = ("fusedopt", "fusedopt-cuda", "fusedopt-triton", "fusedopt-cpu", "fusedo
 MAX_NORM = 1.0
 MODES = {"+master": dict(master_weights=True),
          "+master-bf16": dict(master_weights=True, state_dtype=torch.bfloat16),
-         "+kahan": dict(kahan_sum=True)}
+         "+kahan": dict(kahan_sum=True),
+         "+bf16-states": dict(state_dtype=torch.bfloat16)}
 
 
 def split(impl):
