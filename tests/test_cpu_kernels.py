@@ -350,6 +350,22 @@ def test_two_stages_in_cache_match_reference_at_any_thread_count(algo, flags):
         assert_close(a, b, f"2 threads: {name}")
 
 
+# Note [kept update] (csrc/cpu/lamb.h): tensors of over 4 chunks are stepped whole in groups of at
+# most 2^24 elements, each tensor's update at its own place in the group's buffer: here a group of
+# one and a group of three (and a small tensor between, stepped in cache)
+GROUPS = [((1 << 23) + 1,), (5,), ((1 << 23) + 1,), (300_001,), (400_003,)]
+
+
+def test_groups_of_whole_tensors_match_reference_at_any_thread_count():
+    algo, flags = TWO_STAGE[-1]
+    runs = runs_at_thread_counts(algo, flags, GROUPS, ())
+    assert_same_bits(runs)
+    spec, hp = make_spec(algo, flags, torch.float32, GROUPS, ())
+    theirs = run_backend(reference, spec, hp, algo, flags, steps=3)
+    for (name, a), (_, b) in zip(tensors_of(runs["2 threads"]), tensors_of(theirs)):
+        assert_close(a, b, f"2 threads: {name}")
+
+
 FOUND_INF_CONFIGS = [config("adam", amsgrad=True), config("sgd", momentum=True), config("lion"),
                      config("lars", momentum=True), TWO_STAGE[-1]]
 

@@ -329,11 +329,12 @@ LAMB = CONFIGS[-1]
 @parametrize_levels
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 def test_kept_update_changes_no_bit(level, mode):
-    """Note [kept update] (csrc/cpu/lamb.h): a tensor of 4 chunks keeps LAMB's update from stage
-    1 to stage 2; one of 5 chunks computes it twice. The second holds the first's elements and a
-    zero (param, grad and states 0: its update is 0, so it adds nothing to either sum), so the two
-    paths see the same chunks and the same sums, and must give the same bits, in every precision
-    mode and with the stochastic rounding's element indices."""
+    """Note [kept update] (csrc/cpu/lamb.h): a tensor of 4 chunks takes both of LAMB's stages on
+    one thread, its update kept in that thread's buffer; one of 5 chunks is stepped whole, its
+    chunks shared by the threads, its update in the group's buffer. The second holds the first's
+    elements and a zero (param, grad and states 0: its update is 0, so it adds nothing to either
+    sum), so the two paths see the same chunks and the same sums, and must give the same bits, in
+    every precision mode and with the stochastic rounding's element indices."""
     algo, flags = LAMB
     kept, recomputed = (make_spec(algo, flags, mode, shapes=[(n,)], transposed=(), sliced=None)
                         for n in (CACHED_ELEMS, CACHED_ELEMS + 1))

@@ -110,7 +110,7 @@ using NormFn = double (*)(const void* data, int64_t begin, int64_t end);
 // torch rounds a Python float to the tensor's dtype.
 struct TensorStep {
   UpdateFn update;
-  SumsFn sums;                   // two-stage algorithms only
+  SumsFn sums;                   // two-stage algorithms without keep only
   KeepFn keep;                   // null unless the algorithm keeps its update (Note [kept update])
   ApplyFn apply;                 // with keep
   void* param;                   // in the param dtype P, as the grad
@@ -150,7 +150,8 @@ struct AlgoKernels {
   PrepareFn prepare;
   FinishFn finish;                                              // null unless two-stage
   UpdateFn update[kNumDTypes][kNumDTypes][kMaxStates + 1][3][2];
-  SumsFn sums[kNumDTypes][kNumDTypes][kMaxStates + 1][3];       // null unless two-stage
+  // null unless two-stage without a kept update
+  SumsFn sums[kNumDTypes][kNumDTypes][kMaxStates + 1][3];
   // null unless the algorithm keeps its update (Note [kept update]); indexed as update, apply as
   // sums
   KeepFn keep[kNumDTypes][kNumDTypes][kMaxStates + 1][3][2];

@@ -86,7 +86,7 @@ void fill_states(AlgoKernels& k) {
   UpdateFn (&update)[2] = k.update[kDType<P>][kDType<S>][States][W];
   update[0] = &update_kernel<A, P, Stored, K, false, W>;
   update[1] = kRounds ? &update_kernel<A, P, Stored, K, kRounds, W> : update[0];
-  if constexpr (A::kTwoStage) {
+  if constexpr (A::kTwoStage && !kKeepsUpdate<A>) {
     k.sums[kDType<P>][kDType<S>][States][W] = &sums_kernel<A, P, Stored, K, W>;
   }
   if constexpr (kKeepsUpdate<A>) {

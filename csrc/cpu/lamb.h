@@ -3,25 +3,33 @@
 // csrc/algorithms.h). Included inside namespace fusedopt::cpu::FUSEDOPT_ISA.
 //
 // Note [kept update]: stage 1 needs each element's new moments and update u to sum |p|^2 and
-// |u|^2; stage 2 steps p with u times the trust ratio. A tensor of up to 4 chunks takes both
-// stages on one thread (Note [two stages in cache], multi_tensor.h): there stage 1 (keep) also
-// writes m and v and keeps u in a per-thread buffer of the compute type (ops.cpp), and stage 2
-// (apply) reads p and u and writes p alone. A larger tensor's stage 2 runs after a parallel region
-// and may take its chunks on any thread: stage 1 (terms) writes nothing, and stage 2 computes m, v
-// and u again from the same inputs (same ops, same bits). Either way p steps with the u whose norm
-// the ratio divides by, and the stored moments are u's own, rounded: u is never recomputed from
-// stored (rounded) moments. The sums add in one order on both paths (two_stage.h), so which path
-// a tensor takes changes no bit (tests/test_cpu_kernels.py). What keeping saves is the divider:
-// u takes 3 divisions and a root per lane, which stage 2 computed a second time. `python
-// bench/two_stage.py --repeats 2 --rounds 15` (20M fp32 params in 200 tensors of 2 chunks, 2
-// threads, quiet machine, three runs per build alternated): LAMB 14.7-15.1 -> 11.0-11.3 ms beside
-// AdamW's 6.9-7.3, LAMB/AdamW 2.04-2.14 -> 1.57-1.59 (bench/results/cpu-amd-epyc-2c/
-// two-stage-20M-200t.json); bf16, fp16 and bf16 with masters gained alike (13.3 -> 10.9, 12.9 ->
-// 9.5, 14.8 -> 12.1 ms), though keep and apply walk bf16 in element order, not in pairs. What is
-// left (perf): keep_kernel is bound by its loads from DRAM (16 B in, 8 B out per element, as
+// |u|^2; stage 2 steps p with u times the trust ratio. Stage 1 (keep) writes m and v and keeps u
+// in a buffer of the compute type; stage 2 (apply) reads p and u and writes p alone. So u is
+// computed once (3 divisions and a root per lane), and never from stored, rounded moments: p
+// steps with the u whose norm the ratio divides by. Where the buffer lives (ops.cpp): a tensor
+// of up to 4 chunks takes both stages on one thread (Note [two stages in cache],
+// multi_tensor.h), its u in that thread's buffer; larger ones are stepped in groups of up to
+// 2^24 elements, one parallel region per group (run_pipelined, multi_tensor.h), their u in a
+// buffer of the group's size. Which path a tensor takes changes no bit: the sums add in one
+// order (two_stage.h; tests/test_cpu_precision.py). Before this, stage 1 wrote nothing and stage
+// 2 computed m, v and u again, as LARS's recompute path still does for the algorithms without
+// keep (two_stage.h's terms, sums_loop).
+// Measured, 2 threads, fp32, LAMB with its default global clip against AdamW, in one process
+// (the machine's memory speed moves between processes by up to 50%, so builds were compared in
+// one process or in alternated runs):
+// - 20M params in 200 tensors of 2 chunks, all stepped in cache (`python bench/two_stage.py
+//   --repeats 2 --rounds 15`, three runs per build alternated): LAMB 14.7-15.1 -> 11.0-11.3 ms
+//   beside AdamW's 6.9-7.3, LAMB/AdamW 2.04-2.14 -> 1.57-1.59 (bench/results/cpu-amd-epyc-2c/
+//   two-stage-20M-200t.json); bf16, fp16 and bf16 with masters gained alike (13.3 -> 10.9, 12.9
+//   -> 9.5, 14.8 -> 12.1 ms), though keep and apply walk bf16 in element order, not in pairs.
+// - Real models, where most params are in larger tensors (the bench's presets; recompute vs
+//   kept in one process, three runs): ResNet-50 LAMB/AdamW 2.02-2.16 -> 1.72-1.79, ViT-B/16
+//   2.08-2.16 -> 1.78-1.85. Stepping each larger tensor in two parallel regions of its own
+//   instead took ViT-B to 4.1-4.6 whenever the VM woke the threads late: hence run_pipelined.
+// What is left (perf): keep is bound by its loads from DRAM (16 B in, 8 B out per element, as
 // AdamW's), apply takes ~9% of the step, and the global clip's norm pass reads g once more: 1.9
-// ms (80 MB at ~41 GB/s, the read-only rate here). Without that clip (max_grad_norm=None) LAMB
-// takes 9.4 ms, 1.29x AdamW.
+// ms at 20M params (80 MB at ~41 GB/s, the read-only rate here). Without that clip
+// (max_grad_norm=None) 20M params in 200 tensors take 1.29x AdamW.
 
 struct Lamb {
   static constexpr int kId = kLamb;
@@ -109,18 +117,8 @@ struct Lamb {
       return u;
     }
 
-    static constexpr int kTermReads = 3;   // param, exp_avg, exp_avg_sq
-
-    // stage 1: |p|^2 and |u|^2 (two_stage.h); the moments are computed, not written
-    template <class V, int R>
-    void terms(V g, const V (&x)[R], V (&out)[kSums]) const {
-      V m = x[1], v = x[2];
-      out[0] = x[0];
-      out[1] = update(g, x[0], m, v);
-    }
-
-    // Note [kept update]: stage 1, the new moments into x[1], x[2], the terms as terms() gives
-    // them, and the update, returned
+    // Note [kept update]: stage 1, the new moments into x[1], x[2], the terms |p|^2 and |u|^2
+    // are summed from (two_stage.h), and the update, returned
     template <class V, int K>
     V keep(V g, V (&x)[K], V (&out)[kSums]) const {
       out[0] = x[0];

@@ -59,6 +59,8 @@ struct Scratch {
   std::vector<const void*> norm_data;
   std::vector<NormFn> norm_fn;
   std::vector<double> partials;
+  std::vector<double> kept;         // larger tensors' kept updates (Note [kept update], lamb.h)
+  std::vector<void*> kept_at;       // by param index: where its kept update starts
   Staging staging;
   WorkPlan plan;
 };
@@ -91,11 +93,16 @@ bool skipped(const std::optional<at::Tensor>& found_inf) {
 // tensor's totals are added in chunk order (its chunks are consecutive in the plan) and folded
 // into its scalars by the algorithm's finish, on whichever thread summed its last chunk or on
 // the calling thread; then stage 2.
-// A tensor that takes both stages on one thread keeps its update where its algorithm can (Note
-// [kept update], lamb.h), in this thread's buffer: 2^18 elements of at most 8 bytes (2 MiB),
-// allocated once per thread of the pool.
+// Where the algorithm keeps its update (Note [kept update], lamb.h), a tensor that takes both
+// stages on one thread keeps it in this thread's buffer: 2^18 elements of at most 8 bytes (2
+// MiB), allocated once per thread of the pool. Larger tensors are stepped in groups
+// (kWholeElems, multi_tensor.h), the chunks of a group shared by the threads in each stage, the
+// updates kept in s.kept: a group's elements in the compute type (`compute_size` bytes each),
+// at most 64 MiB of fp32 or one larger tensor's, kept for the next step as the staging buffers
+// are (timm's Lamb allocates an `update` of each param's size every step).
 template <class Update>
-void run_two_stages(Scratch& s, FinishFn finish, const Update& update) {
+void run_two_stages(Scratch& s, FinishFn finish, const Update& update, bool keeps,
+                    size_t compute_size) {
   s.partials.assign(static_cast<size_t>(s.plan.num_chunks()) * kSums, 0.0);
   const auto sum = [&](const Chunk& c, int64_t index) {
     const TensorStep& d = s.tensors[c.tensor];
@@ -127,7 +134,28 @@ void run_two_stages(Scratch& s, FinishFn finish, const Update& update) {
       d.apply(d, chunk.begin, chunk.end, kept.data());
     }
   };
-  s.plan.run_two_stages(s.needs_sums, sum, fold, update, both);
+  const auto whole = [&](const std::vector<int64_t>& tensors, int64_t elems) {
+    const size_t doubles = (static_cast<size_t>(elems) * compute_size + 7) / 8;
+    if (s.kept.size() < doubles) s.kept.resize(doubles);
+    s.kept_at.resize(s.numels.size());
+    char* at = reinterpret_cast<char*>(s.kept.data());
+    for (int64_t t : tensors) {      // each tensor's update from its own place in the buffer
+      s.kept_at[t] = at;
+      at += static_cast<size_t>(s.numels[t]) * compute_size;
+    }
+    s.plan.run_pipelined(
+        tensors, elems,
+        [&](const Chunk& c, int64_t index) {
+          const TensorStep& d = s.tensors[c.tensor];
+          d.keep(d, c.begin, c.end, &s.partials[index * kSums], s.kept_at[c.tensor]);
+        },
+        [&](int64_t t) { fold(t, s.plan.first_chunk(t), s.plan.first_chunk(t + 1)); },
+        [&](const Chunk& c) {
+          const TensorStep& d = s.tensors[c.tensor];
+          d.apply(d, c.begin, c.end, s.kept_at[c.tensor]);
+        });
+  };
+  s.plan.run_two_stages(s.needs_sums, sum, fold, update, both, keeps ? &whole : nullptr);
 }
 
 }  // namespace
@@ -262,7 +290,7 @@ void step(Bucket& b, const std::vector<GradView>& grads, bool rechecked, const a
     d.update(d, c.begin, c.end);
   };
   if (two_stage) {
-    run_two_stages(s, kernels.finish, update_chunk);
+    run_two_stages(s, kernels.finish, update_chunk, keep != nullptr, dtype == kDouble ? 8 : 4);
   } else {
     s.plan.run([&](const Chunk& c, int64_t) { update_chunk(c); });
   }

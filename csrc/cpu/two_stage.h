@@ -2,18 +2,18 @@
 // squares of one chunk. Included inside namespace fusedopt::cpu::FUSEDOPT_ISA after
 // elementwise.h.
 //
-// f.terms(g, x, out) gives one vector of elements' kSums terms (LARS: p and g; LAMB: p and its
-// update u); x holds the first F::kTermReads streams of elementwise() as Streams::load reads
-// them (x[0] the value the update starts from: the param, its master copy, or the param plus
-// its compensation; the states widened from their dtype), read only. Each term is squared and
+// f.terms(g, x, out) gives one vector of elements' kSums terms (LARS: p and g; LAMB keeps its
+// update instead: keep_loop below); x holds the first F::kTermReads streams of elementwise() as
+// Streams::load reads them (x[0] the value the update starts from: the param, its master copy,
+// or the param plus its compensation; the states widened from their dtype), read only. Each term is squared and
 // summed in double, lane by lane: a float squared in double is exact, so the sums differ from
 // the reference's `x.double().square().sum()` by the order of additions only (float
 // accumulators, as Note [norm accumulation] in norm.h, would add ~1e-6 relative error). The
 // lanes' sums are added in lane order, then the tail's: a chunk's sums depend on its bounds
-// and the level's lane count, never on the thread count. Stage 1 is as divider-bound as the
-// update it computes (Note [two stages in cache], multi_tensor.h), not bound by these adds: a
-// probe that widened the lanes in registers (GCC generic vectors, accumulators of the native
-// width) took fp32 LAMB's stage 1 from 0.504 to 0.615 ns/element (AVX-512, in L2, one thread).
+// and the level's lane count, never on the thread count. These adds were not what bound LAMB's
+// stage 1 (its update's divider was, Note [two stages in cache], multi_tensor.h): a probe that
+// widened the lanes in registers (GCC generic vectors, accumulators of the native width) took
+// fp32 LAMB's stage 1 from 0.504 to 0.615 ns/element (AVX-512, in L2, one thread).
 // (Namespace-scope templates, not lambdas: the ISA pragmas must reach every function.)
 template <class C, class V>
 void add_squares(const V (&terms)[kSums], double (&acc)[kSums][V::kLanes]) {
