@@ -3,6 +3,7 @@
 
     python bench/two_stage.py                       # 20M params in 200 tensors, lamb and lars
     python bench/two_stage.py --tensors 20 --repeats 5 --json r.json
+    python bench/two_stage.py --preset vit-b16      # a real model's shapes (fusedopt/bench/presets.py)
 
 Each optimizer steps its own params (the same values: `make_params` of fusedopt/bench/measure.py)
 with the bench's hyper-parameters (`hyper` in fusedopt/bench/impls.py: LAMB at its class's defaults,
@@ -20,13 +21,15 @@ import time
 
 import torch
 
-from fusedopt.bench import impls, measure, report
+from fusedopt.bench import impls, measure, presets, report
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--numel", type=int, default=20_000_000)
     ap.add_argument("--tensors", type=int, default=200)
+    ap.add_argument("--preset", choices=list(presets.PRESETS), default=None,
+                    help="a model's param shapes instead of --numel in --tensors")
     ap.add_argument("--optimizers", default="lamb,lars", help="timed beside adamw")
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--rounds", type=int, default=20)
@@ -35,7 +38,8 @@ def main():
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     names = ["adamw"] + [n for n in args.optimizers.split(",") if n]
-    shapes = measure.synthetic_shapes(args.numel, args.tensors)
+    shapes = (presets.shapes(args.preset) if args.preset
+              else measure.synthetic_shapes(args.numel, args.tensors))
     steps = {}
     for name in names:
         params = measure.make_params(shapes, torch.float32, torch.device("cpu"))
