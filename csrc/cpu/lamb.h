@@ -22,10 +22,10 @@
 //   beside AdamW's 6.9-7.3, LAMB/AdamW 2.04-2.14 -> 1.57-1.59 (bench/results/cpu-amd-epyc-2c/
 //   two-stage-20M-200t.json); bf16, fp16 and bf16 with masters gained alike (13.3 -> 10.9, 12.9
 //   -> 9.5, 14.8 -> 12.1 ms), though keep and apply walk bf16 in element order, not in pairs.
-// - Real models, where most params are in larger tensors (the bench's presets; recompute vs
-//   kept in one process, three runs): ResNet-50 LAMB/AdamW 2.02-2.16 -> 1.72-1.79, ViT-B/16
-//   2.08-2.16 -> 1.78-1.85. Stepping each larger tensor in two parallel regions of its own
-//   instead took ViT-B to 4.1-4.6 whenever the VM woke the threads late: hence run_pipelined.
+// - Real models, where most params are in larger tensors (the bench's presets, `python
+//   bench/two_stage.py --preset resnet50`; 17de82a's build in alternated runs): ResNet-50
+//   LAMB/AdamW 2.05-2.19 -> 1.67-1.75, ViT-B/16 2.14-2.27 -> 1.75-1.84. How the larger tensors'
+//   two stages are scheduled mattered as much (run_pipelined, multi_tensor.h).
 // What is left (perf): keep is bound by its loads from DRAM (16 B in, 8 B out per element, as
 // AdamW's), apply takes ~9% of the step, and the global clip's norm pass reads g once more: 1.9
 // ms at 20M params (80 MB at ~41 GB/s, the read-only rate here). Without that clip

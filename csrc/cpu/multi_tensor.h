@@ -94,13 +94,17 @@ class WorkPlan {
 
   // Note [kept update] (lamb.h): the given tensors, of `work` elements in all, both stages each,
   // in one parallel region. A tensor's chunks are claimed in order for stage1(chunk,
-  // chunk_index); the thread that completes its last one calls fold(t); then every thread
-  // claims its chunks for stage2(chunk), after waiting for the stage 1 chunks still running on
-  // other threads (never for a thread: a claimed chunk is always finished, so the wait ends),
-  // and goes on to the next tensor. So one tensor's stage 2 follows its stage 1 while its data
-  // are still in the caches, and there is no barrier between tensors: one region per group
-  // instead of two per tensor (at two regions per tensor, ViT-B's 152 tensors took LAMB from 80
-  // to 150 ms on this 2-vCPU VM whenever its threads were woken late).
+  // chunk_index); the thread that completes its last one calls fold(t); then each thread runs
+  // stage2(chunk) on the chunks it took in stage 1, last first, after waiting for the stage 1
+  // chunks still running on other threads (never for a thread: a claimed chunk is always
+  // finished, so the wait ends), and goes on to the next tensor. So a chunk's stage 2 runs on the
+  // core whose caches hold what its stage 1 wrote, and there is no barrier between tensors.
+  // Measured (ViT-B/16, fp32 LAMB/AdamW, one process per run, 2 threads): stepping each larger
+  // tensor in two parallel regions of its own took 4.1-4.6 whenever the VM woke the threads
+  // late (the recompute path: 2.08-2.16); stage 2 claimed by any thread, 1.78-1.87 in most runs
+  // but 3.0-3.1 in the runs whose AdamW was fastest (likely the two vCPUs on two cores, a chunk's
+  // kept update then read from the other core's cache half the time); each thread its own
+  // chunks: 1.75-1.84 in 9 runs of either kind.
   template <class Stage1, class Fold, class Stage2>
   void run_pipelined(const std::vector<int64_t>& tensors, int64_t work, const Stage1& stage1,
                      const Fold& fold, const Stage2& stage2) {
@@ -111,20 +115,21 @@ class WorkPlan {
     }
     for (size_t k = 0; k < n; ++k) progress_[k].reset();
     const auto body = [&] {
+      std::vector<int64_t> mine;   // the chunks of the tensor this thread took in stage 1
       for (size_t k = 0; k < n; ++k) {
         const int64_t t = tensors[k], first = first_chunk_[t], count = first_chunk_[t + 1] - first;
         Progress& p = progress_[k];
-        for (int64_t i = p.claimed1.fetch_add(1); i < count; i = p.claimed1.fetch_add(1)) {
+        mine.clear();
+        for (int64_t i = p.claimed.fetch_add(1); i < count; i = p.claimed.fetch_add(1)) {
           stage1(chunks_[first + i], first + i);
-          if (p.done1.fetch_add(1, std::memory_order_acq_rel) + 1 == count) {
+          mine.push_back(first + i);
+          if (p.done.fetch_add(1, std::memory_order_acq_rel) + 1 == count) {
             fold(t);
             p.ready.store(true, std::memory_order_release);
           }
         }
         while (!p.ready.load(std::memory_order_acquire)) std::this_thread::yield();
-        for (int64_t i = p.claimed2.fetch_add(1); i < count; i = p.claimed2.fetch_add(1)) {
-          stage2(chunks_[first + i]);
-        }
+        for (auto i = mine.rbegin(); i != mine.rend(); ++i) stage2(chunks_[*i]);
       }
     };
     const int64_t threads = std::min<int64_t>(at::get_num_threads(), work / kMinElemsPerThread);
@@ -223,12 +228,11 @@ class WorkPlan {
 
   enum Kind : int64_t { kSum, kUpdate, kBothStages };
   struct Progress {   // one tensor's in run_pipelined
-    std::atomic<int64_t> claimed1, done1, claimed2;
-    std::atomic<bool> ready;
+    std::atomic<int64_t> claimed, done;   // its stage 1 chunks
+    std::atomic<bool> ready;              // folded
     void reset() {
-      claimed1 = 0;
-      done1 = 0;
-      claimed2 = 0;
+      claimed = 0;
+      done = 0;
       ready = false;
     }
   };
