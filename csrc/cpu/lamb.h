@@ -24,8 +24,10 @@
 //   -> 9.5, 14.8 -> 12.1 ms), though keep and apply walk bf16 in element order, not in pairs.
 // - Real models, where most params are in larger tensors (the bench's presets, `python
 //   bench/two_stage.py --preset resnet50`; 17de82a's build in alternated runs): ResNet-50
-//   LAMB/AdamW 2.05-2.19 -> 1.67-1.75, ViT-B/16 2.14-2.27 -> 1.75-1.84. How the larger tensors'
-//   two stages are scheduled mattered as much (run_pipelined, multi_tensor.h).
+//   LAMB/AdamW 1.97-2.19 -> 1.67-1.75, ViT-B/16 2.11-2.27 -> 1.72-1.84. How the larger tensors'
+//   two stages are scheduled mattered as much (run_pipelined, multi_tensor.h). At 20M params in
+//   200 tensors, in runs where this VM's memory was slower (AdamW 11 ms, not 7): 1.56-1.57 ->
+//   1.41-1.42.
 // What is left (perf): keep is bound by its loads from DRAM (16 B in, 8 B out per element, as
 // AdamW's), apply takes ~9% of the step, and the global clip's norm pass reads g once more: 1.9
 // ms at 20M params (80 MB at ~41 GB/s, the read-only rate here). Without that clip
