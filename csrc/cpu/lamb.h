@@ -19,15 +19,15 @@
 // one process or in alternated runs):
 // - 20M params in 200 tensors of 2 chunks, all stepped in cache (`python bench/two_stage.py
 //   --repeats 2 --rounds 15`, three runs per build alternated): LAMB 14.7-15.1 -> 11.0-11.3 ms
-//   beside AdamW's 6.9-7.3, LAMB/AdamW 2.04-2.14 -> 1.57-1.59 (bench/results/cpu-amd-epyc-2c/
-//   two-stage-20M-200t.json); bf16, fp16 and bf16 with masters gained alike (13.3 -> 10.9, 12.9
-//   -> 9.5, 14.8 -> 12.1 ms), though keep and apply walk bf16 in element order, not in pairs.
+//   beside AdamW's 6.9-7.3, LAMB/AdamW 2.04-2.14 -> 1.57-1.59; bf16, fp16 and bf16 with masters
+//   gained alike (13.3 -> 10.9, 12.9 -> 9.5, 14.8 -> 12.1 ms), though keep and apply walk bf16 in
+//   element order, not in pairs.
 // - Real models, where most params are in larger tensors (the bench's presets, `python
 //   bench/two_stage.py --preset resnet50`; 17de82a's build in alternated runs): ResNet-50
 //   LAMB/AdamW 1.97-2.19 -> 1.67-1.75, ViT-B/16 2.11-2.27 -> 1.72-1.84. How the larger tensors'
 //   two stages are scheduled mattered as much (run_pipelined, multi_tensor.h). At 20M params in
 //   200 tensors, in runs where this VM's memory was slower (AdamW 11 ms, not 7): 1.56-1.57 ->
-//   1.41-1.42.
+//   1.41-1.42 (bench/results/cpu-amd-epyc-2c/two-stage-*.json: the final build's runs).
 // What is left (perf): keep is bound by its loads from DRAM (16 B in, 8 B out per element, as
 // AdamW's), apply takes ~9% of the step, and the global clip's norm pass reads g once more: 1.9
 // ms at 20M params (80 MB at ~41 GB/s, the read-only rate here). Without that clip
