@@ -350,14 +350,16 @@ def test_two_stages_in_cache_match_reference_at_any_thread_count(algo, flags):
         assert_close(a, b, f"2 threads: {name}")
 
 
-# Note [kept update] (csrc/cpu/lamb.h): tensors of over 4 chunks are stepped whole in groups of at
-# most 2^24 elements, each tensor's update at its own place in the group's buffer: here a group of
-# one and a group of three (and a small tensor between, stepped in cache)
+# Note [pipelined stages] (csrc/cpu/multi_tensor.h): tensors of over 4 chunks are stepped in groups
+# of at most 2^24 elements (LAMB's updates each at their own place in the group's buffer, Note
+# [kept update]): here a group of one and a group of three (and a small tensor between, stepped in
+# cache)
 GROUPS = [((1 << 23) + 1,), (5,), ((1 << 23) + 1,), (300_001,), (400_003,)]
 
 
-def test_groups_of_whole_tensors_match_reference_at_any_thread_count():
-    algo, flags = TWO_STAGE[-1]
+@pytest.mark.parametrize("algo,flags", TWO_STAGE[:1] + TWO_STAGE[-1:],
+                         ids=[CONFIG_IDS[CONFIGS.index(c)] for c in TWO_STAGE[:1] + TWO_STAGE[-1:]])
+def test_groups_of_larger_tensors_match_reference_at_any_thread_count(algo, flags):
     runs = runs_at_thread_counts(algo, flags, GROUPS, ())
     assert_same_bits(runs)
     spec, hp = make_spec(algo, flags, torch.float32, GROUPS, ())

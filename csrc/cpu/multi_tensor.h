@@ -34,11 +34,10 @@ constexpr int64_t kMinElemsPerThread = int64_t{1} << 18;
 // kCachedChunks chunks that needs sums is one work item: one thread sums its chunks, folds the
 // totals in (finish), then updates its chunks while they are still in its L2 (1 MiB per core
 // here) or the L3 (32 MiB, shared, filled with L2's victims): 2^18 fp32 elements are 4 MiB
-// over LAMB's four streams, 8 MiB for two threads. Larger tensors keep two passes: their
-// chunks are summed in one parallel region (beside the items above), finished on the calling
-// thread, and updated in a second region. Either way a chunk's partial sums are the same and
-// a tensor's totals are added in chunk order, so the bits do not depend on which path, thread
-// or order took them; a bucket of a few cached tensors can be imbalanced by one tensor (at
+// over LAMB's four streams, 8 MiB for two threads. Larger tensors are stepped in groups, their
+// chunks shared by the threads (Note [pipelined stages]). Either way a chunk's partial sums are
+// the same and a tensor's totals are added in chunk order, so the bits do not depend on which
+// path, thread or order took them; a bucket of a few cached tensors can be imbalanced by one tensor (at
 // most 2^18 elements, ~0.3 ms of fp32 LAMB on one core). What this saves from DRAM, fp32, per
 // param: LAMB 48 -> 32 B (the global clip's norm reads g; stage 1 reads p, g, m, v; stage 2
 // writes p, m, v), LARS with momentum 28 -> 20 B.
@@ -53,8 +52,8 @@ constexpr int64_t kMinElemsPerThread = int64_t{1} << 18;
 // stage 2 0.543 and its stage 1 0.504. Note [kept update] in lamb.h then took the second
 // update out of a cached tensor's stage 2.
 constexpr int64_t kCachedChunks = 4;
-// Note [kept update] (lamb.h): larger tensors are stepped whole in groups of at most this many
-// elements (64 MiB of fp32 updates kept), or one larger tensor alone
+// Larger tensors are stepped in groups of at most this many elements (Note [pipelined stages];
+// LAMB keeps 64 MiB of fp32 updates for them, Note [kept update] in lamb.h), or one alone
 constexpr int64_t kWholeElems = int64_t{1} << 24;
 
 struct Chunk {
@@ -92,7 +91,7 @@ class WorkPlan {
     claim(num_chunks(), total_, [&](int64_t i) { f(chunks_[i], i); });
   }
 
-  // Note [kept update] (lamb.h): the given tensors, of `work` elements in all, both stages each,
+  // Note [pipelined stages]: the given tensors, of `work` elements in all, both stages each,
   // in one parallel region. A tensor's chunks are claimed in order for stage1(chunk,
   // chunk_index); the thread that completes its last one calls fold(t); then each thread runs
   // stage2(chunk) on the chunks it took in stage 1, last first, after waiting for the stage 1
@@ -104,7 +103,11 @@ class WorkPlan {
   // late (the recompute path: 2.08-2.16); stage 2 claimed by any thread, 1.78-1.87 in most runs
   // but 3.0-3.1 in the runs whose AdamW was fastest (likely the two vCPUs on two cores, a chunk's
   // kept update then read from the other core's cache half the time); each thread its own
-  // chunks: 1.75-1.84 in 9 runs of either kind.
+  // chunks: 1.75-1.84 in 9 runs of either kind. LARS, which keeps nothing, gains as much from
+  // finding a chunk's p and g still in the caches in stage 2: LARS/AdamW (momentum 0.9) on
+  // ResNet-50's shapes 1.15-1.16 -> 0.93-0.94, ViT-B's 1.19-1.20 -> 0.92-0.94, against summing
+  // every larger tensor in one region and updating them in a second (three runs, in one process).
+  // Before it, larger tensors took that path; now every two-stage step takes this one.
   template <class Stage1, class Fold, class Stage2>
   void run_pipelined(const std::vector<int64_t>& tensors, int64_t work, const Stage1& stage1,
                      const Fold& fold, const Stage2& stage2) {
@@ -142,69 +145,48 @@ class WorkPlan {
 
   int64_t first_chunk(int64_t t) const { return first_chunk_[t]; }
 
-  // A two-stage step (Note [two stages in cache]): sum(chunk, chunk_index) for every chunk of
-  // each tensor t with needs_sums[t]; once all of a tensor's chunks are summed, finish(t,
-  // first, end) with its chunk indices [first, end); update(chunk) for every chunk, after its
-  // tensor's finish where it has one. A tensor of at most kCachedChunks chunks that needs sums
-  // is both(t, first, end) instead, all of it on one thread: the sums, finish, the updates.
-  // With `whole`, the larger ones that need sums are whole(tensors, elements) instead, after the
-  // rest, in groups of consecutive tensors of at most kWholeElems elements in all or of one
-  // tensor (Note [kept update], lamb.h). The chunks are run()'s, whichever thread takes them.
-  template <class Sum, class Finish, class Update, class Both, class Whole>
-  void run_two_stages(const std::vector<char>& needs_sums, const Sum& sum, const Finish& finish,
-                      const Update& update, const Both& both, const Whole* whole) {
+  // A two-stage step (Note [two stages in cache]): update(chunk) for every chunk of each tensor
+  // t without needs_sums[t]; both(t, first, end) for a tensor of at most kCachedChunks chunks
+  // that needs sums, with its chunk indices [first, end), all of it on one thread; then
+  // whole(tensors, elements) for the larger ones that need sums, in groups of consecutive tensors
+  // of at most kWholeElems elements in all or of one tensor, each group stepped by
+  // run_pipelined (Note [pipelined stages]). The chunks are run()'s, whichever thread takes them.
+  template <class Update, class Both, class Whole>
+  void run_two_stages(const std::vector<char>& needs_sums, const Update& update, const Both& both,
+                      const Whole& whole) {
     const int64_t tensors = static_cast<int64_t>(first_chunk_.size()) - 1;
     const auto cached = [&](int64_t t) {
-      return needs_sums[t] && first_chunk_[t + 1] - first_chunk_[t] <= kCachedChunks;
+      return first_chunk_[t + 1] - first_chunk_[t] <= kCachedChunks;
     };
-    const auto stepped_whole = [&](int64_t t) { return whole && needs_sums[t] && !cached(t); };
     // first the tensors that take both stages at once, the largest items; then single chunks
     items_.clear();
     for (int64_t t = 0; t < tensors; ++t) {
-      if (cached(t)) items_.push_back({kBothStages, t});
+      if (needs_sums[t] && cached(t)) items_.push_back({kBothStages, t});
     }
-    int64_t split_elems = 0;   // elements of the tensors summed chunk by chunk
     for (int64_t t = 0; t < tensors; ++t) {
-      if (cached(t) || stepped_whole(t)) continue;
-      for (int64_t i = first_chunk_[t]; i < first_chunk_[t + 1]; ++i) {
-        items_.push_back({needs_sums[t] ? kSum : kUpdate, i});
-        if (needs_sums[t]) split_elems += chunks_[i].end - chunks_[i].begin;
-      }
+      if (needs_sums[t]) continue;
+      for (int64_t i = first_chunk_[t]; i < first_chunk_[t + 1]; ++i) items_.push_back({kUpdate, i});
     }
     claim(static_cast<int64_t>(items_.size()), total_, [&](int64_t i) {
       const Item item = items_[i];
-      if (item.kind == kSum) {
-        sum(chunks_[item.index], item.index);
-      } else if (item.kind == kUpdate) {
+      if (item.kind == kUpdate) {
         update(chunks_[item.index]);
       } else {
         both(item.index, first_chunk_[item.index], first_chunk_[item.index + 1]);
       }
     });
-    for (int64_t t = 0; whole && t < tensors;) {
+    for (int64_t t = 0; t < tensors;) {
       group_.clear();
       int64_t elems = 0;
       for (; t < tensors; ++t) {
-        if (!stepped_whole(t)) continue;
+        if (!needs_sums[t] || cached(t)) continue;
         const int64_t n = chunks_[first_chunk_[t + 1] - 1].end;
         if (!group_.empty() && elems + n > kWholeElems) break;
         group_.push_back(t);
         elems += n;
       }
-      if (!group_.empty()) (*whole)(group_, elems);
+      if (!group_.empty()) whole(group_, elems);
     }
-    if (split_elems == 0) return;
-    // stage 2 of the tensors summed chunk by chunk, after the region that summed them
-    items_.clear();
-    for (int64_t t = 0; t < tensors; ++t) {
-      if (!needs_sums[t] || cached(t) || stepped_whole(t)) continue;
-      finish(t, first_chunk_[t], first_chunk_[t + 1]);
-      for (int64_t i = first_chunk_[t]; i < first_chunk_[t + 1]; ++i) {
-        items_.push_back({kUpdate, i});
-      }
-    }
-    claim(static_cast<int64_t>(items_.size()), split_elems,
-          [&](int64_t i) { update(chunks_[items_[i].index]); });
   }
 
  private:
@@ -226,7 +208,7 @@ class WorkPlan {
     });
   }
 
-  enum Kind : int64_t { kSum, kUpdate, kBothStages };
+  enum Kind : int64_t { kUpdate, kBothStages };
   struct Progress {   // one tensor's in run_pipelined
     std::atomic<int64_t> claimed, done;   // its stage 1 chunks
     std::atomic<bool> ready;              // folded

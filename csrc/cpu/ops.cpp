@@ -89,17 +89,17 @@ bool skipped(const std::optional<at::Tensor>& found_inf) {
 }
 
 // A two-stage algorithm (Note [two stages], csrc/algorithms.h) through the engine (Note [two
-// stages in cache], multi_tensor.h): stage 1 writes the kSums partial sums of each chunk, a
-// tensor's totals are added in chunk order (its chunks are consecutive in the plan) and folded
-// into its scalars by the algorithm's finish, on whichever thread summed its last chunk or on
-// the calling thread; then stage 2.
+// stages in cache] and Note [pipelined stages], multi_tensor.h): stage 1 writes the kSums partial
+// sums of each chunk, a tensor's totals are added in chunk order (its chunks are consecutive in
+// the plan) and folded into its scalars by the algorithm's finish, on whichever thread summed its
+// last chunk; then stage 2.
 // Where the algorithm keeps its update (Note [kept update], lamb.h), a tensor that takes both
 // stages on one thread keeps it in this thread's buffer: 2^18 elements of at most 8 bytes (2
 // MiB), allocated once per thread of the pool. Larger tensors are stepped in groups
-// (kWholeElems, multi_tensor.h), the chunks of a group shared by the threads in each stage, the
-// updates kept in s.kept: a group's elements in the compute type (`compute_size` bytes each),
-// at most 64 MiB of fp32 or one larger tensor's, kept for the next step as the staging buffers
-// are (timm's Lamb allocates an `update` of each param's size every step).
+// (kWholeElems), the updates kept in s.kept: a group's elements in the compute type
+// (`compute_size` bytes each), at most 64 MiB of fp32 or one larger tensor's, kept for the next
+// step as the staging buffers are (timm's Lamb allocates an `update` of each param's size every
+// step).
 template <class Update>
 void run_two_stages(Scratch& s, FinishFn finish, const Update& update, bool keeps,
                     size_t compute_size) {
@@ -135,6 +135,12 @@ void run_two_stages(Scratch& s, FinishFn finish, const Update& update, bool keep
     }
   };
   const auto whole = [&](const std::vector<int64_t>& tensors, int64_t elems) {
+    if (!keeps) {
+      s.plan.run_pipelined(
+          tensors, elems, sum,
+          [&](int64_t t) { fold(t, s.plan.first_chunk(t), s.plan.first_chunk(t + 1)); }, update);
+      return;
+    }
     const size_t doubles = (static_cast<size_t>(elems) * compute_size + 7) / 8;
     if (s.kept.size() < doubles) s.kept.resize(doubles);
     s.kept_at.resize(s.numels.size());
@@ -155,7 +161,7 @@ void run_two_stages(Scratch& s, FinishFn finish, const Update& update, bool keep
           d.apply(d, c.begin, c.end, s.kept_at[c.tensor]);
         });
   };
-  s.plan.run_two_stages(s.needs_sums, sum, fold, update, both, keeps ? &whole : nullptr);
+  s.plan.run_two_stages(s.needs_sums, update, both, whole);
 }
 
 }  // namespace
