@@ -9,8 +9,8 @@
 // steps with the u whose norm the ratio divides by. Where the buffer lives (ops.cpp): a tensor
 // of up to 4 chunks takes both stages on one thread (Note [two stages in cache],
 // multi_tensor.h), its u in that thread's buffer; larger ones are stepped in groups of up to
-// 2^24 elements, one parallel region per group (run_pipelined, multi_tensor.h), their u in a
-// buffer of the group's size. Which path a tensor takes changes no bit: the sums add in one
+// 2^24 elements, one parallel region per group (Note [pipelined stages], multi_tensor.h), their
+// u in a buffer of the group's size. Which path a tensor takes changes no bit: the sums add in one
 // order (two_stage.h; tests/test_cpu_precision.py). Before this, stage 1 wrote nothing and stage
 // 2 computed m, v and u again, as LARS's recompute path still does for the algorithms without
 // keep (two_stage.h's terms, sums_loop).
@@ -25,7 +25,7 @@
 // - Real models, where most params are in larger tensors (the bench's presets, `python
 //   bench/two_stage.py --preset resnet50`; 17de82a's build in alternated runs): ResNet-50
 //   LAMB/AdamW 1.97-2.19 -> 1.67-1.75, ViT-B/16 2.11-2.27 -> 1.72-1.84. How the larger tensors'
-//   two stages are scheduled mattered as much (run_pipelined, multi_tensor.h). At 20M params in
+//   two stages are scheduled mattered as much (Note [pipelined stages]). At 20M params in
 //   200 tensors, in runs where this VM's memory was slower (AdamW 11 ms, not 7): 1.56-1.57 ->
 //   1.41-1.42 (bench/results/cpu-amd-epyc-2c/two-stage-*.json: the final build's runs).
 // What is left (perf): keep is bound by its loads from DRAM (16 B in, 8 B out per element, as

@@ -37,10 +37,10 @@ constexpr int64_t kMinElemsPerThread = int64_t{1} << 18;
 // over LAMB's four streams, 8 MiB for two threads. Larger tensors are stepped in groups, their
 // chunks shared by the threads (Note [pipelined stages]). Either way a chunk's partial sums are
 // the same and a tensor's totals are added in chunk order, so the bits do not depend on which
-// path, thread or order took them; a bucket of a few cached tensors can be imbalanced by one tensor (at
-// most 2^18 elements, ~0.3 ms of fp32 LAMB on one core). What this saves from DRAM, fp32, per
-// param: LAMB 48 -> 32 B (the global clip's norm reads g; stage 1 reads p, g, m, v; stage 2
-// writes p, m, v), LARS with momentum 28 -> 20 B.
+// path, thread or order took them; a bucket of a few cached tensors can be imbalanced by one
+// tensor (at most 2^18 elements, ~0.3 ms of fp32 LAMB on one core). What this saves from DRAM,
+// fp32, per param: LAMB 48 -> 32 B (the global clip's norm reads g; stage 1 reads p, g, m, v;
+// stage 2 writes p, m, v), LARS with momentum 28 -> 20 B.
 // Measured (20M params in 200 tensors, 2 threads, `python bench/two_stage.py --repeats 3
 // --rounds 15`, the ratios' medians of four runs per build, builds alternated, load ~2.2 on the
 // 2 cores): LAMB/AdamW 2.59, 2.16, 2.15, 2.13 -> 1.57, 1.62, 1.62, 1.57 (repeats within 3%),
@@ -165,7 +165,9 @@ class WorkPlan {
     }
     for (int64_t t = 0; t < tensors; ++t) {
       if (needs_sums[t]) continue;
-      for (int64_t i = first_chunk_[t]; i < first_chunk_[t + 1]; ++i) items_.push_back({kUpdate, i});
+      for (int64_t i = first_chunk_[t]; i < first_chunk_[t + 1]; ++i) {
+        items_.push_back({kUpdate, i});
+      }
     }
     claim(static_cast<int64_t>(items_.size()), total_, [&](int64_t i) {
       const Item item = items_[i];
