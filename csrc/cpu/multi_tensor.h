@@ -118,7 +118,9 @@ class WorkPlan {
     }
     for (size_t k = 0; k < n; ++k) progress_[k].reset();
     const auto body = [&] {
-      std::vector<int64_t> mine;   // the chunks of the tensor this thread took in stage 1
+      // the chunks of the tensor this thread took in stage 1; the pool's threads persist, so a
+      // step allocates nothing once each has grown its list
+      thread_local std::vector<int64_t> mine;
       for (size_t k = 0; k < n; ++k) {
         const int64_t t = tensors[k], first = first_chunk_[t], count = first_chunk_[t + 1] - first;
         Progress& p = progress_[k];
