@@ -97,6 +97,13 @@ def fmix32(h):
 
 
 @triton.jit
+def sr_mix(h):
+    """fmix32's first round, the element hash (Note [stochastic rounding])."""
+    h ^= h >> 16
+    return h * 0x85EBCA6B
+
+
+@triton.jit
 def rounding_key(seed, t, k):
     """(key(seed, k), t * 0x9E3779B9) of Note [stochastic rounding]: state list ``k`` of a
     tensor with ``seed`` (uint32) at step ``t`` (uint32, the counter after this step's
@@ -110,7 +117,7 @@ def stochastic_bf16(x, j, key):
     """fp32 ``x`` as bf16, rounded stochastically with bits(key, j, t) (Note [stochastic
     rounding]; ``key``: rounding_key's pair); ``j`` the elements' row-major indices (int64,
     taken modulo 2^32)."""
-    r = (fmix32((j.to(tl.uint32) * 0x9E3779B1) ^ key[0]) + key[1]) >> 16
+    r = (sr_mix((j.to(tl.uint32) * 0x9E3779B1) ^ key[0]) + key[1]) >> 16
     bits = (x.to(tl.uint32, bitcast=True) + r) >> 16
     bits = tl.where(x != x, 0x7FC0, bits)
     return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)

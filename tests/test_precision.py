@@ -76,6 +76,20 @@ def test_hash_is_murmur3_fmix32():
     assert (reference.fmix32(x) < 2**32).all() and (reference.fmix32(x) >= 0).all()
 
 
+def test_element_bits_are_the_notes_formula():
+    """bits(key, j, t) = mix((j * 0x9E3779B1) ^ key) + t * 0x9E3779B9 with mix fmix32's first
+    round (Note [stochastic rounding]), in plain Python integers, for indices across 2^16 and
+    2^32 boundaries' low bits and steps that wrap."""
+    mask = 2**32 - 1
+    for seed, k, t in ((3, 1, 5), (2**32 - 1, 0, 2**32 + 7)):
+        key = reference.rounding_key(seed, k)
+        bits = reference.random_bits(key, 70_000, t)
+        for j in (0, 1, 2**16 - 1, 2**16 + 3, 69_999):
+            h = ((j * 0x9E3779B1) & mask) ^ key
+            h = ((h ^ (h >> 16)) * 0x85EBCA6B) & mask
+            assert bits[j].item() == (h + t * 0x9E3779B9) & mask, (seed, k, t, j)
+
+
 def test_stochastic_rounding_is_unbiased():
     """The mean of many roundings of one value is the value: 200,000 keys, values across
     binades, signs and the subnormals; the bound is 6 standard errors of a two-point rounding."""

@@ -27,10 +27,10 @@ enum DType : int { kFloat = 0, kDouble = 1, kHalf = 2, kBFloat16 = 3, kNumDTypes
 
 constexpr int kMaxStates = 3;   // Adam with amsgrad
 
-// Note [stochastic rounding] (docs/internals.md): MurmurHash3's 32-bit finaliser, the key of
-// state list k of a tensor with `seed` and the Weyl term of its counter `t` after this step's
-// increment, and the 16 random bits of element j (the vector levels compute the same in their
-// own lanes).
+// Note [stochastic rounding] (docs/internals.md): MurmurHash3's 32-bit finaliser (for the key
+// of state list k of a tensor with `seed`), the Weyl term of its counter `t` after this step's
+// increment, and the 16 random bits of element j from the finaliser's first round (the vector
+// levels compute the same in their own lanes).
 constexpr uint32_t kIndexMultiplier = 0x9E3779B1u;
 constexpr uint32_t kWeyl = 0x9E3779B9u;   // 2^32 / golden ratio
 struct SrKey {
@@ -49,8 +49,10 @@ inline SrKey rounding_key(uint32_t seed, double t, int k) {
   const auto t32 = static_cast<uint32_t>(static_cast<int64_t>(std::fmod(t, 4294967296.0)));
   return {fmix32(seed ^ fmix32(static_cast<uint32_t>(k))), t32 * kWeyl};
 }
+// fmix32's first round, the element hash (Note [stochastic rounding]: why one round)
+constexpr uint32_t sr_mix(uint32_t h) { return (h ^ (h >> 16)) * 0x85EBCA6Bu; }
 constexpr uint32_t rounding_bits(SrKey k, uint32_t j) {
-  return (fmix32((j * kIndexMultiplier) ^ k.key) + k.weyl) >> 16;
+  return (sr_mix((j * kIndexMultiplier) ^ k.key) + k.weyl) >> 16;
 }
 // j * kIndexMultiplier as an intrinsic's int lane: a vector of element offsets times the
 // multiplier, added to the first element's product, gives every lane's (the product is linear)

@@ -107,9 +107,9 @@ struct Vec<float> {
   }
   // Note [stochastic rounding], lane by lane: j * kIndexMultiplier is linear in j, so a vector
   // of them is one broadcast and one add (offsets: lane l's element offset times the
-  // multiplier), then fmix32 with its two 32-bit multiplies; bits + (hash >> 16) is the
-  // increment, a NaN takes bf16_nan's fix-up as in round-to-nearest. fmix32's first step is
-  // split: (j*M ^ key) ^ ((j*M ^ key) >> 16) == premix(j*M) ^ premix(key), so premix(j*M) is
+  // multiplier), then sr_mix's one 32-bit multiply; bits + (hash >> 16) is the increment, a
+  // NaN takes bf16_nan's fix-up as in round-to-nearest. sr_mix's xor-shift is split:
+  // (j*M ^ key) ^ ((j*M ^ key) >> 16) == premix(j*M) ^ premix(key), so premix(j*M) is
   // computed once for all the state lists of a step and premix(key) is a scalar.
   static __m256i index_hash_input(uint32_t j0, __m256i offsets) {
     return _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(j0 * kIndexMultiplier)), offsets);
@@ -119,9 +119,6 @@ struct Vec<float> {
     __m256i h = _mm256_xor_si256(premixed, _mm256_set1_epi32(static_cast<int>(
                                                key.key ^ (key.key >> 16))));
     h = _mm256_mullo_epi32(h, _mm256_set1_epi32(static_cast<int>(0x85EBCA6Bu)));
-    h = _mm256_xor_si256(h, _mm256_srli_epi32(h, 13));
-    h = _mm256_mullo_epi32(h, _mm256_set1_epi32(static_cast<int>(0xC2B2AE35u)));
-    h = _mm256_xor_si256(h, _mm256_srli_epi32(h, 16));
     h = _mm256_add_epi32(h, _mm256_set1_epi32(static_cast<int>(key.weyl)));
     return _mm256_add_epi32(_mm256_castps_si256(x.v), _mm256_srli_epi32(h, 16));
   }

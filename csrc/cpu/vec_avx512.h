@@ -103,9 +103,6 @@ struct Vec<float> {
     __m512i h = _mm512_xor_si512(premixed, _mm512_set1_epi32(static_cast<int>(
                                                key.key ^ (key.key >> 16))));
     h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0x85EBCA6Bu)));
-    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 13));
-    h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0xC2B2AE35u)));
-    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
     h = _mm512_add_epi32(h, _mm512_set1_epi32(static_cast<int>(key.weyl)));
     return _mm512_add_epi32(_mm512_castps_si512(x.v), _mm512_srli_epi32(h, 16));
   }

@@ -113,6 +113,9 @@ __device__ __forceinline__ uint32_t fmix32(uint32_t h) {
   return h ^ (h >> 16);
 }
 
+// fmix32's first round, the element hash
+__device__ __forceinline__ uint32_t sr_mix(uint32_t h) { return (h ^ (h >> 16)) * 0x85EBCA6Bu; }
+
 // State list k of a tensor with `seed`.
 __device__ __forceinline__ uint32_t rounding_key(uint32_t seed, int k) {
   return fmix32(seed ^ fmix32(static_cast<uint32_t>(k)));
@@ -123,7 +126,7 @@ constexpr uint32_t kWeyl = 0x9E3779B9u;   // 2^32 / golden ratio, times the step
 // Weyl term is `weyl`. NaN is tested on the bits: --use_fast_math may not keep x != x.
 __device__ __forceinline__ __nv_bfloat16 sr_bf16(float x, uint32_t key, uint32_t weyl,
                                                  uint32_t j) {
-  const uint32_t r = (fmix32((j * 0x9E3779B1u) ^ key) + weyl) >> 16;
+  const uint32_t r = (sr_mix((j * 0x9E3779B1u) ^ key) + weyl) >> 16;
   const uint32_t u = __float_as_uint(x);
   const uint32_t top = (u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : (u + r) >> 16;
   return __ushort_as_bfloat16(static_cast<unsigned short>(top));

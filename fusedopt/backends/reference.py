@@ -96,6 +96,11 @@ def fmix32(h):
     return h ^ (h >> 16)
 
 
+def sr_mix(h):
+    """fmix32's first round, the element hash of Note [stochastic rounding]."""
+    return _mul32(h ^ (h >> 16), 0x85EBCA6B)
+
+
 def rounding_key(seed, k):
     """The key of state list ``k`` of a tensor with ``seed``."""
     return fmix32((seed ^ fmix32(k)) & _MASK)
@@ -106,7 +111,7 @@ def random_bits(key, numel, t):
     an int64 tensor of uint32 values."""
     j = torch.arange(numel, dtype=torch.int64) & _MASK
     weyl = int(_mul32(torch.tensor(int(t) & _MASK), 0x9E3779B9))
-    return (fmix32(_mul32(j, 0x9E3779B1) ^ key) + weyl) & _MASK
+    return (sr_mix(_mul32(j, 0x9E3779B1) ^ key) + weyl) & _MASK
 
 
 def stochastic_round_bf16(x, key, t):
