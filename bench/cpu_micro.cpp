@@ -1,7 +1,8 @@
 // Throughput of the CPU kernels (ns per element) for bf16 AdamW in each precision mode (Note
 // [precision modes], docs/internals.md): bf16 states rounded to nearest or stochastically, fp32
 // states behind fp32 master copies, Kahan-compensated params (bf16 states, both roundings), bf16
-// Adam with amsgrad, and fp32 AdamW beside them; then the same memory as bf16 AdamW moved with no
+// Adam with amsgrad, fp32 AdamW, and fp32 LAMB's two stages (Note [kept update],
+// csrc/cpu/lamb.h) beside them; then the same memory as bf16 AdamW moved with no
 // compute, and a stream (fp32 a += c*b, 12 B/element). The rows run interleaved, REPEATS rounds
 // of CALLS calls each in an order rotated every round; min, median and max per row.
 //   g++ -O3 -fopenmp -std=c++20 -DLEVEL=2 -Icsrc $(python -c "import torch.utils.cpp_extension \
@@ -126,6 +127,46 @@ Case adamw_case(const char* name, int weights, bool sr, bool amsgrad = false) {
           }, {}};
 }
 
+// fp32 LAMB's stage 1 (Note [kept update], csrc/cpu/lamb.h): m and v written, the update kept in
+// a buffer of its own, the chunks' |p|^2 and |u|^2 summed; then, in a second row, its stage 2
+// alone (p read and written, the kept update read).
+Case lamb_case(const char* name, bool stage2) {
+  const int64_t n = NELEM;
+  auto p = std::make_shared<std::vector<float>>(n), g = std::make_shared<std::vector<float>>(n),
+       m = std::make_shared<std::vector<float>>(n), v = std::make_shared<std::vector<float>>(n),
+       u = std::make_shared<std::vector<float>>(n);
+  auto sums = std::make_shared<std::vector<double>>((n / kChunk + 1) * kSums);
+  for (int64_t i = 0; i < n; ++i) {
+    (*p)[i] = 0.01f * (i % 97);
+    (*g)[i] = 0.001f * (i % 89) - 0.04f;
+    (*u)[i] = 1e-3f * (i % 7);
+  }
+  const AlgoKernels& k = micro::table().algo[kLamb];
+  auto t = std::make_shared<TensorStep>();
+  t->keep = k.keep[kFloat][kFloat][2][kPlain][0];
+  t->apply = k.apply[kFloat][kFloat][2][kPlain];
+  t->param = p->data();
+  t->grad = g->data();
+  t->states[0] = m->data();
+  t->states[1] = v->data();
+  auto step = std::make_shared<float>(0);
+  return {name, stage2 ? 12.0 : 28.0, [=] {
+            double row[kHpCols] = {1e-3, 1e-2, 0.9, 0.999, 1e-6};
+            StepContext context{1.0, 1.0};
+            k.prepare(*t, row, *step, lamb::kBiasCorrection | lamb::kGradAveraging |
+                      lamb::kDecoupled, context);
+            chunked(n, [&](int64_t b, int64_t e) {
+              if (stage2) {
+                t->apply(*t, b, e, u->data());
+              } else {
+                t->keep(*t, b, e, sums->data() + b / kChunk * kSums, u->data());
+              }
+            });
+            *step += 1;
+            (void)p, (void)g, (void)m, (void)v;
+          }, {}};
+}
+
 // The memory of bf16 AdamW (read grad, param and two states, write the three back) with no
 // compute: bits added as integers.
 Case touch() {
@@ -178,6 +219,8 @@ int main() {
   cases.push_back(adamw_case<c10::BFloat16, float>("bf16 AdamW, fp32 states + master", kMaster, false));
   cases.push_back(adamw_case<c10::BFloat16, c10::BFloat16>("bf16 AdamW, kahan, bf16 (RN)", kKahan, false));
   cases.push_back(adamw_case<c10::BFloat16, c10::BFloat16>("bf16 AdamW, kahan, bf16 (SR)", kKahan, true));
+  cases.push_back(lamb_case("fp32 LAMB stage 1 (keep)", false));
+  cases.push_back(lamb_case("fp32 LAMB stage 2 (apply)", true));
   cases.push_back(touch());
   cases.push_back(stream());
   for (Case& c : cases) c.call();   // warm up, first touch

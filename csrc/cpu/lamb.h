@@ -32,6 +32,15 @@
 // AdamW's), apply takes ~9% of the step, and the global clip's norm pass reads g once more: 1.9
 // ms at 20M params (80 MB at ~41 GB/s, the read-only rate here). Without that clip
 // (max_grad_norm=None) 20M params in 200 tensors take 1.29x AdamW.
+// Stage 1's compute is not what is left (issue 26, bench/cpu_micro.cpp's LAMB rows: 2^18
+// elements, one thread, AVX-512): in cache it takes 0.55 ns/element against AdamW's 0.40 (three
+// divisions and a root per lane against two and a root, and every square widened to double). A
+// probe that multiplied by the bias corrections' reciprocals and summed the squares in float
+// blocks (Note [norm accumulation]) took it to 0.38-0.39 (AVX2 0.72 -> 0.44), but moved no step:
+// `bench/two_stage.py` LAMB/AdamW 1.38-1.40 against 1.39-1.41 on 20M params in 200 tensors,
+// 1.67 against 1.67-1.69 on ResNet-50's shapes, the same at AVX2, builds alternated; at 2 threads
+// the step waits on memory. It departed from timm's rounding and the exact double sums for
+// nothing measurable, and was not kept.
 
 struct Lamb {
   static constexpr int kId = kLamb;
