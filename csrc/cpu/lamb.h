@@ -36,11 +36,12 @@
 // elements, one thread, AVX-512): in cache it takes 0.55 ns/element against AdamW's 0.40 (three
 // divisions and a root per lane against two and a root, and every square widened to double). A
 // probe that multiplied by the bias corrections' reciprocals and summed the squares in float
-// blocks (Note [norm accumulation]) took it to 0.38-0.39 (AVX2 0.72 -> 0.44), but moved no step:
-// `bench/two_stage.py` LAMB/AdamW 1.38-1.40 against 1.39-1.41 on 20M params in 200 tensors,
-// 1.67 against 1.67-1.69 on ResNet-50's shapes, the same at AVX2, builds alternated; at 2 threads
-// the step waits on memory. It departed from timm's rounding and the exact double sums for
-// nothing measurable, and was not kept.
+// blocks (Note [norm accumulation]) took it to 0.38-0.39 (AVX2 0.72 -> 0.44), but moved no step
+// beyond this VM's noise: `bench/two_stage.py`, builds alternated, LAMB/AdamW 1.36-1.42 against
+// 1.38-1.54 on 20M params in 200 tensors and 1.67-1.75 against 1.65-1.76 on ResNet-50's shapes
+// (AVX2 alike), the memory in its slower state; 1.47-1.49 against 1.55-1.62 in unpaired runs
+// where it was fast. At 2 threads the step waits on memory. For that the probe departed from
+// timm's rounding and from the exact double sums, and it was not kept.
 
 struct Lamb {
   static constexpr int kId = kLamb;
