@@ -43,7 +43,7 @@ template <class A, class P, class S, int K, bool SR, int W>
 template <class A, class P, class S, int K, int W>
 [[gnu::flatten]] void sums_kernel(const TensorStep& t, int64_t begin, int64_t end, double* sums) {
   const typename A::template Math<compute_t<P>> f(t.scalars_as<typename A::Scalars>());
-  sums_loop(f, Streams<P, S, K, false, W>(t), begin, end, sums);
+  stage1_loop<false>(f, Streams<P, S, K, false, W>(t), begin, end, sums, nullptr);
 }
 
 // Note [kept update]: stage 1 writes the states with the rounding SR, stage 2 only the param's
@@ -52,7 +52,8 @@ template <class A, class P, class S, int K, bool SR, int W>
 [[gnu::flatten]] void keep_kernel(const TensorStep& t, int64_t begin, int64_t end, double* sums,
                                   void* kept) {
   const typename A::template Math<compute_t<P>> f(t.scalars_as<typename A::Scalars>());
-  keep_loop(f, Streams<P, S, K, SR, W>(t), begin, end, sums, static_cast<compute_t<P>*>(kept));
+  stage1_loop<true>(f, Streams<P, S, K, SR, W>(t), begin, end, sums,
+                    static_cast<compute_t<P>*>(kept));
 }
 
 template <class A, class P, class S, int K, int W>

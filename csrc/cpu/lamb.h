@@ -13,7 +13,7 @@
 // u in a buffer of the group's size. Which path a tensor takes changes no bit: the sums add in one
 // order (two_stage.h; tests/test_cpu_precision.py). Before this, stage 1 wrote nothing and stage
 // 2 computed m, v and u again, as LARS's recompute path still does for the algorithms without
-// keep (two_stage.h's terms, sums_loop).
+// keep (two_stage.h's terms, stage1_loop).
 // Measured, 2 threads, fp32, LAMB with its default global clip against AdamW, in one process
 // (the machine's memory speed moves between processes by up to 50%, so builds were compared in
 // one process or in alternated runs):

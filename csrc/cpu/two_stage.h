@@ -3,7 +3,7 @@
 // elementwise.h.
 //
 // f.terms(g, x, out) gives one vector of elements' kSums terms (LARS: p and g; LAMB keeps its
-// update instead: keep_loop below); x holds the first F::kTermReads streams of elementwise() as
+// update instead: stage1_loop below); x holds the first F::kTermReads streams of elementwise() as
 // Streams::load reads them (x[0] the value the update starts from: the param, its master copy,
 // or the param plus its compensation; the states widened from their dtype), read only. Each term is squared and
 // summed in double, lane by lane: a float squared in double is exact, so the sums differ from
@@ -34,57 +34,41 @@ void add_lanes(const double (&acc)[kSums][V::kLanes], double* total) {
   }
 }
 
-template <class V, int R, class P, class S, int K, bool SR, int W, class F>
+// One vector loop (then the tail) for both stage 1s: with kKeep, f.keep gives the update (to
+// kept + i) and the same terms f.terms would, and leaves the new states in x, which are stored
+// (Note [kept update], lamb.h); else f.terms reads the first R streams. The sums are added in one
+// order either way, so a chunk's sums have the same bits on both.
+template <class V, int R, bool kKeep, class P, class S, int K, bool SR, int W, class F>
 void sum_squares_of_terms(const F& f, const Streams<P, S, K, SR, W>& s, int64_t& i, int64_t end,
-                          double* total) {
+                          double* total, compute_t<P>* kept) {
   double acc[kSums][V::kLanes] = {};
   for (; i + V::kLanes <= end; i += V::kLanes) {
     V x[R];
     s.load(i, x);
     V terms[kSums];
-    f.terms(V::load(s.grad + i), x, terms);
+    if constexpr (kKeep) {
+      f.keep(V::load(s.grad + i), x, terms).store(kept + i);
+      s.store_states(i, x);
+    } else {
+      f.terms(V::load(s.grad + i), x, terms);
+    }
     add_squares<compute_t<P>>(terms, acc);
   }
   add_lanes<V>(acc, total);
 }
 
-template <class P, class S, int K, bool SR, int W, class F>
-void sums_loop(const F& f, const Streams<P, S, K, SR, W>& s, int64_t begin, int64_t end, double* out) {
+template <bool kKeep, class P, class S, int K, bool SR, int W, class F>
+void stage1_loop(const F& f, const Streams<P, S, K, SR, W>& s, int64_t begin, int64_t end,
+                 double* out, compute_t<P>* kept) {
   using C = compute_t<P>;
-  constexpr int R = F::kTermReads < K ? F::kTermReads : K;
+  constexpr int R = [] {   // the streams loaded: all with kKeep, else those f.terms reads
+    if constexpr (kKeep) return K;
+    else return F::kTermReads < K ? F::kTermReads : K;
+  }();
   double total[kSums] = {};
   int64_t i = begin;
-  sum_squares_of_terms<Vec<C>, R>(f, s, i, end, total);          // vectors
-  sum_squares_of_terms<ScalarVec<C>, R>(f, s, i, end, total);    // tail
-  for (int k = 0; k < kSums; ++k) out[k] = total[k];
-}
-
-// Note [kept update] (lamb.h): stage 1 with f.keep, which gives the update and the same terms as
-// f.terms and leaves the new states in x; the states are stored, the update goes to kept + i.
-// The sums are added in sums_loop's order, so a chunk's sums have the same bits either way.
-template <class V, class P, class S, int K, bool SR, int W, class F>
-void keep_terms(const F& f, const Streams<P, S, K, SR, W>& s, int64_t& i, int64_t end,
-                double* total, compute_t<P>* kept) {
-  double acc[kSums][V::kLanes] = {};
-  for (; i + V::kLanes <= end; i += V::kLanes) {
-    V x[K];
-    s.load(i, x);
-    V terms[kSums];
-    f.keep(V::load(s.grad + i), x, terms).store(kept + i);
-    s.store_states(i, x);
-    add_squares<compute_t<P>>(terms, acc);
-  }
-  add_lanes<V>(acc, total);
-}
-
-template <class P, class S, int K, bool SR, int W, class F>
-void keep_loop(const F& f, const Streams<P, S, K, SR, W>& s, int64_t begin, int64_t end,
-               double* out, compute_t<P>* kept) {
-  using C = compute_t<P>;
-  double total[kSums] = {};
-  int64_t i = begin;
-  keep_terms<Vec<C>>(f, s, i, end, total, kept);
-  keep_terms<ScalarVec<C>>(f, s, i, end, total, kept);
+  sum_squares_of_terms<Vec<C>, R, kKeep>(f, s, i, end, total, kept);          // vectors
+  sum_squares_of_terms<ScalarVec<C>, R, kKeep>(f, s, i, end, total, kept);    // tail
   for (int k = 0; k < kSums; ++k) out[k] = total[k];
 }
 
